@@ -1,0 +1,363 @@
+//! A lane: what one CI job runs, as the flake declares it, checked rule by rule.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{DEFAULT_TIMEOUT_SECS, REQUIRED_PAYLOADS, STAGED_LINUX_RUST, type_name};
+
+/// Longest lane id (and payload name); keeps Incus instance and device names in bounds.
+pub const MAX_ID_LEN: usize = 48;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lane {
+    pub id: String,
+    pub description: String,
+    pub kind: String,
+    /// `workspace-deps`, `workspace-build`, then any others by name.
+    pub payloads: Vec<Payload>,
+    /// argv, run in the guest with `/workspace` as the working directory.
+    pub command: Vec<String>,
+    /// Changed-file globs; empty means the lane always runs.
+    pub paths: Vec<String>,
+    pub timeout_secs: u64,
+    pub env: BTreeMap<String, String>,
+    /// `runtime.image`: the Incus image for this lane, if not the default.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// One staged payload: a derivation that becomes one `StagedPayloadMount`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub name: String,
+    pub drv_path: String,
+    /// Output name -> store path.
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl Payload {
+    /// The output mounted at `/pikaci/payloads/<name>`: `out` when there is one.
+    pub fn main_output(&self) -> Option<(&str, &str)> {
+        self.outputs
+            .get_key_value("out")
+            .or_else(|| self.outputs.iter().next())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// A broken rule of a lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneError {
+    pub lane: String,
+    pub rule: String,
+}
+
+impl fmt::Display for LaneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lane `{}`: {}", self.lane, self.rule)
+    }
+}
+
+/// The id rule for lanes and payload names: `[a-z0-9][a-z0-9-]*`, at most 48 characters.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !first_ok || !rest_ok {
+        return Err("must match `[a-z0-9][a-z0-9-]*` (lowercase letters, digits and `-`, not starting with `-`)".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("is {} characters long; at most {MAX_ID_LEN} are allowed", id.len()));
+    }
+    Ok(())
+}
+
+impl Lane {
+    /// Check every rule; return all that are broken.
+    pub fn from_json(id: &str, value: &Value) -> Result<Lane, Vec<LaneError>> {
+        let mut errors = Vec::new();
+        let mut err = |rule: String| errors.push(LaneError { lane: id.to_string(), rule });
+
+        if let Err(why) = validate_id(id) {
+            err(format!("the id {why}"));
+        }
+        let Some(fields) = value.as_object() else {
+            err(format!("must be an attribute set, got a {}", value.as_str().unwrap_or(type_name(value))));
+            return Err(errors);
+        };
+        let field = |name: &str| fields.get(name).filter(|v| !v.is_null());
+
+        if let Some(Value::Array(unknown)) = fields.get("unknown") {
+            for name in unknown.iter().filter_map(Value::as_str) {
+                err(format!(
+                    "unknown field `{name}` (the fields are description, kind, payloads, command, paths, timeout, env, runtime)"
+                ));
+            }
+        }
+
+        let description = match field("description") {
+            None => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                err(format!("`description` must be a string, got a {}", type_name(other)));
+                String::new()
+            }
+        };
+
+        let kind = match field("kind") {
+            Some(Value::String(s)) if s == STAGED_LINUX_RUST => s.clone(),
+            Some(Value::String(s)) => {
+                err(format!("`kind` is `{s}`; the only kind is `{STAGED_LINUX_RUST}`"));
+                s.clone()
+            }
+            Some(other) => {
+                err(format!("`kind` must be the string `{STAGED_LINUX_RUST}`, got a {}", type_name(other)));
+                String::new()
+            }
+            None => {
+                err(format!("`kind` is missing (set `kind = \"{STAGED_LINUX_RUST}\";`)"));
+                String::new()
+            }
+        };
+
+        let mut payloads = Vec::new();
+        match field("payloads") {
+            Some(Value::Object(map)) => {
+                for (name, p) in map {
+                    if let Err(why) = validate_id(name) {
+                        err(format!("payload name `{name}` {why}"));
+                        continue;
+                    }
+                    match parse_payload(name, p) {
+                        Ok(payload) => payloads.push(payload),
+                        Err(rule) => err(rule),
+                    }
+                }
+                if kind == STAGED_LINUX_RUST {
+                    for required in REQUIRED_PAYLOADS {
+                        if !map.contains_key(required) {
+                            err(format!(
+                                "payload `{required}` is missing (a {STAGED_LINUX_RUST} lane declares both `workspace-deps` and `workspace-build`)"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(Value::String(t)) if t != "null" => err(format!("`payloads` must be an attribute set of derivations, got a {t}")),
+            _ => err("`payloads` is missing (declare `workspace-deps` and `workspace-build`)".into()),
+        }
+        payloads.sort_by_key(|p| payload_order(&p.name));
+
+        let command = match field("command") {
+            Some(Value::Array(items)) if !items.is_empty() => {
+                let words: Vec<String> = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+                if words.len() != items.len() {
+                    err("`command` must be a list of strings".into());
+                } else if words[0].is_empty() {
+                    err("`command`'s first word (the program) is empty".into());
+                }
+                words
+            }
+            Some(Value::Array(_)) => {
+                err("`command` is empty; it is the argv run in the guest, e.g. [ \"/pikaci/payloads/workspace-build/bin/run-tests\" ]".into());
+                Vec::new()
+            }
+            Some(other) => {
+                err(format!("`command` must be a list of strings (an argv), got a {}", type_name(other)));
+                Vec::new()
+            }
+            None => {
+                err("`command` is missing".into());
+                Vec::new()
+            }
+        };
+
+        let paths = match field("paths") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut globs = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(glob) => match crate::plan::compile_glob(glob) {
+                            Ok(_) => globs.push(glob.to_string()),
+                            Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
+                        },
+                        None => err(format!("`paths` entries must be strings, got a {}", type_name(item))),
+                    }
+                }
+                globs
+            }
+            Some(other) => {
+                err(format!("`paths` must be a list of globs, got a {}", type_name(other)));
+                Vec::new()
+            }
+        };
+
+        let timeout_secs = match field("timeout") {
+            None => DEFAULT_TIMEOUT_SECS,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) if secs > 0 => secs,
+                _ => {
+                    err(format!("`timeout` must be a positive whole number of seconds, got {n}"));
+                    DEFAULT_TIMEOUT_SECS
+                }
+            },
+            Some(other) => {
+                err(format!("`timeout` must be a positive whole number of seconds, got a {}", type_name(other)));
+                DEFAULT_TIMEOUT_SECS
+            }
+        };
+
+        let mut env = BTreeMap::new();
+        match field("env") {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        err(format!("`env` name `{k}` is not a valid variable name"));
+                    }
+                    match v.as_str() {
+                        Some(s) => {
+                            env.insert(k.clone(), s.to_string());
+                        }
+                        None => err(format!("`env.{k}` must be a string, got a {} (write it in quotes)", type_name(v))),
+                    }
+                }
+            }
+            Some(other) => err(format!("`env` must be an attribute set of strings, got a {}", type_name(other))),
+        }
+
+        let mut image = None;
+        match field("runtime") {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("image", Value::String(s)) if !s.is_empty() => image = Some(s.clone()),
+                        ("image", other) => err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other))),
+                        (other, _) => err(format!("unknown field `runtime.{other}` (the only one is `image`)")),
+                    }
+                }
+            }
+            Some(other) => err(format!("`runtime` must be an attribute set, got a {}", type_name(other))),
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Lane { id: id.to_string(), description, kind, payloads, command, paths, timeout_secs, env, image })
+    }
+}
+
+fn parse_payload(name: &str, value: &Value) -> Result<Payload, String> {
+    let Some(obj) = value.as_object() else {
+        return Err(format!("payload `{name}` must be a derivation, got a {}", value.as_str().unwrap_or(type_name(value))));
+    };
+    let drv_path = obj.get("drvPath").and_then(Value::as_str).ok_or_else(|| format!("payload `{name}` has no `drvPath`"))?;
+    let outputs: BTreeMap<String, String> = obj
+        .get("outputs")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default();
+    if outputs.is_empty() {
+        return Err(format!("payload `{name}` has no outputs"));
+    }
+    Ok(Payload { name: name.to_string(), drv_path: drv_path.to_string(), outputs })
+}
+
+/// The required payloads first, in the contract's order, then the rest by name.
+fn payload_order(name: &str) -> (usize, String) {
+    let rank = REQUIRED_PAYLOADS.iter().position(|r| *r == name).unwrap_or(REQUIRED_PAYLOADS.len());
+    (rank, name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> Value {
+        json!({
+            "description": "unit tests",
+            "kind": "staged-linux-rust",
+            "command": ["/pikaci/payloads/workspace-build/bin/run-tests", "--quiet"],
+            "paths": ["crates/**", "Cargo.lock"],
+            "timeout": 60,
+            "env": {"RUST_BACKTRACE": "1"},
+            "runtime": null,
+            "unknown": [],
+            "payloads": {
+                "workspace-build": {"drvPath": "/nix/store/aaaa-b.drv", "outputs": {"out": "/nix/store/aaaa-b"}},
+                "extra": {"drvPath": "/nix/store/aaaa-e.drv", "outputs": {"out": "/nix/store/aaaa-e", "dev": "/nix/store/aaaa-e-dev"}},
+                "workspace-deps": {"drvPath": "/nix/store/aaaa-d.drv", "outputs": {"out": "/nix/store/aaaa-d"}}
+            }
+        })
+    }
+
+    #[test]
+    fn valid_lane_parses_with_payloads_in_contract_order() {
+        let lane = Lane::from_json("unit", &good()).unwrap();
+        let names: Vec<&str> = lane.payloads.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["workspace-deps", "workspace-build", "extra"]);
+        assert_eq!(lane.timeout_secs, 60);
+        assert_eq!(lane.env["RUST_BACKTRACE"], "1");
+        assert_eq!(lane.payloads[2].main_output(), Some(("out", "/nix/store/aaaa-e")));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("unit").is_ok());
+        assert!(validate_id("0-a-b").is_ok());
+        assert!(validate_id(&"a".repeat(48)).is_ok());
+        assert!(validate_id(&"a".repeat(49)).unwrap_err().contains("49 characters"));
+        for bad in ["", "-a", "Unit", "a_b", "a.b", "a b", "ü"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let mut v = good();
+        v["kind"] = json!("docker");
+        v["command"] = json!([]);
+        v["timeout"] = json!(0);
+        v["env"] = json!({"N": 1});
+        v["paths"] = json!(["crates/{a"]);
+        v["unknown"] = json!(["comand"]);
+        v["payloads"].as_object_mut().unwrap().remove("workspace-deps");
+        let errs = Lane::from_json("Bad_Id", &v).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = text.join("\n");
+        for needle in [
+            "lane `Bad_Id`: the id must match",
+            "unknown field `comand`",
+            "`kind` is `docker`",
+            "`command` is empty",
+            "`timeout` must be a positive whole number of seconds, got 0",
+            "`env.N` must be a string",
+            "`paths` entry `crates/{a` is not a valid glob",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // workspace-deps is only required of staged-linux-rust lanes; this one has another kind.
+        assert!(!all.contains("workspace-deps` is missing"));
+    }
+
+    #[test]
+    fn missing_required_payload_and_non_derivation_payload() {
+        let mut v = good();
+        v["payloads"] = json!({"workspace-build": "int"});
+        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(all.iter().any(|e| e == "lane `unit`: payload `workspace-build` must be a derivation, got a int"), "{all:?}");
+        assert!(all.iter().any(|e| e.contains("payload `workspace-deps` is missing")), "{all:?}");
+    }
+
+    #[test]
+    fn lane_that_is_not_a_set() {
+        let errs = Lane::from_json("unit", &json!("list")).unwrap_err();
+        assert_eq!(errs[0].to_string(), "lane `unit`: must be an attribute set, got a list");
+    }
+}

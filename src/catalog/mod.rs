@@ -1,0 +1,192 @@
+//! The catalog: every lane a flake declares under `pikaci.<system>.lanes`, read with one
+//! `nix eval --json --apply` call (nothing is built), then validated in full so that every
+//! broken lane is reported at once.
+
+mod lane;
+pub mod manifest;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+pub use lane::{Lane, LaneError, Payload, validate_id};
+
+use crate::error;
+use crate::tools::command::CommandFailed;
+use crate::tools::nix::Nix;
+
+/// The only lane kind today.
+pub const STAGED_LINUX_RUST: &str = "staged-linux-rust";
+/// The payloads every staged-linux-rust lane declares.
+pub const REQUIRED_PAYLOADS: [&str; 2] = ["workspace-deps", "workspace-build"];
+/// Used when a lane sets no `timeout`.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+
+/// Applied to `pikaci.<system>.lanes`. Never fails on a malformed lane: it returns each
+/// field as it is (or the Nix type where a set or derivation was expected) so that the
+/// Rust side can report every broken rule. Derivations are reduced to their `.drv` path
+/// and output paths, which instantiates them without building anything.
+const APPLY: &str = r#"lanes:
+let
+  known = [ "description" "kind" "payloads" "command" "paths" "timeout" "env" "runtime" ];
+  payload = d:
+    if builtins.isAttrs d && d ? drvPath then {
+      drvPath = d.drvPath;
+      outputs = builtins.listToAttrs
+        (map (o: { name = o; value = d.${o}.outPath; }) (d.outputs or [ "out" ]));
+    } else builtins.typeOf d;
+  lane = l:
+    if builtins.isAttrs l then {
+      description = l.description or null;
+      kind = l.kind or null;
+      command = l.command or null;
+      paths = l.paths or null;
+      timeout = l.timeout or null;
+      env = l.env or null;
+      runtime = l.runtime or null;
+      payloads =
+        if builtins.isAttrs (l.payloads or null)
+        then builtins.mapAttrs (_: payload) l.payloads
+        else builtins.typeOf (l.payloads or null);
+      unknown = builtins.attrNames (removeAttrs l known);
+    } else builtins.typeOf l;
+in
+if builtins.isAttrs lanes then builtins.mapAttrs (_: lane) lanes else builtins.typeOf lanes
+"#;
+
+/// The Nix system pikaci runs lanes for (`x86_64-linux` on these hosts).
+pub fn current_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// The lanes of a flake, validated.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pub lanes: Vec<Lane>,
+}
+
+impl Catalog {
+    /// Evaluate `path:<dir>#pikaci.<system>.lanes` once. `flake_label` names the flake in
+    /// messages (the user's spelling, not the snapshot directory it was read from).
+    pub fn load(nix: &Nix, dir: &Path, system: &str, flake_label: &str) -> Result<Catalog> {
+        let attr = format!("pikaci.{system}.lanes");
+        let installable = format!("path:{}#{attr}", dir.display());
+        let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
+        let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
+        Ok(Catalog { lanes })
+    }
+
+    /// Validate what [`APPLY`] returned; every broken rule of every lane is reported.
+    pub fn from_json(raw: &serde_json::Value, attr: &str, flake_label: &str) -> Result<Vec<Lane>> {
+        let object = raw.as_object().ok_or_else(|| {
+            error::config(format!("`{attr}` of flake `{flake_label}` is a {}, not an attribute set of lanes", type_name(raw)))
+        })?;
+        let mut lanes = Vec::new();
+        let mut errors = Vec::new();
+        for (id, value) in object {
+            match Lane::from_json(id, value) {
+                Ok(lane) => lanes.push(lane),
+                Err(mut errs) => errors.append(&mut errs),
+            }
+        }
+        if !errors.is_empty() {
+            let n = errors.iter().map(|e| &e.lane).collect::<std::collections::BTreeSet<_>>().len();
+            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            return Err(error::config(format!(
+                "flake `{flake_label}` declares {n} invalid lane{}:\n{}",
+                if n == 1 { "" } else { "s" },
+                lines.join("\n")
+            ))
+            .hint("fix the lanes in the flake; the lane contract is in docs/lanes.md")
+            .into());
+        }
+        lanes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(lanes)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Lane> {
+        self.lanes.iter().find(|l| l.id == id)
+    }
+}
+
+/// Turn a failed `nix eval` into a message about the flake, keeping Nix's own words.
+fn eval_error(err: anyhow::Error, flake_label: &str, attr: &str) -> anyhow::Error {
+    let Some(failed) = err.downcast_ref::<CommandFailed>() else {
+        return err;
+    };
+    let stderr = failed.stderr.clone();
+    if stderr.contains("does not provide attribute") {
+        return error::config(format!("flake `{flake_label}` has no `{attr}` output"))
+            .hint("declare lanes under `pikaci.<system>.lanes` in the flake's outputs (docs/lanes.md)")
+            .into();
+    }
+    let message = nix_error_message(&stderr);
+    error::config(format!("evaluating the lanes of flake `{flake_label}` failed:\n{message}"))
+        .hint(format!("run `nix eval --show-trace '{flake_label}#{attr}'` for the full trace"))
+        .into()
+}
+
+/// Nix's error text without the trailing "(use '--show-trace' ...)" advice.
+fn nix_error_message(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.contains("--show-trace") && !l.trim().is_empty() && !l.starts_with("warning:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn type_name(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "set",
+    }
+}
+
+/// The flake source a run evaluates: a local directory with a `flake.nix`.
+#[derive(Clone, Debug)]
+pub struct FlakeSource {
+    /// Absolute, canonical directory of the flake.
+    pub dir: std::path::PathBuf,
+    /// How the user named it (`path:examples/hello`), for messages.
+    pub label: String,
+}
+
+impl FlakeSource {
+    /// Resolve `--flake` (a `path:` URL or a plain directory); without it, the nearest
+    /// ancestor of the current directory that has a `flake.nix`.
+    pub fn resolve(flake: Option<&str>) -> Result<FlakeSource> {
+        let cwd = std::env::current_dir().context("read the current directory")?;
+        let (dir, label) = match flake {
+            Some(spec) => {
+                let path = spec.strip_prefix("path:").unwrap_or(spec);
+                if path.contains(':') && !spec.starts_with("path:") {
+                    return Err(error::usage(format!("`--flake {spec}`: pikaci runs lanes of a local flake"))
+                        .hint("pass a directory or a `path:` URL, e.g. `--flake path:.`")
+                        .into());
+                }
+                let path = path.split(['?', '#']).next().unwrap_or(path);
+                (cwd.join(path), spec.to_string())
+            }
+            None => {
+                let found = cwd.ancestors().find(|d| d.join("flake.nix").is_file()).map(Path::to_path_buf);
+                let dir = found.ok_or_else(|| {
+                    error::usage(format!("no `flake.nix` in `{}` or any parent directory", cwd.display()))
+                        .hint("run pikaci inside a flake, or pass `--flake path:DIR`")
+                })?;
+                (dir, ".".to_string())
+            }
+        };
+        if !dir.join("flake.nix").is_file() {
+            return Err(error::usage(format!("no flake at `{label}`: `{}` does not exist", dir.join("flake.nix").display()))
+                .hint("pass the directory that holds the project's `flake.nix`")
+                .into());
+        }
+        let dir = dir.canonicalize().with_context(|| format!("resolve `{}`", dir.display()))?;
+        Ok(FlakeSource { dir, label })
+    }
+}

@@ -1,0 +1,242 @@
+//! The command line: arguments (clap) and one function per command. Library code does not
+//! print; these functions do.
+
+mod inspect;
+pub mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::catalog::FlakeSource;
+use crate::executor::RuntimeChoice;
+use crate::plan::Selection;
+use crate::runner::{self, RerunRequest, RunRequest};
+use crate::state::{RunRecord, StateRoot};
+use crate::{doctor, exit, gc};
+use output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "pikaci", version, about = "Local-first CI for Rust workspaces on Nix: run the lanes a flake declares, isolated in Incus or bubblewrap")]
+pub struct Cli {
+    /// The state root (runs, logs, snapshots). Default: `.pikaci` beside the flake.
+    #[arg(long, global = true, env = "PIKACI_STATE_ROOT", value_name = "DIR")]
+    pub state_root: Option<PathBuf>,
+
+    /// The flake that declares the lanes: a directory or a `path:` URL. Default: the
+    /// nearest directory upwards with a `flake.nix`.
+    #[arg(long, global = true, value_name = "FLAKE")]
+    pub flake: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the lanes the flake declares.
+    Lanes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run lanes.
+    Run(RunArgs),
+    /// Run the same plan again, on the same snapshot.
+    Rerun {
+        /// A run id, a unique prefix of one, or `latest`.
+        run: String,
+        /// Only the jobs that failed, timed out, errored or were interrupted.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, value_enum)]
+        runtime: Option<RuntimeChoice>,
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// List the recorded runs, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its jobs.
+    Status {
+        /// A run id, a unique prefix of one, or `latest`.
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's logs (the guest output of each job, or `--host` for pikaci's side).
+    Logs {
+        /// A run id, a unique prefix of one, or `latest`.
+        run: String,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Print `host.log` (every nix and runtime call, with durations) instead.
+        #[arg(long)]
+        host: bool,
+        /// Keep printing as the run goes on, until it ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Remove old runs (their records, logs and GC roots), unused snapshots and
+    /// instances left behind by killed runs. Live runs are never touched.
+    Gc {
+        /// How many of the newest runs to keep.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        keep: usize,
+    },
+    /// Check nix, the runtimes, the guest image and SSH; say how to fix what is missing.
+    Doctor {
+        /// Also check that this SSH host answers.
+        #[arg(long, value_name = "HOST")]
+        remote: Option<String>,
+    },
+    /// Take (or reuse) the source snapshot a run would see, and print its directory.
+    Snapshot,
+    /// Manage the Incus guest image.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build pikaci's default guest image (a static busybox) and import it into Incus;
+    /// or import an image tarball built elsewhere (e.g. by the flake's `guest-image`).
+    Import {
+        /// The alias to import under.
+        #[arg(long, default_value = crate::executor::incus::DEFAULT_IMAGE)]
+        alias: String,
+        /// A unified image tarball (metadata.yaml + rootfs/) to import instead of building.
+        #[arg(long, value_name = "TARBALL")]
+        from: Option<PathBuf>,
+        /// Replace an existing image with the same alias.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Lanes to run.
+    pub lanes: Vec<String>,
+    /// Run every lane.
+    #[arg(long, conflicts_with = "lanes")]
+    pub all: bool,
+    /// Run only the lanes whose `paths` match a file changed since this git rev (work tree
+    /// included); the others are recorded as skipped.
+    #[arg(long, value_name = "REV")]
+    pub changed_since: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: RuntimeChoice,
+    /// Run on this SSH host (`localhost` means this machine, without SSH).
+    #[arg(long, value_name = "HOST")]
+    pub remote: Option<String>,
+    /// The Incus image for lanes that do not name one.
+    #[arg(long, value_name = "ALIAS")]
+    pub image: Option<String>,
+    /// How many jobs run at once. Default: the number of CPUs.
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: OutputFormat,
+}
+
+/// Run the parsed command; the exit code on success.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Lanes { json } => {
+            let flake = FlakeSource::resolve(cli.flake.as_deref())?;
+            let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
+            let catalog = runner::load_catalog(&flake, &state)?;
+            inspect::print_lanes(&catalog, json)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Run(args) => {
+            let flake = FlakeSource::resolve(cli.flake.as_deref())?;
+            let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
+            let parallelism = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let request = RunRequest {
+                flake,
+                state,
+                selection: Selection { lanes: args.lanes, all: args.all },
+                changed_since: args.changed_since,
+                runtime: args.runtime,
+                remote: args.remote,
+                image: args.image,
+                parallelism,
+            };
+            let record = runner::run(request, output::reporter(args.output))?;
+            finish(&record, args.output)
+        }
+        Command::Rerun { run, failed, runtime, jobs, output } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            let run_id = state.find_run(&run)?;
+            let request = RerunRequest { state, run_id, failed_only: failed, runtime, parallelism: jobs };
+            let record = runner::rerun(request, output::reporter(output))?;
+            finish(&record, output)
+        }
+        Command::List { json } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            inspect::list(&state, json)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Status { run, json } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            inspect::status(&state, &run, json)
+        }
+        Command::Logs { run, job, host, follow } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            inspect::logs(&state, &run, job.as_deref(), host, follow)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Gc { keep } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            let report = gc::collect(&state, keep)?;
+            println!("{report}");
+            Ok(exit::SUCCESS)
+        }
+        Command::Doctor { remote } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            Ok(doctor::run(&state, remote.as_deref()))
+        }
+        Command::Snapshot => {
+            let flake = FlakeSource::resolve(cli.flake.as_deref())?;
+            let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
+            let (snap, _guard) = runner::take_snapshot(&flake, &state)?;
+            println!("{}", snap.dir.display());
+            eprintln!(
+                "snapshot {}: {} files, {} bytes{}",
+                snap.id,
+                snap.files,
+                snap.bytes,
+                if snap.reused { " (unchanged, reused)" } else { "" }
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Image(ImageCommand::Import { alias, from, force }) => {
+            let fingerprint = crate::executor::incus::import_image(&alias, from.as_deref(), force)?;
+            println!("imported image `{alias}` ({fingerprint})");
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+/// The flake directory, when there is one: `--flake`, or the nearest `flake.nix` upwards.
+/// Commands that only read the state root work without a flake.
+fn flake_dir(flake: Option<&str>) -> Result<Option<PathBuf>> {
+    match flake {
+        Some(_) => Ok(Some(FlakeSource::resolve(flake)?.dir)),
+        None => Ok(FlakeSource::resolve(None).ok().map(|f| f.dir)),
+    }
+}
+
+fn finish(record: &RunRecord, format: OutputFormat) -> Result<i32> {
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(record)?);
+    }
+    Ok(record.status.exit_code())
+}

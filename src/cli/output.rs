@@ -1,0 +1,160 @@
+//! Reporters: how a run's events and guest output reach the user. `human` (progress and
+//! guest output on stdout), `jsonl` (one event per line on stdout, guest output on
+//! stderr), `json` (the run record at the end; guest output on stderr).
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use crate::executor::OutputSink;
+use crate::runner::Reporter;
+use crate::state::events::{self, Event};
+use crate::state::{JobStatus, RunStatus};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+    Jsonl,
+}
+
+pub fn reporter(format: OutputFormat) -> std::sync::Arc<dyn Reporter> {
+    match format {
+        OutputFormat::Human => std::sync::Arc::new(Human::new()),
+        OutputFormat::Json => std::sync::Arc::new(Quiet),
+        OutputFormat::Jsonl => std::sync::Arc::new(Jsonl { lock: Mutex::new(()) }),
+    }
+}
+
+/// Guest output on stderr, prefixed with the job, for the machine-readable formats.
+fn guest_line_to_stderr(job_id: &str, line: &[u8]) {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "[{job_id}] ");
+    let _ = err.write_all(line);
+    let _ = err.write_all(b"\n");
+}
+
+struct Quiet;
+
+impl OutputSink for Quiet {
+    fn guest_line(&self, job_id: &str, line: &[u8]) {
+        guest_line_to_stderr(job_id, line);
+    }
+}
+impl Reporter for Quiet {
+    fn event(&self, _: &Event) {}
+}
+
+struct Jsonl {
+    lock: Mutex<()>,
+}
+
+impl OutputSink for Jsonl {
+    fn guest_line(&self, job_id: &str, line: &[u8]) {
+        guest_line_to_stderr(job_id, line);
+    }
+}
+impl Reporter for Jsonl {
+    fn event(&self, event: &Event) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", events::to_line(event));
+        let _ = out.flush();
+    }
+}
+
+struct Human {
+    color: bool,
+    lock: Mutex<()>,
+}
+
+impl Human {
+    fn new() -> Human {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Human { color, lock: Mutex::new(()) }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    }
+
+    fn say(&self, line: &str) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+pub fn seconds(ms: u64) -> String {
+    format!("{:.2}s", ms as f64 / 1000.0)
+}
+
+impl OutputSink for Human {
+    fn guest_line(&self, job_id: &str, line: &[u8]) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{} ", self.paint("2", &format!("[{job_id}]")));
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+    }
+}
+
+impl Reporter for Human {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::RunStarted { run_id, runtime, snapshot, jobs, rerun_of, flake, .. } => {
+                let rerun = rerun_of.as_deref().map(|r| format!(", rerun of {r}")).unwrap_or_default();
+                self.say(&format!(
+                    "{} {run_id}: {} job{} of `{flake}` on {runtime}, snapshot {}{rerun}",
+                    self.paint("1", "run"),
+                    jobs.len(),
+                    if jobs.len() == 1 { "" } else { "s" },
+                    &snapshot[..snapshot.len().min(12)],
+                ));
+            }
+            Event::JobStarted { job_id, .. } => self.say(&format!("{} {job_id}", self.paint("36", "   START"))),
+            Event::PayloadRealized { job_id, payload, store_path, duration_ms, .. } => self.say(&format!(
+                "{} {job_id} {payload} {store_path} ({})",
+                self.paint("2", " PAYLOAD"),
+                seconds(*duration_ms)
+            )),
+            Event::JobFinished { job_id, status, duration_ms, message, run_id, .. } => {
+                let (label, code) = match status {
+                    JobStatus::Passed => ("    PASS", "32"),
+                    JobStatus::Failed => ("    FAIL", "31"),
+                    JobStatus::TimedOut => (" TIMEOUT", "31"),
+                    JobStatus::Skipped => ("    SKIP", "33"),
+                    JobStatus::Interrupted => ("   INTER", "33"),
+                    _ => ("   ERROR", "31"),
+                };
+                let took = duration_ms.map(|d| format!(" ({})", seconds(d))).unwrap_or_default();
+                let why = message.as_deref().map(|m| format!(": {}", first_line(m))).unwrap_or_default();
+                let mut line = format!("{} {job_id}{took}{why}", self.paint(code, label));
+                if matches!(status, JobStatus::Failed | JobStatus::TimedOut | JobStatus::Error) {
+                    line.push_str(&format!("\n         logs: `pikaci logs {run_id} --job {job_id}`"));
+                    if let Some(m) = message.as_deref().filter(|m| m.lines().count() > 1) {
+                        for l in m.lines().skip(1) {
+                            line.push_str(&format!("\n         {l}"));
+                        }
+                    }
+                }
+                self.say(&line);
+            }
+            Event::RunFinished { run_id, status, duration_ms, counts, .. } => {
+                let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                let code = if *status == RunStatus::Passed { "32" } else { "31" };
+                self.say(&format!(
+                    "{} {}: {} in {} (run {run_id})",
+                    self.paint("1", "summary"),
+                    self.paint(code, status.as_str()),
+                    parts.join(", "),
+                    seconds(*duration_ms)
+                ));
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}

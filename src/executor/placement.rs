@@ -1,0 +1,134 @@
+//! Placement: where a job runs. Locally, or on a host reached by SSH. A host named
+//! `localhost`, `127.0.0.1` or `::1` (or no host) is this machine, and pikaci talks to it
+//! directly, without SSH.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::StagedPayloadMount;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Local,
+    Remote(RemoteHost),
+}
+
+/// A remote host and the directory there that mirrors the local state root's `runs/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteHost {
+    /// As given to `ssh` (`user@host`, an alias from `~/.ssh/config`).
+    pub host: String,
+    /// The local state root, whose layout the remote side mirrors.
+    pub local_state_root: PathBuf,
+    /// Where the remote side keeps its job directories.
+    pub remote_state_root: PathBuf,
+}
+
+/// True for the names of this machine, and for no host at all.
+pub fn ssh_host_is_local(host: Option<&str>) -> bool {
+    match host {
+        None => true,
+        Some(h) => {
+            let h = h.rsplit('@').next().unwrap_or(h);
+            matches!(h.trim_matches(|c| c == '[' || c == ']'), "" | "localhost" | "127.0.0.1" | "::1")
+        }
+    }
+}
+
+impl Placement {
+    pub fn new(remote: Option<&str>, local_state_root: &Path, remote_state_root: &Path) -> Placement {
+        match remote {
+            Some(host) if !ssh_host_is_local(Some(host)) => Placement::Remote(RemoteHost {
+                host: host.to_string(),
+                local_state_root: local_state_root.to_path_buf(),
+                remote_state_root: remote_state_root.to_path_buf(),
+            }),
+            _ => Placement::Local,
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Placement::Local)
+    }
+
+    /// The path on the placement's host that corresponds to a local job-directory path.
+    pub fn host_path(&self, local: &Path) -> Result<PathBuf> {
+        match self {
+            Placement::Local => Ok(local.to_path_buf()),
+            Placement::Remote(remote) => {
+                let rel = local.strip_prefix(&remote.local_state_root).with_context(|| {
+                    format!("`{}` is outside the state root `{}`", local.display(), remote.local_state_root.display())
+                })?;
+                Ok(remote.remote_state_root.join(rel))
+            }
+        }
+    }
+}
+
+/// The source of a payload's mount on the host that runs the job. On this machine: the
+/// job-directory link resolved to the store path it roots (a bind or disk device must
+/// name the real directory). On a remote host: the same link under the remote job
+/// directory, which the remote `nix-store --realise` filled; it is not resolved here,
+/// since it exists only there.
+pub fn staged_payload_source_root(mount: &StagedPayloadMount, placement: &Placement) -> Result<PathBuf> {
+    match placement {
+        Placement::Local => mount.local_mount_path.canonicalize().with_context(|| {
+            format!(
+                "resolve staged payload `{}` at `{}`",
+                mount.device_prefix,
+                mount.local_mount_path.display()
+            )
+        }),
+        Placement::Remote(_) => placement.host_path(&mount.local_mount_path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names() {
+        for h in [None, Some("localhost"), Some("127.0.0.1"), Some("::1"), Some("[::1]"), Some("ci@localhost")] {
+            assert!(ssh_host_is_local(h), "{h:?}");
+        }
+        for h in ["build-host", "10.0.0.2", "ci@builder", "localhost.example.org"] {
+            assert!(!ssh_host_is_local(Some(h)), "{h}");
+        }
+    }
+
+    #[test]
+    fn localhost_mount_source_is_the_canonical_store_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("store-path");
+        std::fs::create_dir(&target).unwrap();
+        let link = dir.path().join("jobs/unit/staged-linux-rust/workspace-build");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mount = StagedPayloadMount { local_mount_path: link, device_prefix: "workspace-build".into() };
+        let placement = Placement::new(Some("localhost"), dir.path(), Path::new("/srv/pikaci"));
+        assert_eq!(staged_payload_source_root(&mount, &placement).unwrap(), target.canonicalize().unwrap());
+    }
+
+    #[test]
+    fn remote_mount_source_is_the_remote_job_path_untouched() {
+        let local_root = Path::new("/home/me/proj/.pikaci");
+        let mount = StagedPayloadMount {
+            local_mount_path: local_root.join("runs/r1/jobs/unit/staged-linux-rust/workspace-deps"),
+            device_prefix: "workspace-deps".into(),
+        };
+        let placement = Placement::new(Some("ci@builder"), local_root, Path::new("/var/lib/pikaci/remote"));
+        assert_eq!(
+            staged_payload_source_root(&mount, &placement).unwrap(),
+            Path::new("/var/lib/pikaci/remote/runs/r1/jobs/unit/staged-linux-rust/workspace-deps")
+        );
+    }
+
+    #[test]
+    fn missing_local_payload_is_an_error_naming_it() {
+        let mount = StagedPayloadMount { local_mount_path: "/nonexistent/x".into(), device_prefix: "workspace-deps".into() };
+        let err = staged_payload_source_root(&mount, &Placement::Local).unwrap_err();
+        assert!(err.to_string().contains("resolve staged payload `workspace-deps`"), "{err}");
+    }
+}

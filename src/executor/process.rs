@@ -1,0 +1,138 @@
+//! Running the guest command from the host, the same way for every runtime: stdout and
+//! stderr merged, streamed live line by line to the user and raw to `guest.log`; the
+//! timeout and Ctrl-C enforced here, on the host side, by killing the runtime's client
+//! process (bwrap's PID namespace or `incus exec` then takes the whole guest tree down).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{GuestOutcome, JobIo};
+use crate::signals;
+use crate::tools::command::{Cmd, spawn_error};
+
+/// How long to wait for the last output after the process exited (a grandchild that
+/// escaped the sandbox could hold the pipe open forever).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(50);
+
+pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Result<GuestOutcome> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let (mut reader, writer) = std::io::pipe().context("create the guest output pipe")?;
+    let handle = {
+        // stdout goes to the pipe first, then stderr joins it (duct applies the outer
+        // redirection first). The expression, and with it our copy of the write end, is
+        // dropped at the end of this block so that EOF arrives when the guest exits.
+        let expr = cmd.expression().stderr_to_stdout().stdout_file(writer).unchecked();
+        expr.start().map_err(|e| spawn_error(cmd.label(), cmd.program(), e))?
+    };
+    io.host_log.line(&format!("$ {}", cmd.display()));
+
+    let mut guest_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&io.guest_log)
+        .with_context(|| format!("open `{}`", io.guest_log.display()))?;
+    let output = io.output.clone();
+    let job = job_id.to_string();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let _ = guest_log.write_all(&buf[..n]);
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                output.guest_line(&job, &pending[..pos]);
+                pending.drain(..=pos);
+            }
+        }
+        if !pending.is_empty() {
+            output.guest_line(&job, &pending);
+        }
+        let _ = guest_log.flush();
+        let _ = done_tx.send(());
+    });
+
+    let outcome = loop {
+        let step = POLL.min(deadline.saturating_duration_since(Instant::now()));
+        match handle.wait_timeout(step).with_context(|| format!("wait for `{}`", cmd.label()))? {
+            Some(out) => {
+                break match (out.status.code(), out.status.signal()) {
+                    (Some(code), _) => GuestOutcome::Exited(code),
+                    (None, Some(sig)) => GuestOutcome::Signaled(sig),
+                    (None, None) => GuestOutcome::Exited(-1),
+                };
+            }
+            None if signals::interrupted() => {
+                let _ = handle.kill();
+                let _ = handle.wait();
+                io.host_log.line("interrupted: killed the guest command");
+                break GuestOutcome::Interrupted;
+            }
+            None if Instant::now() >= deadline => {
+                let _ = handle.kill();
+                let _ = handle.wait();
+                io.host_log.line(&format!("timed out after {}s: killed the guest command", timeout.as_secs()));
+                break GuestOutcome::TimedOut;
+            }
+            None => {}
+        }
+    };
+    if done_rx.recv_timeout(DRAIN_GRACE).is_err() {
+        io.host_log.line("guest output was still open after the command ended; stopped reading it");
+    }
+    io.host_log.line(&format!("guest command: {outcome:?} after {:.3}s", started.elapsed().as_secs_f64()));
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::OutputSink;
+    use crate::tools::command::HostLog;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+    impl OutputSink for Lines {
+        fn guest_line(&self, job_id: &str, line: &[u8]) {
+            self.0.lock().unwrap().push(format!("{job_id}: {}", String::from_utf8_lossy(line)));
+        }
+    }
+
+    fn io(dir: &std::path::Path, lines: Arc<Lines>) -> JobIo {
+        JobIo { host_log: HostLog::create(&dir.join("host.log")).unwrap(), guest_log: dir.join("guest.log"), output: lines }
+    }
+
+    #[test]
+    fn streams_both_streams_in_order_and_keeps_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = Arc::new(Lines::default());
+        let cmd = Cmd::new("sh", "/bin/sh").args(["-c", "echo out; echo err >&2; printf tail; exit 7"]);
+        let outcome = run_guest(&cmd, "j", Duration::from_secs(10), &io(dir.path(), lines.clone())).unwrap();
+        assert_eq!(outcome, GuestOutcome::Exited(7));
+        assert_eq!(*lines.0.lock().unwrap(), ["j: out", "j: err", "j: tail"]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("guest.log")).unwrap(), "out\nerr\ntail");
+    }
+
+    #[test]
+    fn timeout_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cmd::new("sleep", "/bin/sh").args(["-c", "exec sleep 30"]);
+        let t = Instant::now();
+        let outcome = run_guest(&cmd, "j", Duration::from_millis(300), &io(dir.path(), Arc::new(Lines::default()))).unwrap();
+        assert_eq!(outcome, GuestOutcome::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(std::fs::read_to_string(dir.path().join("host.log")).unwrap().contains("timed out after 0s"));
+    }
+}

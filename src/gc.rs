@@ -1,0 +1,93 @@
+//! `pikaci gc`: drop old runs (records, logs, artifacts and their GC roots, so Nix may
+//! collect their payloads), snapshots no remaining run uses, and Incus instances left
+//! behind by runs that died. A live run is never touched.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use anyhow::{Context, Result};
+
+use crate::executor::incus;
+use crate::state::{RunRecord, StateRoot};
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed_runs: Vec<String>,
+    pub kept_runs: usize,
+    pub live_runs: Vec<String>,
+    pub removed_snapshots: usize,
+    pub reaped_instances: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Display for GcReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.removed_runs.len();
+        write!(
+            f,
+            "removed {n} run{} (and {} GC roots), {} snapshot{}, {} instance{}; kept {} run{}",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "its" } else { "their" },
+            self.removed_snapshots,
+            if self.removed_snapshots == 1 { "" } else { "s" },
+            self.reaped_instances.len(),
+            if self.reaped_instances.len() == 1 { "" } else { "s" },
+            self.kept_runs,
+            if self.kept_runs == 1 { "" } else { "s" },
+        )?;
+        if !self.live_runs.is_empty() {
+            write!(f, "; left {} live run{} alone", self.live_runs.len(), if self.live_runs.len() == 1 { "" } else { "s" })?;
+        }
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
+    let _lock = state.lock_exclusive()?;
+    let mut report = GcReport::default();
+    let ids = state.run_ids()?;
+    let cut = ids.len().saturating_sub(keep);
+    for id in &ids[..cut] {
+        // Holding the run's lock while deleting: a run cannot start under the same id.
+        let Some(_run_lock) = state.try_lock_run(id)? else {
+            report.live_runs.push(id.clone());
+            continue;
+        };
+        let dir = state.run_dir(id);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
+        report.removed_runs.push(id.clone());
+    }
+    let remaining = state.run_ids()?;
+    report.kept_runs = remaining.len();
+
+    let mut referenced = HashSet::new();
+    for id in &remaining {
+        match RunRecord::read(&state.run_dir(id)) {
+            Ok(r) => {
+                referenced.insert(r.snapshot.id);
+            }
+            Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
+        }
+    }
+    let snapshots = state.snapshots_dir();
+    if let Ok(entries) = std::fs::read_dir(&snapshots) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `.tmp-*` are copies that a crashed run never published (a live one would
+            // hold the shared lock we excluded).
+            if !referenced.contains(&name) {
+                std::fs::remove_dir_all(entry.path()).with_context(|| format!("remove snapshot `{}`", entry.path().display()))?;
+                report.removed_snapshots += 1;
+            }
+        }
+    }
+
+    match incus::reap_orphans(state) {
+        Ok(reaped) => report.reaped_instances = reaped,
+        Err(e) => report.warnings.push(format!("could not look for leftover Incus instances: {e:#}")),
+    }
+    Ok(report)
+}

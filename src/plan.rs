@@ -1,0 +1,158 @@
+//! The plan: which lanes of the catalog become jobs of a run, and which are skipped (with
+//! the reason) because no changed file matches their `paths`.
+
+use anyhow::Result;
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Lane};
+use crate::error;
+
+/// One job of a run: a lane, and why it will not run if it will not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedJob {
+    pub job_id: String,
+    pub lane: Lane,
+    #[serde(default)]
+    pub skip_reason: Option<String>,
+}
+
+/// Files changed since a rev, as `--changed-since` found them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedFiles {
+    pub since: String,
+    pub files: Vec<String>,
+}
+
+/// What the user asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub lanes: Vec<String>,
+    pub all: bool,
+}
+
+/// A glob as lanes' `paths` use it: `*` stays within a path component, `**` crosses them.
+pub fn compile_glob(glob: &str) -> Result<Glob, String> {
+    GlobBuilder::new(glob).literal_separator(true).build().map_err(|e| e.kind().to_string())
+}
+
+fn glob_set(globs: &[String]) -> GlobSet {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        // Globs were validated with the catalog.
+        if let Ok(g) = compile_glob(glob) {
+            builder.add(g);
+        }
+    }
+    builder.build().unwrap_or_else(|_| GlobSet::empty())
+}
+
+pub fn plan(catalog: &Catalog, selection: &Selection, changed: Option<&ChangedFiles>) -> Result<Vec<PlannedJob>> {
+    let lanes: Vec<&Lane> = if selection.all {
+        catalog.lanes.iter().collect()
+    } else if selection.lanes.is_empty() {
+        return Err(error::usage("no lanes named")
+            .hint(format!("name lanes (`pikaci run {}`), or pass `--all`; `pikaci lanes` lists them", first_id(catalog)))
+            .into());
+    } else {
+        let mut picked = Vec::new();
+        for id in &selection.lanes {
+            match catalog.get(id) {
+                Some(lane) if !picked.iter().any(|l: &&Lane| l.id == *id) => picked.push(lane),
+                Some(_) => {}
+                None => {
+                    let known: Vec<&str> = catalog.lanes.iter().map(|l| l.id.as_str()).collect();
+                    return Err(error::usage(format!("unknown lane `{id}`"))
+                        .hint(if known.is_empty() {
+                            "the flake declares no lanes".to_string()
+                        } else {
+                            format!("the flake's lanes are: {}", known.join(", "))
+                        })
+                        .into());
+                }
+            }
+        }
+        picked
+    };
+    Ok(lanes
+        .into_iter()
+        .map(|lane| PlannedJob { job_id: lane.id.clone(), lane: lane.clone(), skip_reason: skip_reason(lane, changed) })
+        .collect())
+}
+
+fn skip_reason(lane: &Lane, changed: Option<&ChangedFiles>) -> Option<String> {
+    let changed = changed?;
+    if lane.paths.is_empty() {
+        return None;
+    }
+    let set = glob_set(&lane.paths);
+    if changed.files.iter().any(|f| set.is_match(f)) {
+        return None;
+    }
+    Some(format!("no file changed since `{}` matches its paths ({})", changed.since, lane.paths.join(", ")))
+}
+
+fn first_id(catalog: &Catalog) -> &str {
+    catalog.lanes.first().map(|l| l.id.as_str()).unwrap_or("LANE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn lane(id: &str, paths: &[&str]) -> Lane {
+        Lane {
+            id: id.into(),
+            description: String::new(),
+            kind: "staged-linux-rust".into(),
+            payloads: vec![],
+            command: vec!["true".into()],
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            timeout_secs: 10,
+            env: BTreeMap::new(),
+            image: None,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog { lanes: vec![lane("always", &[]), lane("core", &["crates/**", "Cargo.lock"]), lane("docs", &["docs/*.md"])] }
+    }
+
+    #[test]
+    fn changed_files_pick_lanes_by_glob() {
+        let changed = ChangedFiles { since: "main".into(), files: vec!["crates/a/src/lib.rs".into()] };
+        let jobs = plan(&catalog(), &Selection { lanes: vec![], all: true }, Some(&changed)).unwrap();
+        let skipped: Vec<(&str, bool)> = jobs.iter().map(|j| (j.job_id.as_str(), j.skip_reason.is_some())).collect();
+        assert_eq!(skipped, [("always", false), ("core", false), ("docs", true)]);
+        assert_eq!(
+            jobs[2].skip_reason.as_deref(),
+            Some("no file changed since `main` matches its paths (docs/*.md)")
+        );
+    }
+
+    #[test]
+    fn single_star_stays_in_one_directory() {
+        let changed = ChangedFiles { since: "main".into(), files: vec!["docs/deep/x.md".into(), "Cargo.lock.bak".into()] };
+        let jobs = plan(&catalog(), &Selection { lanes: vec![], all: true }, Some(&changed)).unwrap();
+        assert!(jobs[1].skip_reason.is_some(), "Cargo.lock must not match Cargo.lock.bak");
+        assert!(jobs[2].skip_reason.is_some(), "docs/*.md must not match docs/deep/x.md");
+    }
+
+    #[test]
+    fn without_changed_since_nothing_is_skipped() {
+        let jobs = plan(&catalog(), &Selection { lanes: vec!["docs".into(), "docs".into()], all: false }, None).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert!(jobs[0].skip_reason.is_none());
+    }
+
+    #[test]
+    fn unknown_lane_lists_known_ones() {
+        let err = plan(&catalog(), &Selection { lanes: vec!["nope".into()], all: false }, None).unwrap_err();
+        assert_eq!(
+            crate::error::render(&err),
+            "error: unknown lane `nope`\nhint: the flake's lanes are: always, core, docs"
+        );
+        assert_eq!(crate::error::kind_of(&err).exit_code(), 2);
+    }
+}

@@ -1,0 +1,124 @@
+//! Lifecycle events: the one stream that `events.jsonl`, `--output jsonl` and the human
+//! reporter all consume. One JSON object per line, each with `schema_version` and `event`.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::record::{JobStatus, RunStatus, SCHEMA_VERSION};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        at: String,
+        flake: String,
+        runtime: String,
+        snapshot: String,
+        jobs: Vec<String>,
+        #[serde(default)]
+        rerun_of: Option<String>,
+    },
+    JobStarted {
+        run_id: String,
+        job_id: String,
+        at: String,
+    },
+    PayloadRealized {
+        run_id: String,
+        job_id: String,
+        payload: String,
+        store_path: String,
+        outputs: BTreeMap<String, String>,
+        duration_ms: u64,
+        at: String,
+    },
+    JobFinished {
+        run_id: String,
+        job_id: String,
+        status: JobStatus,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+        #[serde(default)]
+        message: Option<String>,
+        at: String,
+    },
+    RunFinished {
+        run_id: String,
+        status: RunStatus,
+        duration_ms: u64,
+        counts: BTreeMap<String, usize>,
+        at: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    schema_version: u32,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// One event as a JSON line (no trailing newline).
+pub fn to_line(event: &Event) -> String {
+    serde_json::to_string(&Line { schema_version: SCHEMA_VERSION, event }).unwrap_or_default()
+}
+
+/// `events.jsonl`, appended one line per event and flushed, so `logs --follow` and other
+/// readers see events as they happen.
+#[derive(Debug)]
+pub struct EventLog {
+    file: Mutex<File>,
+}
+
+impl EventLog {
+    pub fn create(run_dir: &Path) -> Result<EventLog> {
+        let path = run_dir.join("events.jsonl");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("open `{}`", path.display()))?;
+        Ok(EventLog { file: Mutex::new(file) })
+    }
+
+    pub fn append(&self, event: &Event) -> Result<()> {
+        let mut line = to_line(event);
+        line.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all(line.as_bytes()).context("append to events.jsonl")?;
+        Ok(())
+    }
+}
+
+/// Read `events.jsonl`; lines that do not parse (a newer pikaci's events, a torn last
+/// line) are skipped.
+pub fn read(run_dir: &Path) -> Vec<Event> {
+    std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_carry_version_and_event_name_and_round_trip() {
+        let e = Event::JobStarted { run_id: "r".into(), job_id: "unit".into(), at: "t".into() };
+        let line = to_line(&e);
+        assert_eq!(line, r#"{"schema_version":1,"event":"job_started","run_id":"r","job_id":"unit","at":"t"}"#);
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,225 @@
+//! The state root: every run's records, logs, artifacts and GC roots, plus the shared
+//! source snapshots. Layout in `docs/state-root.md`.
+//!
+//! Locking: a running run holds an exclusive lock on `runs/<run>/lock` for its whole
+//! life, so a run whose process died is recognised (its lock is free) and `gc` skips live
+//! runs without waiting for them. The root `lock` is taken shared while a run is being
+//! created (snapshot taken, record written) and exclusively by `gc`, so `gc` never deletes
+//! a snapshot that a starting run is about to use.
+
+pub mod events;
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::error;
+
+pub use record::{JobRecord, JobStatus, RunRecord, RunStatus};
+
+#[derive(Clone, Debug)]
+pub struct StateRoot {
+    pub root: PathBuf,
+}
+
+impl StateRoot {
+    /// `--state-root` / `PIKACI_STATE_ROOT` when given, else `.pikaci` beside the flake,
+    /// else `.pikaci` in the current directory.
+    pub fn resolve(explicit: Option<&Path>, flake_dir: Option<&Path>) -> Result<StateRoot> {
+        let cwd = std::env::current_dir().context("read the current directory")?;
+        let root = match (explicit, flake_dir) {
+            (Some(p), _) => cwd.join(p),
+            (None, Some(dir)) => dir.join(".pikaci"),
+            (None, None) => cwd.ancestors().find(|d| d.join("flake.nix").is_file()).unwrap_or(&cwd).join(".pikaci"),
+        };
+        Ok(StateRoot { root })
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.runs_dir().join(run_id)
+    }
+    pub fn job_dir(&self, run_id: &str, job_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("jobs").join(job_id)
+    }
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+    pub fn snapshot_cache(&self) -> PathBuf {
+        self.root.join("snapshot-cache.json")
+    }
+
+    pub fn ensure(&self) -> Result<()> {
+        fs::create_dir_all(self.runs_dir())
+            .with_context(|| format!("create the state root `{}`", self.root.display()))?;
+        Ok(())
+    }
+
+    fn root_lock_file(&self) -> Result<File> {
+        self.ensure()?;
+        let path = self.root.join("lock");
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open `{}`", path.display()))
+    }
+
+    /// Held while a run is being created; blocks only while `gc` runs.
+    pub fn lock_shared(&self) -> Result<File> {
+        let file = self.root_lock_file()?;
+        file.lock_shared().with_context(|| format!("lock `{}`", self.root.join("lock").display()))?;
+        Ok(file)
+    }
+
+    /// Held by `gc`.
+    pub fn lock_exclusive(&self) -> Result<File> {
+        let file = self.root_lock_file()?;
+        file.lock().with_context(|| format!("lock `{}`", self.root.join("lock").display()))?;
+        Ok(file)
+    }
+
+    /// Every run id, oldest first (run ids sort by time).
+    pub fn run_ids(&self) -> Result<Vec<String>> {
+        let dir = self.runs_dir();
+        let mut ids = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", dir.display()))),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                ids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A run id as the user typed it: in full, `latest`, or a unique prefix.
+    pub fn find_run(&self, spec: &str) -> Result<String> {
+        let ids = self.run_ids()?;
+        if spec == "latest" || spec == "last" {
+            return ids.last().cloned().ok_or_else(|| {
+                error::usage(format!("no runs in `{}`", self.root.display()))
+                    .hint("start one with `pikaci run`, or point `--state-root` at another state root")
+                    .into()
+            });
+        }
+        if ids.iter().any(|id| id == spec) {
+            return Ok(spec.to_string());
+        }
+        let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(spec)).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(error::usage(format!("unknown run `{spec}` in `{}`", self.root.display()))
+                .hint("`pikaci list` shows the runs; `latest` names the newest")
+                .into()),
+            many => Err(error::usage(format!("run `{spec}` is ambiguous: {} runs start with it", many.len()))
+                .hint("type more of the run id")
+                .into()),
+        }
+    }
+
+    /// Take the run's liveness lock. None when another process holds it (the run is live).
+    pub fn try_lock_run(&self, run_id: &str) -> Result<Option<File>> {
+        let path = self.run_dir(run_id).join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open `{}`", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("lock `{}`", path.display()))),
+        }
+    }
+
+    /// Whether a process is running the run now.
+    pub fn run_is_live(&self, run_id: &str) -> bool {
+        matches!(self.try_lock_run(run_id), Ok(None))
+    }
+}
+
+/// Write a file atomically: a temporary file beside it, synced, then renamed over it, so
+/// a reader sees the old or the new content and never a torn one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("create a temporary file in `{}`", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("write `{}`", path.display()))?;
+    tmp.as_file().sync_data().ok();
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("replace `{}`", path.display()))?;
+    Ok(())
+}
+
+/// A new run id: UTC time to the millisecond, then 4 random hex digits, e.g.
+/// `20261121-163300-123-9f3a`. Sorts by time; safe in paths and Incus names.
+pub fn new_run_id() -> String {
+    let now = jiff::Timestamp::now();
+    let stamp = now.strftime("%Y%m%d-%H%M%S").to_string();
+    let millis = now.subsec_millisecond();
+    let mut seed = [0u8; 2];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut seed);
+    }
+    format!("{stamp}-{millis:03}-{:02x}{:02x}", seed[0], seed[1])
+}
+
+/// Now, as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Millisecond).map(|t| t.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_are_name_safe() {
+        let a = new_run_id();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = new_run_id();
+        assert!(a < b, "{a} !< {b}");
+        assert_eq!(a.len(), 24, "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_digit() || c == '-' || c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn find_run_by_prefix_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateRoot { root: dir.path().to_path_buf() };
+        for id in ["20261121-100000-000-aaaa", "20261121-110000-000-bbbb", "20261121-110000-500-cccc"] {
+            fs::create_dir_all(state.run_dir(id)).unwrap();
+        }
+        assert_eq!(state.find_run("latest").unwrap(), "20261121-110000-500-cccc");
+        assert_eq!(state.find_run("20261121-10").unwrap(), "20261121-100000-000-aaaa");
+        assert!(error::render(&state.find_run("20261121-11").unwrap_err()).contains("ambiguous"));
+        let err = state.find_run("nope").unwrap_err();
+        assert_eq!(error::kind_of(&err), error::ErrorKind::Usage);
+    }
+
+    #[test]
+    fn run_lock_tells_live_from_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateRoot { root: dir.path().to_path_buf() };
+        fs::create_dir_all(state.run_dir("r")).unwrap();
+        let held = state.try_lock_run("r").unwrap().expect("free at first");
+        assert!(state.run_is_live("r"));
+        drop(held);
+        assert!(!state.run_is_live("r"));
+    }
+}

@@ -1,0 +1,253 @@
+//! `run.json` and `job.json`: versioned, written atomically, read tolerantly (a corrupt
+//! record is an error that names the file, never a panic).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::atomic_write;
+use crate::catalog::Lane;
+use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
+use crate::error;
+use crate::plan::{ChangedFiles, PlannedJob};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Passed,
+    Failed,
+    /// Ctrl-C, SIGTERM, or the pikaci process died (seen when its lock is free).
+    Interrupted,
+    /// Infrastructure failure: nix or the runtime failed before a command ran.
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Preparing,
+    Running,
+    Passed,
+    /// The command exited non-zero, or a payload failed to build.
+    Failed,
+    TimedOut,
+    Skipped,
+    Interrupted,
+    Error,
+}
+
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Pending | JobStatus::Preparing | JobStatus::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Preparing => "preparing",
+            JobStatus::Running => "running",
+            JobStatus::Passed => "passed",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Skipped => "skipped",
+            JobStatus::Interrupted => "interrupted",
+            JobStatus::Error => "error",
+        }
+    }
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Passed => "passed",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Error => "error",
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunStatus::Passed => crate::exit::SUCCESS,
+            RunStatus::Failed => crate::exit::JOB_FAILED,
+            RunStatus::Error => crate::exit::INFRASTRUCTURE,
+            RunStatus::Interrupted | RunStatus::Running => crate::exit::INTERRUPTED,
+        }
+    }
+}
+
+/// The record of a run: what was asked, the plan (enough to replay it), and each job's
+/// outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub created_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    pub pid: u32,
+    pub pikaci_version: String,
+    /// The flake as the user named it.
+    pub flake: String,
+    pub source_dir: PathBuf,
+    pub system: String,
+    #[serde(default)]
+    pub nix_version: Option<String>,
+    pub snapshot: RunSnapshot,
+    pub runtime: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub remote: Option<String>,
+    pub parallelism: usize,
+    #[serde(default)]
+    pub changed: Option<ChangedFiles>,
+    #[serde(default)]
+    pub rerun_of: Option<String>,
+    pub plan: Vec<PlannedJob>,
+    pub jobs: Vec<JobSummary>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSnapshot {
+    pub id: String,
+    pub dir: PathBuf,
+    pub files: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub status: JobStatus,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One job in full: its lane, the realized payloads, and how to reproduce it by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub job_id: String,
+    pub lane: Lane,
+    pub status: JobStatus,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub runtime: String,
+    #[serde(default)]
+    pub nix_version: Option<String>,
+    #[serde(default)]
+    pub payloads: Vec<RealizedPayload>,
+    /// The Incus instance, for the incus runtime.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Shell lines that redo the job by hand: the realizations, then the runtime call.
+    #[serde(default)]
+    pub reproduce: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealizedPayload {
+    pub name: String,
+    pub drv_path: String,
+    /// Output name -> store path.
+    pub outputs: BTreeMap<String, String>,
+    /// The GC-root links in the job directory.
+    pub roots: Vec<PathBuf>,
+    /// The store path mounted at `/pikaci/payloads/<name>`.
+    pub mounted: String,
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub manifest: Option<PayloadManifest>,
+    #[serde(default)]
+    pub extra_mounts: Vec<ResolvedMount>,
+}
+
+impl RunRecord {
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join("run.json")
+    }
+
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        write_json(&RunRecord::path(run_dir), self)
+    }
+
+    pub fn read(run_dir: &Path) -> Result<RunRecord> {
+        read_json(&RunRecord::path(run_dir), "run record")
+    }
+
+    pub fn job(&self, job_id: &str) -> Option<&JobSummary> {
+        self.jobs.iter().find(|j| j.job_id == job_id)
+    }
+}
+
+impl JobRecord {
+    pub fn path(job_dir: &Path) -> PathBuf {
+        job_dir.join("job.json")
+    }
+
+    pub fn write(&self, job_dir: &Path) -> Result<()> {
+        write_json(&JobRecord::path(job_dir), self)
+    }
+
+    pub fn read(job_dir: &Path) -> Result<JobRecord> {
+        read_json(&JobRecord::path(job_dir), "job record")
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    atomic_write(path, &bytes)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::Error::new(error::config(format!("the {what} `{}` is missing", path.display())))
+        } else {
+            anyhow::Error::new(e).context(format!("read `{}`", path.display()))
+        }
+    })?;
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("schema_version").and_then(|s| s.as_u64()));
+    if let Some(v) = version
+        && v > SCHEMA_VERSION as u64
+    {
+        return Err(error::config(format!(
+            "the {what} `{}` has schema version {v}; this pikaci reads version {SCHEMA_VERSION}",
+            path.display()
+        ))
+        .hint("use the pikaci that wrote it, or a newer one")
+        .into());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error::config(format!("the {what} `{}` is corrupt: {e}", path.display()))
+            .hint("`pikaci gc` can remove the run; its logs stay readable until then")
+            .into()
+    })
+}

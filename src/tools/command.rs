@@ -1,0 +1,328 @@
+//! The one layer through which pikaci runs external programs: an argv (never a string
+//! pasted into a shell), run with duct, interruptible by Ctrl-C, logged with its duration
+//! to the job's `host.log`, and failing with "`nix build` failed (exit 1): <stderr tail>".
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::signals;
+
+/// How many stderr lines an error message carries.
+const ERROR_TAIL_LINES: usize = 12;
+/// How often a running command checks for Ctrl-C.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// An external command: a label for messages (`nix eval`, `incus exec`), a program and
+/// its argv.
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    label: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    dir: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    stdin: Option<Vec<u8>>,
+}
+
+/// What a finished command gave back.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl CmdOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A command that ran and exited non-zero (or was killed by a signal).
+#[derive(Debug)]
+pub struct CommandFailed {
+    pub label: String,
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+impl CommandFailed {
+    pub fn stderr_tail(&self) -> String {
+        tail_lines(&self.stderr, ERROR_TAIL_LINES)
+    }
+}
+
+impl fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = match self.code {
+            Some(code) => format!("exit {code}"),
+            None => "killed by a signal".to_string(),
+        };
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            write!(f, "`{}` failed ({code})", self.label)
+        } else {
+            write!(f, "`{}` failed ({code}): {tail}", self.label)
+        }
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// The user pressed Ctrl-C (or pikaci got SIGTERM) while a command ran; the command was
+/// killed.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// True when the error (anywhere in its chain) is an interruption.
+pub fn is_interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Interrupted>())
+}
+
+impl Cmd {
+    pub fn new(label: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        Cmd {
+            label: label.into(),
+            program: program.into(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The full argv, program first.
+    pub fn argv(&self) -> Vec<OsString> {
+        std::iter::once(self.program.clone().into_os_string()).chain(self.args.iter().cloned()).collect()
+    }
+
+    /// The command as a line a user can paste into a shell.
+    pub fn display(&self) -> String {
+        let mut words: Vec<String> =
+            self.env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))).collect();
+        words.extend(self.argv().iter().map(|a| shell_quote(&a.to_string_lossy())));
+        words.join(" ")
+    }
+
+    /// The duct expression, stdin closed unless bytes were given; output not redirected.
+    pub fn expression(&self) -> duct::Expression {
+        let mut expr = duct::cmd(&self.program, &self.args);
+        if let Some(dir) = &self.dir {
+            expr = expr.dir(dir);
+        }
+        for (k, v) in &self.env {
+            expr = expr.env(k, v);
+        }
+        match &self.stdin {
+            Some(bytes) => expr.stdin_bytes(bytes.clone()),
+            None => expr.stdin_null(),
+        }
+    }
+
+    /// Run to completion; a non-zero exit is an error ([`CommandFailed`]).
+    pub fn run(&self, log: Option<&HostLog>) -> Result<CmdOutput> {
+        let out = self.run_unchecked(log)?;
+        if !out.status.success() {
+            return Err(CommandFailed { label: self.label.clone(), code: out.status.code(), stderr: out.stderr_str() }.into());
+        }
+        Ok(out)
+    }
+
+    /// Run to completion and return the output whatever the exit status.
+    pub fn run_unchecked(&self, log: Option<&HostLog>) -> Result<CmdOutput> {
+        let started = Instant::now();
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .start()
+            .map_err(|e| spawn_error(&self.label, &self.program, e))?;
+        let output = loop {
+            if let Some(output) = handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))? {
+                break output;
+            }
+            if signals::interrupted() {
+                let _ = handle.kill();
+                let _ = handle.wait();
+                if let Some(log) = log {
+                    log.line(&format!("interrupted: {}", self.display()));
+                }
+                return Err(Interrupted.into());
+            }
+        };
+        let out = CmdOutput {
+            status: output.status,
+            stdout: output.stdout.clone(),
+            stderr: output.stderr.clone(),
+            duration: started.elapsed(),
+        };
+        if let Some(log) = log {
+            log.command(self, &out);
+        }
+        Ok(out)
+    }
+}
+
+/// "`incus` is not installed" is a clearer message than "No such file or directory".
+pub fn spawn_error(label: &str, program: &Path, err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::Error::new(
+            crate::error::infra(format!("`{label}` could not start: `{}` was not found", program.display()))
+                .hint("run `pikaci doctor` to see what is missing and how to install it"),
+        )
+    } else {
+        anyhow::Error::new(err).context(format!("start `{label}` ({})", program.display()))
+    }
+}
+
+/// The last `n` non-empty lines of a text, joined by newlines.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n")
+}
+
+/// Quote one word for a POSIX shell: bare if it is plainly safe, else single-quoted with
+/// embedded single quotes escaped. The only quoting helper in pikaci.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@' | '%'));
+    if safe { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+/// The job's `host.log`: every external command with its duration and outcome, plus
+/// pikaci's own notes. Cheap to clone; writes are serialized.
+#[derive(Clone, Debug)]
+pub struct HostLog {
+    inner: Arc<Mutex<HostLogInner>>,
+}
+
+#[derive(Debug)]
+struct HostLogInner {
+    file: File,
+    started: Instant,
+}
+
+impl HostLog {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("open host log `{}`", path.display()))?;
+        Ok(HostLog { inner: Arc::new(Mutex::new(HostLogInner { file, started: Instant::now() })) })
+    }
+
+    pub fn line(&self, text: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let at = inner.started.elapsed().as_secs_f64();
+        // The log is best effort: a full disk must not turn a passing job into a failure.
+        let _ = writeln!(inner.file, "[{at:8.3}s] {text}");
+    }
+
+    fn command(&self, cmd: &Cmd, out: &CmdOutput) {
+        let status = match out.status.code() {
+            Some(code) => format!("exit {code}"),
+            None => "killed".to_string(),
+        };
+        self.line(&format!("$ {}  ({status}, {:.3}s)", cmd.display(), out.duration.as_secs_f64()));
+        if !out.status.success() {
+            let stderr = out.stderr_str();
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            for l in stderr.lines() {
+                let _ = writeln!(inner.file, "    | {l}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc/d-e.f"), "abc/d-e.f");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[test]
+    fn tail_keeps_last_nonempty_lines() {
+        assert_eq!(tail_lines("a\n\nb\nc\n\n", 2), "b\nc");
+    }
+
+    #[test]
+    fn failure_message_names_call_and_tail() {
+        let out = Cmd::new("sh -c", "/bin/sh").args(["-c", "echo one >&2; echo two >&2; exit 4"]).run(None);
+        let err = out.unwrap_err();
+        assert_eq!(err.to_string(), "`sh -c` failed (exit 4): one\ntwo");
+    }
+
+    #[test]
+    fn missing_program_is_infrastructure_with_hint() {
+        let err = Cmd::new("frob", "/nonexistent/frob").run(None).unwrap_err();
+        assert_eq!(crate::error::kind_of(&err), crate::error::ErrorKind::Infrastructure);
+        assert!(crate::error::render(&err).contains("hint: run `pikaci doctor`"), "{}", crate::error::render(&err));
+    }
+}

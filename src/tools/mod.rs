@@ -1,0 +1,6 @@
+//! One small typed layer per external program, all built on [`command::Cmd`].
+
+pub mod command;
+pub mod git;
+pub mod nix;
+pub mod ssh;

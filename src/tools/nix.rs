@@ -1,0 +1,167 @@
+//! Typed calls to `nix` and `nix-store`. Targets the Nix 2.8 command surface (what Debian 12
+//! ships) and current Nix alike: `nix eval --json --apply`, and `nix-store --realise` for
+//! building, which roots every output of a derivation on both versions (2.8 has no `^*`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::command::{Cmd, CommandFailed, HostLog};
+use crate::error;
+
+/// The Nix installation pikaci talks to.
+#[derive(Clone, Debug)]
+pub struct Nix {
+    nix: PathBuf,
+    nix_store: PathBuf,
+    version: NixVersion,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NixVersion {
+    /// As printed: `nix (Nix) 2.8.0`.
+    pub text: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl NixVersion {
+    pub fn parse(text: &str) -> Option<NixVersion> {
+        let text = text.trim();
+        let number = text.split_whitespace().last()?;
+        let mut parts = number.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(NixVersion { text: text.to_string(), major, minor })
+    }
+}
+
+static LOCATED: OnceLock<Result<Nix, String>> = OnceLock::new();
+
+impl Nix {
+    /// Find `nix` on PATH and read its version, once per process.
+    pub fn locate() -> Result<Nix> {
+        let located = LOCATED.get_or_init(|| Nix::locate_uncached().map_err(|e| error::render(&e)));
+        match located {
+            Ok(nix) => Ok(nix.clone()),
+            Err(rendered) => Err(error::infra(rendered.trim_start_matches("error: ").to_string()).into()),
+        }
+    }
+
+    fn locate_uncached() -> Result<Nix> {
+        let nix = which::which("nix").map_err(|_| {
+            error::infra("`nix` was not found on PATH")
+                .hint("install Nix (on Debian 12: `scripts/bootstrap`, or `apt-get install nix-bin`), then run `pikaci doctor`")
+        })?;
+        let nix_store = nix
+            .parent()
+            .map(|dir| dir.join("nix-store"))
+            .filter(|p| p.exists())
+            .or_else(|| which::which("nix-store").ok())
+            .ok_or_else(|| error::infra(format!("`nix-store` was not found next to `{}` or on PATH", nix.display())))?;
+        let out = Cmd::new("nix --version", &nix).arg("--version").run(None)?;
+        let version = NixVersion::parse(&out.stdout_str())
+            .ok_or_else(|| error::infra(format!("could not read the Nix version from `{}`", out.stdout_str().trim())))?;
+        Ok(Nix { nix, nix_store, version })
+    }
+
+    pub fn version(&self) -> &NixVersion {
+        &self.version
+    }
+
+    /// A `nix` call with flakes enabled whatever the host's nix.conf says.
+    fn nix(&self, label: &str) -> Cmd {
+        Cmd::new(label, &self.nix).args(["--extra-experimental-features", "nix-command flakes"])
+    }
+
+    /// `nix eval --json <installable> --apply <fn>`: one evaluation, nothing built.
+    pub fn eval_json_apply(&self, installable: &str, apply: &str) -> Result<serde_json::Value> {
+        let out = self.nix("nix eval").args(["eval", "--json", installable, "--apply", apply]).run(None)?;
+        serde_json::from_slice(&out.stdout).with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
+    }
+
+    /// `nix eval --json <installable>`, nothing applied.
+    pub fn eval_json(&self, installable: &str) -> Result<serde_json::Value> {
+        let out = self.nix("nix eval").args(["eval", "--json", installable]).run(None)?;
+        serde_json::from_slice(&out.stdout).with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
+    }
+
+    /// The command that realizes `path` (a `.drv`, or an output path) with every output
+    /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
+    /// the others). Returned unrun so that job records can show it.
+    pub fn realise_cmd(&self, path: &str, root: &Path) -> Cmd {
+        Cmd::new("nix-store --realise", &self.nix_store).args(["--realise", path, "--add-root"]).arg(root).arg("--indirect")
+    }
+
+    /// Run a [`Nix::realise_cmd`] and return the root links it printed.
+    pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
+        let out = self.realise_cmd(path, root).run(log)?;
+        Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+    }
+
+    /// Whether a store path is valid (present and registered).
+    pub fn is_valid_path(&self, path: &str) -> bool {
+        Cmd::new("nix-store --check-validity", &self.nix_store)
+            .args(["--check-validity", path])
+            .run(None)
+            .is_ok()
+    }
+
+    /// The command's executable, for `doctor`.
+    pub fn program(&self) -> &Path {
+        &self.nix
+    }
+}
+
+/// True when a `nix-store --realise` failure is a builder that failed (the lane's code is
+/// broken: a failed job), not Nix itself failing (infrastructure).
+pub fn is_build_failure(err: &anyhow::Error) -> bool {
+    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| {
+        f.stderr.contains("builder for") && (f.stderr.contains("failed with exit code") || f.stderr.contains("failed due to signal"))
+            || f.stderr.contains("dependencies couldn't be built")
+            || f.stderr.contains("build of ") && f.stderr.contains(" failed")
+    })
+}
+
+/// A store path's `<hash>-<name>` parts, or None when `path` is not a store path.
+pub fn parse_store_path(path: &str) -> Option<(&str, &str)> {
+    let base = path.strip_prefix("/nix/store/")?;
+    if base.contains('/') {
+        return None;
+    }
+    let (hash, name) = base.split_once('-')?;
+    let nix32 = |c: char| c.is_ascii_digit() || (c.is_ascii_lowercase() && !matches!(c, 'e' | 'o' | 'u' | 't'));
+    (hash.len() == 32 && hash.chars().all(nix32) && !name.is_empty()).then_some((hash, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_of_old_and_new_nix() {
+        let v = NixVersion::parse("nix (Nix) 2.8.0\n").unwrap();
+        assert_eq!((v.major, v.minor), (2, 8));
+        let v = NixVersion::parse("nix (Nix) 2.24.10").unwrap();
+        assert_eq!((v.major, v.minor), (2, 24));
+        let v = NixVersion::parse("nix (Determinate Nix 3.6.2) 2.29.0").unwrap();
+        assert_eq!((v.major, v.minor), (2, 29));
+        assert!(NixVersion::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn store_paths() {
+        assert_eq!(
+            parse_store_path("/nix/store/8imc8yv6f303hr832cgk5agj05l7fpz3-multi"),
+            Some(("8imc8yv6f303hr832cgk5agj05l7fpz3", "multi"))
+        );
+        assert_eq!(parse_store_path("/nix/store/8imc8yv6f303hr832cgk5agj05l7fpz3-multi.drv").unwrap().1, "multi.drv");
+        assert!(parse_store_path("/nix/store/short-x").is_none());
+        assert!(parse_store_path("/nix/store/8imc8yv6f303hr832cgk5agj05l7fpz3-multi/bin").is_none());
+        assert!(parse_store_path("/tmp/8imc8yv6f303hr832cgk5agj05l7fpz3-multi").is_none());
+        // 'e', 'o', 'u', 't' are not in Nix's base-32 alphabet.
+        assert!(parse_store_path("/nix/store/eimc8yv6f303hr832cgk5agj05l7fpz3-multi").is_none());
+    }
+}
