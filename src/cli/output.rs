@@ -131,12 +131,10 @@ impl Reporter for Human {
                 let why = message.as_deref().map(|m| format!(": {}", first_line(m))).unwrap_or_default();
                 let mut line = format!("{} {job_id}{took}{why}", self.paint(code, label));
                 if matches!(status, JobStatus::Failed | JobStatus::TimedOut | JobStatus::Error) {
-                    line.push_str(&format!("\n         logs: `pikaci logs {run_id} --job {job_id}`"));
-                    if let Some(m) = message.as_deref().filter(|m| m.lines().count() > 1) {
-                        for l in m.lines().skip(1) {
-                            line.push_str(&format!("\n         {l}"));
-                        }
+                    for l in message.as_deref().unwrap_or_default().lines().skip(1) {
+                        line.push_str(&format!("\n         {l}"));
                     }
+                    line.push_str(&format!("\n         logs: `pikaci logs {run_id} --job {job_id}`"));
                 }
                 self.say(&line);
             }

@@ -1,0 +1,195 @@
+//! Runs end to end on the bwrap runtime: records, GC roots, failures, timeouts, output
+//! formats.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn lanes_fixture() -> tempfile::TempDir {
+    require_nix();
+    require_bwrap();
+    copy_fixture(&fixture_path("lanes"))
+}
+
+#[test]
+fn the_hello_example_passes_fails_and_keeps_its_report() {
+    require_nix();
+    require_bwrap();
+    let dir = copy_fixture(&repo_root().join("examples/hello"));
+    let out = run_in(dir.path(), &["run", "--all", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "one lane fails on purpose: {out:?}");
+    assert!(out.stdout.contains("[unit] test greet(world) ... ok"), "{}", out.stdout);
+    assert!(out.stdout.contains("[pending] test greet() ... FAILED"), "{}", out.stdout);
+    assert!(out.stdout.contains("report line 3000 of 3000"), "guest output is streamed");
+    let run = only_run(dir.path());
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["status"], "failed");
+    assert_eq!(job_status(&record, "unit"), "passed");
+    assert_eq!(job_status(&record, "pending"), "failed");
+    assert_eq!(job_status(&record, "report"), "passed");
+    let report = std::fs::read_to_string(run.join("jobs/report/artifacts/report.txt")).unwrap();
+    assert_eq!(report.lines().count(), 3000);
+    let summary = read_json(&run.join("jobs/report/artifacts/summary.json"));
+    assert_eq!(summary["job"], "report");
+    let guest_log = std::fs::read_to_string(run.join("jobs/report/guest.log")).unwrap();
+    assert!(guest_log.lines().count() >= 3000);
+}
+
+fn link_target(p: &Path) -> PathBuf {
+    std::fs::read_link(p).unwrap_or_else(|e| panic!("{} is not a link: {e}", p.display()))
+}
+
+#[test]
+fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = only_run(dir.path());
+    let job_dir = run.join("jobs/view");
+    let job = read_json(&job_dir.join("job.json"));
+    assert_eq!(job["schema_version"], 1);
+    assert_eq!(job["status"], "passed");
+    assert!(job["nix_version"].as_str().unwrap().starts_with("nix (Nix) 2."), "{job:#}");
+    let staged = job_dir.join("staged-linux-rust");
+
+    let payloads = job["payloads"].as_array().unwrap();
+    let names: Vec<&str> = payloads.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["workspace-deps", "workspace-build", "extra"]);
+    let deps = &payloads[0];
+    assert!(deps["drv_path"].as_str().unwrap().ends_with("-fixture-deps.drv"));
+    // Both outputs of the two-output derivation are rooted.
+    let out_path = deps["outputs"]["out"].as_str().unwrap();
+    let dev_path = deps["outputs"]["dev"].as_str().unwrap();
+    assert_eq!(link_target(&staged.join("workspace-deps")), Path::new(out_path));
+    assert_eq!(link_target(&staged.join("workspace-deps-dev")), Path::new(dev_path));
+    assert_eq!(deps["mounted"], out_path);
+    assert_eq!(deps["manifest"]["kind"], "workspace-deps");
+
+    // Registered with Nix: an indirect root in gcroots/auto points at each link.
+    let auto: Vec<PathBuf> = std::fs::read_dir("/nix/var/nix/gcroots/auto").unwrap().map(|e| link_target(&e.unwrap().path())).collect();
+    for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
+        assert!(auto.contains(&staged.join(link)), "{link} is not a registered GC root");
+    }
+    // And Nix agrees they are alive.
+    let dead = std::process::Command::new("nix-store").args(["--gc", "--print-dead"]).output().unwrap();
+    let dead = String::from_utf8_lossy(&dead.stdout);
+    assert!(!dead.contains(out_path) && !dead.contains(dev_path), "rooted payloads listed as dead");
+
+    let reproduce: Vec<&str> = job["reproduce"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(reproduce.iter().any(|l| l.contains("nix-store --realise") && l.contains("-fixture-deps.drv") && l.contains("--add-root")));
+    assert!(reproduce.last().unwrap().contains("bwrap") && reproduce.last().unwrap().contains("/pikaci/payloads/extra"));
+    let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
+    assert!(host_log.contains("$ /usr/bin/nix-store --realise"), "{host_log}");
+}
+
+#[test]
+fn a_payload_that_fails_to_build_is_a_failed_job_with_the_build_log_tail() {
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "broken", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("error[E0308]: mismatched types"), "the error shows the build log: {}", out.stdout);
+    let run = only_run(dir.path());
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(job_status(&record, "broken"), "failed");
+    let job = read_json(&run.join("jobs/broken/job.json"));
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains("realize payload `workspace-build` of lane `broken`"), "{message}");
+    assert!(message.contains("error[E0308]: mismatched types in src/lib.rs"), "{message}");
+    let host_log = std::fs::read_to_string(run.join("jobs/broken/host.log")).unwrap();
+    assert!(host_log.contains("error[E0308]: mismatched types"), "{host_log}");
+}
+
+#[test]
+fn a_manifest_path_that_escapes_the_payload_fails_the_job_naming_the_path() {
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "escaping", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let job = read_json(&only_run(dir.path()).join("jobs/escaping/job.json"));
+    assert_eq!(job["status"], "failed");
+    assert!(job["message"].as_str().unwrap().contains("entrypoint `../../etc/passwd` contains `..`"), "{job:#}");
+}
+
+fn sandboxes_of(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("bwrap") && c.contains(&needle))
+        .collect()
+}
+
+#[test]
+fn a_timeout_kills_the_whole_sandbox_and_is_recorded() {
+    let dir = lanes_fixture();
+    let started = Instant::now();
+    let out = run_in(dir.path(), &["run", "slow", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the 2 s timeout did not fire");
+    let record = read_json(&only_run(dir.path()).join("run.json"));
+    assert_eq!(job_status(&record, "slow"), "timed_out");
+    assert!(out.stdout.contains("TIMEOUT slow"), "{}", out.stdout);
+    assert!(sandboxes_of(dir.path()).is_empty(), "sandbox left behind: {:?}", sandboxes_of(dir.path()));
+}
+
+#[test]
+fn jsonl_streams_each_event_as_it_happens() {
+    let dir = lanes_fixture();
+    let mut child = pikaci()
+        .args(["run", "fail", "slow", "--runtime", "bwrap", "--output", "jsonl", "-j", "2", "--flake"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    // Read until `fail` has finished: the run (with `slow` sleeping) must still be going.
+    for line in lines.by_ref() {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let done = event["event"] == "job_finished" && event["job_id"] == "fail";
+        events.push(event);
+        if done {
+            break;
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "events must arrive while the run goes on");
+    events.extend(lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()));
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(events.iter().all(|e| e["schema_version"] == 1));
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"run_started"));
+    assert_eq!(names.last(), Some(&"run_finished"));
+    for job in ["fail", "slow"] {
+        let of_job: Vec<&str> =
+            events.iter().filter(|e| e["job_id"] == job).map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(of_job, ["job_started", "payload_realized", "payload_realized", "job_finished"], "{job}");
+    }
+    let fail = events.iter().find(|e| e["event"] == "job_finished" && e["job_id"] == "fail").unwrap();
+    assert_eq!(fail["status"], "failed");
+    assert_eq!(fail["exit_code"], 7);
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["counts"]["timed_out"], 1);
+    // events.jsonl holds the same stream.
+    let log = std::fs::read_to_string(only_run(dir.path()).join("events.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), events.len());
+}
+
+#[test]
+fn json_output_is_the_run_record_and_guest_output_goes_to_stderr() {
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "fail", "--runtime", "bwrap", "--output", "json"]);
+    assert_eq!(out.code, 1);
+    let record = out.json();
+    assert_eq!(record["schema_version"], 1);
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["jobs"][0]["exit_code"], 7);
+    assert_eq!(record["plan"][0]["lane"]["id"], "fail");
+    assert!(out.stderr.contains("[fail] failing with 7"), "{}", out.stderr);
+}

@@ -1,0 +1,252 @@
+//! The state root: inspecting runs, corrupt records, runs that die or are interrupted,
+//! garbage collection and reruns.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn fixture() -> tempfile::TempDir {
+    require_nix();
+    require_bwrap();
+    copy_fixture(&fixture_path("lanes"))
+}
+
+fn spawn_run(dir: &Path, lanes: &[&str]) -> Child {
+    pikaci()
+        .arg("run")
+        .args(lanes)
+        .args(["--runtime", "bwrap", "--flake"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until the `slow` lane's guest has printed `started`; return its run directory.
+fn wait_until_slow_runs(dir: &Path) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(run) = std::fs::read_dir(dir.join(".pikaci/runs")).ok().and_then(|mut r| r.next()) {
+            let run = run.unwrap().path();
+            if std::fs::read_to_string(run.join("jobs/slow/guest.log")).is_ok_and(|l| l.contains("started")) {
+                return run;
+            }
+        }
+        assert!(Instant::now() < deadline, "the slow lane never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+}
+
+fn sandboxes_of(dir: &Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("bwrap") && c.contains(&needle))
+        .count()
+}
+
+#[test]
+fn list_status_and_logs_show_a_finished_run() {
+    let dir = fixture();
+    let out = run_in(dir.path(), &["run", "fail", "view", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1);
+    let run_id = only_run(dir.path()).file_name().unwrap().to_string_lossy().into_owned();
+
+    let list = run_in(dir.path(), &["list"]);
+    assert_eq!(list.code, 0);
+    assert!(list.stdout.lines().nth(1).unwrap().starts_with(&format!("{run_id}  failed  1 failed, 1 passed")), "{}", list.stdout);
+    let list = run_in(dir.path(), &["list", "--json"]).json();
+    assert_eq!(list[0]["run_id"], run_id.as_str());
+
+    let status = run_in(dir.path(), &["status", "latest"]);
+    assert_eq!(status.code, 1, "status exits as the run did");
+    assert!(status.stdout.contains(&format!("run {run_id}: failed")), "{}", status.stdout);
+    assert!(status.stdout.contains("failed       fail exit 7"), "{}", status.stdout);
+    let status = run_in(dir.path(), &["status", &run_id[..15], "--json"]).json();
+    assert_eq!(status["run_id"], run_id.as_str());
+
+    let logs = run_in(dir.path(), &["logs", &run_id, "--job", "fail"]);
+    assert_eq!(logs.code, 0);
+    assert_eq!(logs.stdout, "failing with 7\n");
+    let all = run_in(dir.path(), &["logs", &run_id]);
+    assert!(all.stdout.contains("==> fail: guest.log <==") && all.stdout.contains("VIEW OK"), "{}", all.stdout);
+    let host = run_in(dir.path(), &["logs", &run_id, "--job", "view", "--host"]);
+    assert!(host.stdout.contains("nix-store --realise"), "{}", host.stdout);
+
+    let bad_job = run_in(dir.path(), &["logs", &run_id, "--job", "nope"]);
+    assert_eq!(bad_job.code, 2);
+    assert!(bad_job.stderr.contains("has no job `nope`") && bad_job.stderr.contains("its jobs are: fail, view"), "{}", bad_job.stderr);
+    let bad_run = run_in(dir.path(), &["status", "19990101"]);
+    assert_eq!(bad_run.code, 2);
+    assert!(bad_run.stderr.contains("unknown run `19990101`"), "{}", bad_run.stderr);
+}
+
+#[test]
+fn a_corrupt_run_record_is_reported_and_the_other_runs_stay_readable() {
+    let dir = fixture();
+    assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
+    assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
+    let runs = dir.path().join(".pikaci/runs");
+    let mut ids: Vec<String> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    ids.sort();
+    std::fs::write(runs.join(&ids[0]).join("run.json"), "{\"schema_version\": 1, \"run_id\": ").unwrap();
+
+    let status = run_in(dir.path(), &["status", &ids[0]]);
+    assert_eq!(status.code, 2, "{status:?}");
+    assert!(status.stderr.contains("is corrupt"), "{}", status.stderr);
+    assert!(!status.stderr.contains("panicked"));
+    let list = run_in(dir.path(), &["list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(list.stdout.contains(&format!("{}  corrupt", ids[0])), "{}", list.stdout);
+    assert!(list.stdout.contains(&format!("{}  passed", ids[1])), "{}", list.stdout);
+    // Its logs are still there.
+    let logs = run_in(dir.path(), &["logs", &ids[1], "--job", "view"]);
+    assert!(logs.stdout.contains("VIEW OK"));
+}
+
+#[test]
+fn a_run_whose_process_died_shows_as_interrupted() {
+    let dir = fixture();
+    let mut child = spawn_run(dir.path(), &["slow"]);
+    let run = wait_until_slow_runs(dir.path());
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    // The sandbox dies with its parent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sandboxes_of(dir.path()) > 0 {
+        assert!(Instant::now() < deadline, "sandbox outlived pikaci");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let on_disk = read_json(&run.join("run.json"));
+    assert_eq!(on_disk["status"], "running", "the record was left as the process died");
+    let status = run_in(dir.path(), &["status", "latest", "--json"]).json();
+    assert_eq!(status["status"], "interrupted");
+    assert_eq!(job_status(&status, "slow"), "interrupted");
+    let list = run_in(dir.path(), &["list"]);
+    assert!(list.stdout.contains("interrupted"), "{}", list.stdout);
+}
+
+#[test]
+fn ctrl_c_records_the_run_as_interrupted_and_removes_the_sandbox() {
+    let dir = fixture();
+    let mut child = spawn_run(dir.path(), &["slow", "view"]);
+    let run = wait_until_slow_runs(dir.path());
+    assert!(sandboxes_of(dir.path()) >= 1, "the sandbox runs before Ctrl-C");
+    signal(&child, "-INT");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(sandboxes_of(dir.path()), 0);
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["status"], "interrupted");
+    assert_eq!(job_status(&record, "slow"), "interrupted");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    assert!(events.lines().last().unwrap().contains("\"event\":\"run_finished\""), "{events}");
+}
+
+#[test]
+fn logs_follow_prints_until_the_run_ends() {
+    let dir = fixture();
+    let mut child = spawn_run(dir.path(), &["slow"]);
+    let run = wait_until_slow_runs(dir.path());
+    let run_id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let follow = run_in(dir.path(), &["logs", &run_id, "--job", "slow", "--follow"]);
+    // It returned because the run ended (the lane times out after 2 s), not before: the
+    // record is final by the time `--follow` stops.
+    assert_eq!(read_json(&run.join("run.json"))["status"], "failed");
+    assert_eq!(follow.code, 0, "{follow:?}");
+    assert_eq!(follow.stdout, "started\n");
+    child.wait().unwrap();
+}
+
+fn runs(dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir.join(".pikaci/runs"))
+        .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn gc_keeps_the_newest_runs_and_releases_the_others_roots_and_snapshots() {
+    let dir = fixture();
+    for i in 0..3 {
+        std::fs::write(dir.path().join("marker.txt"), format!("marker-content {i}")).unwrap();
+        assert_eq!(run_in(dir.path(), &["run", "fail", "--runtime", "bwrap"]).code, 1);
+    }
+    let before = runs(dir.path());
+    assert_eq!(before.len(), 3);
+    let old_links: Vec<PathBuf> =
+        before[..2].iter().map(|id| dir.path().join(".pikaci/runs").join(id).join("jobs/fail/staged-linux-rust/workspace-build")).collect();
+    assert!(old_links.iter().all(|l| l.exists()));
+    assert_eq!(std::fs::read_dir(dir.path().join(".pikaci/snapshots")).unwrap().count(), 3);
+
+    let out = run_in(dir.path(), &["gc", "--keep", "1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("removed 2 runs (and their GC roots), 2 snapshots"), "{}", out.stdout);
+    assert_eq!(runs(dir.path()), before[2..]);
+    assert_eq!(std::fs::read_dir(dir.path().join(".pikaci/snapshots")).unwrap().count(), 1);
+    // The roots Nix knew about are gone with their links: Nix no longer lists them.
+    let roots = std::process::Command::new("nix-store").args(["--gc", "--print-roots"]).output().unwrap();
+    let roots = String::from_utf8_lossy(&roots.stdout);
+    for link in &old_links {
+        assert!(!roots.contains(&*link.to_string_lossy()), "{} is still a root", link.display());
+    }
+    let kept = dir.path().join(".pikaci/runs").join(&before[2]).join("jobs/fail/staged-linux-rust/workspace-build");
+    assert!(roots.contains(&*kept.to_string_lossy()), "the kept run's root must stay");
+    // The kept run can still be replayed.
+    assert_eq!(run_in(dir.path(), &["rerun", "latest"]).code, 1);
+}
+
+#[test]
+fn gc_never_removes_a_live_run() {
+    let dir = fixture();
+    let mut child = spawn_run(dir.path(), &["slow"]);
+    let run = wait_until_slow_runs(dir.path());
+    let out = run_in(dir.path(), &["gc", "--keep", "0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("left 1 live run alone"), "{}", out.stdout);
+    assert!(run.join("run.json").exists());
+    assert_eq!(child.wait().unwrap().code(), Some(1), "the run finished normally (timed out)");
+    let out = run_in(dir.path(), &["gc", "--keep", "0"]);
+    assert!(out.stdout.starts_with("removed 1 run"), "{}", out.stdout);
+    assert!(!run.exists());
+}
+
+#[test]
+fn rerun_replays_the_recorded_plan_on_the_recorded_snapshot() {
+    let dir = fixture();
+    assert_eq!(run_in(dir.path(), &["run", "fail", "view", "--runtime", "bwrap"]).code, 1);
+    let first = runs(dir.path())[0].clone();
+    let first_record = read_json(&dir.path().join(".pikaci/runs").join(&first).join("run.json"));
+    // The work tree moves on; a rerun still sees the old source.
+    std::fs::write(dir.path().join("marker.txt"), "something else").unwrap();
+
+    let out = run_in(dir.path(), &["rerun", &first, "--output", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let again = out.json();
+    assert_eq!(again["rerun_of"], first.as_str());
+    assert_eq!(again["snapshot"]["id"], first_record["snapshot"]["id"]);
+    assert_eq!(again["plan"], first_record["plan"]);
+    assert_eq!(job_status(&again, "view"), "passed", "the old snapshot still has the marker");
+
+    let out = run_in(dir.path(), &["rerun", &first, "--failed", "--output", "json"]);
+    assert_eq!(out.code, 1);
+    let failed_only = out.json();
+    let jobs: Vec<&str> = failed_only["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(jobs, ["fail"]);
+
+    let none = run_in(dir.path(), &["rerun", "nope"]);
+    assert_eq!(none.code, 2);
+}
