@@ -77,7 +77,11 @@ pub fn run(state: &StateRoot, remote: Option<&str>) -> i32 {
 
 fn bwrap_check() -> Check {
     let Ok(program) = which::which("bwrap") else {
-        return Check::fail("bwrap", "`bwrap` is not on PATH", "`apt-get install bubblewrap` (Debian) or add bubblewrap to the environment");
+        return Check::fail(
+            "bwrap",
+            "`bwrap` is not on PATH",
+            "`apt-get install bubblewrap` (Debian) or add bubblewrap to the environment",
+        );
     };
     // A real sandbox, as a run makes one: namespaces and a read-only bind.
     let probe = Cmd::new("bwrap", &program)

@@ -36,7 +36,12 @@ impl fmt::Display for GcReport {
             if self.kept_runs == 1 { "" } else { "s" },
         )?;
         if !self.live_runs.is_empty() {
-            write!(f, "; left {} live run{} alone", self.live_runs.len(), if self.live_runs.len() == 1 { "" } else { "s" })?;
+            write!(
+                f,
+                "; left {} live run{} alone",
+                self.live_runs.len(),
+                if self.live_runs.len() == 1 { "" } else { "s" }
+            )?;
         }
         for w in &self.warnings {
             write!(f, "\nwarning: {w}")?;
@@ -79,7 +84,8 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
             // `.tmp-*` are copies that a crashed run never published (a live one would
             // hold the shared lock we excluded).
             if !referenced.contains(&name) {
-                std::fs::remove_dir_all(entry.path()).with_context(|| format!("remove snapshot `{}`", entry.path().display()))?;
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("remove snapshot `{}`", entry.path().display()))?;
                 report.removed_snapshots += 1;
             }
         }

@@ -52,7 +52,10 @@ pub fn plan(catalog: &Catalog, selection: &Selection, changed: Option<&ChangedFi
         catalog.lanes.iter().collect()
     } else if selection.lanes.is_empty() {
         return Err(error::usage("no lanes named")
-            .hint(format!("name lanes (`pikaci run {}`), or pass `--all`; `pikaci lanes` lists them", first_id(catalog)))
+            .hint(format!(
+                "name lanes (`pikaci run {}`), or pass `--all`; `pikaci lanes` lists them",
+                first_id(catalog)
+            ))
             .into());
     } else {
         let mut picked = Vec::new();
@@ -116,7 +119,9 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
-        Catalog { lanes: vec![lane("always", &[]), lane("core", &["crates/**", "Cargo.lock"]), lane("docs", &["docs/*.md"])] }
+        Catalog {
+            lanes: vec![lane("always", &[]), lane("core", &["crates/**", "Cargo.lock"]), lane("docs", &["docs/*.md"])],
+        }
     }
 
     #[test]
@@ -125,15 +130,13 @@ mod tests {
         let jobs = plan(&catalog(), &Selection { lanes: vec![], all: true }, Some(&changed)).unwrap();
         let skipped: Vec<(&str, bool)> = jobs.iter().map(|j| (j.job_id.as_str(), j.skip_reason.is_some())).collect();
         assert_eq!(skipped, [("always", false), ("core", false), ("docs", true)]);
-        assert_eq!(
-            jobs[2].skip_reason.as_deref(),
-            Some("no file changed since `main` matches its paths (docs/*.md)")
-        );
+        assert_eq!(jobs[2].skip_reason.as_deref(), Some("no file changed since `main` matches its paths (docs/*.md)"));
     }
 
     #[test]
     fn single_star_stays_in_one_directory() {
-        let changed = ChangedFiles { since: "main".into(), files: vec!["docs/deep/x.md".into(), "Cargo.lock.bak".into()] };
+        let changed =
+            ChangedFiles { since: "main".into(), files: vec!["docs/deep/x.md".into(), "Cargo.lock.bak".into()] };
         let jobs = plan(&catalog(), &Selection { lanes: vec![], all: true }, Some(&changed)).unwrap();
         assert!(jobs[1].skip_reason.is_some(), "Cargo.lock must not match Cargo.lock.bak");
         assert!(jobs[2].skip_reason.is_some(), "docs/*.md must not match docs/deep/x.md");
@@ -141,7 +144,8 @@ mod tests {
 
     #[test]
     fn without_changed_since_nothing_is_skipped() {
-        let jobs = plan(&catalog(), &Selection { lanes: vec!["docs".into(), "docs".into()], all: false }, None).unwrap();
+        let jobs =
+            plan(&catalog(), &Selection { lanes: vec!["docs".into(), "docs".into()], all: false }, None).unwrap();
         assert_eq!(jobs.len(), 1);
         assert!(jobs[0].skip_reason.is_none());
     }

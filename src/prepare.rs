@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::catalog::Lane;
-use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
 use crate::catalog::Payload;
+use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
 use crate::executor::StagedPayloadMount;
 use crate::state::record::RealizedPayload;
 use crate::tools::command::HostLog;

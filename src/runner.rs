@@ -84,7 +84,8 @@ struct Setup {
 pub fn take_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<(Snapshot, File)> {
     state.ensure()?;
     let guard = state.lock_shared()?;
-    let exclude: Vec<PathBuf> = state.root.strip_prefix(&flake.dir).map(|rel| vec![rel.to_path_buf()]).unwrap_or_default();
+    let exclude: Vec<PathBuf> =
+        state.root.strip_prefix(&flake.dir).map(|rel| vec![rel.to_path_buf()]).unwrap_or_default();
     let snap = snapshot::take(&flake.dir, &state.snapshots_dir(), &state.snapshot_cache(), &exclude)
         .with_context(|| format!("take a snapshot of `{}`", flake.dir.display()))?;
     Ok((snap, guard))
@@ -104,7 +105,11 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let changed = match &req.changed_since {
         Some(rev) => {
             if !git::is_work_tree(&req.flake.dir) {
-                return Err(error::usage(format!("`--changed-since {rev}` needs a git work tree; `{}` is not in one", req.flake.dir.display())).into());
+                return Err(error::usage(format!(
+                    "`--changed-since {rev}` needs a git work tree; `{}` is not in one",
+                    req.flake.dir.display()
+                ))
+                .into());
             }
             Some(ChangedFiles { since: rev.clone(), files: git::changed_files(&req.flake.dir, rev)? })
         }
@@ -156,7 +161,10 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             .iter()
             .filter(|p| {
                 old.job(&p.job_id).is_some_and(|j| {
-                    matches!(j.status, JobStatus::Failed | JobStatus::TimedOut | JobStatus::Error | JobStatus::Interrupted)
+                    matches!(
+                        j.status,
+                        JobStatus::Failed | JobStatus::TimedOut | JobStatus::Error | JobStatus::Interrupted
+                    )
                 })
             })
             .cloned()
@@ -310,7 +318,12 @@ fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Res
     // The record now refers to the snapshot: gc may run again.
     drop(create_guard);
 
-    let recorder = Recorder { run_dir: run_dir.clone(), record: Mutex::new(record), events: EventLog::create(&run_dir)?, reporter };
+    let recorder = Recorder {
+        run_dir: run_dir.clone(),
+        record: Mutex::new(record),
+        events: EventLog::create(&run_dir)?,
+        reporter,
+    };
     recorder.emit(Event::RunStarted {
         run_id: run_id.clone(),
         at: state::now_rfc3339(),
@@ -422,13 +435,17 @@ fn run_job(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorde
         Ok(outcome) => match outcome {
             GuestOutcome::Exited(0) => (JobStatus::Passed, Some(0), None),
             GuestOutcome::Exited(code) => (JobStatus::Failed, Some(code), Some(format!("command exited with {code}"))),
-            GuestOutcome::Signaled(sig) => (JobStatus::Failed, None, Some(format!("command was killed by signal {sig}"))),
+            GuestOutcome::Signaled(sig) => {
+                (JobStatus::Failed, None, Some(format!("command was killed by signal {sig}")))
+            }
             GuestOutcome::TimedOut => {
                 (JobStatus::TimedOut, None, Some(format!("timed out after {}s", planned.lane.timeout_secs)))
             }
             GuestOutcome::Interrupted => (JobStatus::Interrupted, None, Some("interrupted".to_string())),
         },
-        Err(JobError { status, error }) => (status, None, Some(error::render(&error).trim_start_matches("error: ").to_string())),
+        Err(JobError { status, error }) => {
+            (status, None, Some(error::render(&error).trim_start_matches("error: ").to_string()))
+        }
     };
     job.status = status;
     job.exit_code = exit_code;
@@ -480,22 +497,23 @@ fn run_job_inner(
             at: state::now_rfc3339(),
         });
     };
-    let prepared = match prepare::prepare(&setup.nix, &planned.lane, job_dir, &host_log, &setup.shared_builds, &on_realized) {
-        Ok(p) => p,
-        Err(error) => {
-            host_log.line(&format!("prepare failed: {error:#}"));
-            let status = if is_interrupted(&error) {
-                JobStatus::Interrupted
-            } else if nix::is_build_failure(&error) {
-                JobStatus::Failed
-            } else if error::kind_of(&error) == error::ErrorKind::Config {
-                JobStatus::Failed
-            } else {
-                JobStatus::Error
-            };
-            return Err(JobError { status, error });
-        }
-    };
+    let prepared =
+        match prepare::prepare(&setup.nix, &planned.lane, job_dir, &host_log, &setup.shared_builds, &on_realized) {
+            Ok(p) => p,
+            Err(error) => {
+                host_log.line(&format!("prepare failed: {error:#}"));
+                let status = if is_interrupted(&error) {
+                    JobStatus::Interrupted
+                } else if nix::is_build_failure(&error) || error::kind_of(&error) == error::ErrorKind::Config {
+                    // The lane's own code or payload is broken (a compile error, a bad
+                    // manifest): the job failed. Anything else is infrastructure.
+                    JobStatus::Failed
+                } else {
+                    JobStatus::Error
+                };
+                return Err(JobError { status, error });
+            }
+        };
     job.payloads = prepared.payloads.clone();
     job.reproduce = prepared.reproduce.clone();
     job.status = JobStatus::Running;

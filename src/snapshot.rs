@@ -85,7 +85,9 @@ pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[P
     let mut cache_dirty = false;
     for entry in &mut entries {
         match &entry.kind {
-            EntryKind::Symlink { target } => entry.hash = Some(hex(&Sha256::digest(target.as_os_str().as_encoded_bytes()))),
+            EntryKind::Symlink { target } => {
+                entry.hash = Some(hex(&Sha256::digest(target.as_os_str().as_encoded_bytes())))
+            }
             EntryKind::File { .. } => {
                 if let Some((key, hash)) = cache.entries.get(&entry.rel)
                     && *key == entry.stat
@@ -254,7 +256,8 @@ fn tree_id(entries: &[Entry]) -> String {
 }
 
 fn copy_entries(source: &Path, dest: &Path, entries: &[Entry]) -> Result<()> {
-    let mut dirs: Vec<&Path> = entries.iter().filter_map(|e| e.rel.parent()).filter(|p| !p.as_os_str().is_empty()).collect();
+    let mut dirs: Vec<&Path> =
+        entries.iter().filter_map(|e| e.rel.parent()).filter(|p| !p.as_os_str().is_empty()).collect();
     dirs.sort();
     dirs.dedup();
     for d in dirs {
@@ -268,7 +271,9 @@ fn copy_entries(source: &Path, dest: &Path, entries: &[Entry]) -> Result<()> {
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().try_for_each(|e| copy_entry(source, dest, e))))
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("snapshot copy thread panicked"))))
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("snapshot copy thread panicked"))))
     })
 }
 

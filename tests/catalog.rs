@@ -33,7 +33,10 @@ fn write_flake(dir: &Path, lanes: &str) {
 fn lanes_json_describes_each_lane_without_building_anything() {
     require_nix();
     let dir = tempfile::tempdir().unwrap();
-    write_flake(dir.path(), r#"{ unit = ok // { description = "unit tests"; paths = [ "crates/**" ]; timeout = 30; env.A = "b"; }; }"#);
+    write_flake(
+        dir.path(),
+        r#"{ unit = ok // { description = "unit tests"; paths = [ "crates/**" ]; timeout = 30; env.A = "b"; }; }"#,
+    );
     let out = run_in(dir.path(), &["lanes", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let lanes = out.json();
@@ -56,7 +59,11 @@ fn lanes_json_describes_each_lane_without_building_anything() {
 
     let human = run_in(dir.path(), &["lanes"]);
     assert_eq!(human.code, 0);
-    assert!(human.stdout.contains("unit") && human.stdout.contains("workspace-deps, workspace-build"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("unit") && human.stdout.contains("workspace-deps, workspace-build"),
+        "{}",
+        human.stdout
+    );
 }
 
 /// `nix` on PATH is a logging front for the real one: pikaci must call it once for the
@@ -68,7 +75,10 @@ fn the_catalog_is_read_with_one_nix_eval_for_any_number_of_lanes() {
     let dir = tempfile::tempdir().unwrap();
     let flake = dir.path().join("flake");
     std::fs::create_dir(&flake).unwrap();
-    write_flake(&flake, "builtins.listToAttrs (map (i: { name = \"lane-${toString i}\"; value = ok; }) (builtins.genList (i: i) 40))");
+    write_flake(
+        &flake,
+        "builtins.listToAttrs (map (i: { name = \"lane-${toString i}\"; value = ok; }) (builtins.genList (i: i) 40))",
+    );
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = dir.path().join("nix-calls.log");
@@ -123,7 +133,10 @@ fn every_invalid_lane_is_reported_with_its_rule() {
     // A run refuses too, before anything is recorded.
     let run = run_in(dir.path(), &["run", "good"]);
     assert_eq!(run.code, 2);
-    assert!(!dir.path().join(".pikaci/runs").exists() || std::fs::read_dir(dir.path().join(".pikaci/runs")).unwrap().count() == 0);
+    assert!(
+        !dir.path().join(".pikaci/runs").exists()
+            || std::fs::read_dir(dir.path().join(".pikaci/runs")).unwrap().count() == 0
+    );
 }
 
 #[test]

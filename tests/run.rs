@@ -71,7 +71,8 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     assert_eq!(deps["manifest"]["kind"], "workspace-deps");
 
     // Registered with Nix: an indirect root in gcroots/auto points at each link.
-    let auto: Vec<PathBuf> = std::fs::read_dir("/nix/var/nix/gcroots/auto").unwrap().map(|e| link_target(&e.unwrap().path())).collect();
+    let auto: Vec<PathBuf> =
+        std::fs::read_dir("/nix/var/nix/gcroots/auto").unwrap().map(|e| link_target(&e.unwrap().path())).collect();
     for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
         assert!(auto.contains(&staged.join(link)), "{link} is not a registered GC root");
     }
@@ -81,8 +82,14 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     assert!(!dead.contains(out_path) && !dead.contains(dev_path), "rooted payloads listed as dead");
 
     let reproduce: Vec<&str> = job["reproduce"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-    assert!(reproduce.iter().any(|l| l.contains("nix-store --realise") && l.contains("-fixture-deps.drv") && l.contains("--add-root")));
-    assert!(reproduce.last().unwrap().contains("bwrap") && reproduce.last().unwrap().contains("/pikaci/payloads/extra"));
+    assert!(
+        reproduce
+            .iter()
+            .any(|l| l.contains("nix-store --realise") && l.contains("-fixture-deps.drv") && l.contains("--add-root"))
+    );
+    assert!(
+        reproduce.last().unwrap().contains("bwrap") && reproduce.last().unwrap().contains("/pikaci/payloads/extra")
+    );
     let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
     assert!(host_log.contains("$ /usr/bin/nix-store --realise"), "{host_log}");
 }

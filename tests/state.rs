@@ -66,7 +66,11 @@ fn list_status_and_logs_show_a_finished_run() {
 
     let list = run_in(dir.path(), &["list"]);
     assert_eq!(list.code, 0);
-    assert!(list.stdout.lines().nth(1).unwrap().starts_with(&format!("{run_id}  failed  1 failed, 1 passed")), "{}", list.stdout);
+    assert!(
+        list.stdout.lines().nth(1).unwrap().starts_with(&format!("{run_id}  failed  1 failed, 1 passed")),
+        "{}",
+        list.stdout
+    );
     let list = run_in(dir.path(), &["list", "--json"]).json();
     assert_eq!(list[0]["run_id"], run_id.as_str());
 
@@ -87,7 +91,11 @@ fn list_status_and_logs_show_a_finished_run() {
 
     let bad_job = run_in(dir.path(), &["logs", &run_id, "--job", "nope"]);
     assert_eq!(bad_job.code, 2);
-    assert!(bad_job.stderr.contains("has no job `nope`") && bad_job.stderr.contains("its jobs are: fail, view"), "{}", bad_job.stderr);
+    assert!(
+        bad_job.stderr.contains("has no job `nope`") && bad_job.stderr.contains("its jobs are: fail, view"),
+        "{}",
+        bad_job.stderr
+    );
     let bad_run = run_in(dir.path(), &["status", "19990101"]);
     assert_eq!(bad_run.code, 2);
     assert!(bad_run.stderr.contains("unknown run `19990101`"), "{}", bad_run.stderr);
@@ -99,7 +107,8 @@ fn a_corrupt_run_record_is_reported_and_the_other_runs_stay_readable() {
     assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
     assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
     let runs = dir.path().join(".pikaci/runs");
-    let mut ids: Vec<String> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut ids: Vec<String> =
+        std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     ids.sort();
     std::fs::write(runs.join(&ids[0]).join("run.json"), "{\"schema_version\": 1, \"run_id\": ").unwrap();
 
@@ -187,8 +196,10 @@ fn gc_keeps_the_newest_runs_and_releases_the_others_roots_and_snapshots() {
     }
     let before = runs(dir.path());
     assert_eq!(before.len(), 3);
-    let old_links: Vec<PathBuf> =
-        before[..2].iter().map(|id| dir.path().join(".pikaci/runs").join(id).join("jobs/fail/staged-linux-rust/workspace-build")).collect();
+    let old_links: Vec<PathBuf> = before[..2]
+        .iter()
+        .map(|id| dir.path().join(".pikaci/runs").join(id).join("jobs/fail/staged-linux-rust/workspace-build"))
+        .collect();
     assert!(old_links.iter().all(|l| l.exists()));
     assert_eq!(std::fs::read_dir(dir.path().join(".pikaci/snapshots")).unwrap().count(), 3);
 
@@ -244,7 +255,8 @@ fn rerun_replays_the_recorded_plan_on_the_recorded_snapshot() {
     let out = run_in(dir.path(), &["rerun", &first, "--failed", "--output", "json"]);
     assert_eq!(out.code, 1);
     let failed_only = out.json();
-    let jobs: Vec<&str> = failed_only["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    let jobs: Vec<&str> =
+        failed_only["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(jobs, ["fail"]);
 
     let none = run_in(dir.path(), &["rerun", "nope"]);

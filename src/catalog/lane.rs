@@ -41,10 +41,7 @@ pub struct Payload {
 impl Payload {
     /// The output mounted at `/pikaci/payloads/<name>`: `out` when there is one.
     pub fn main_output(&self) -> Option<(&str, &str)> {
-        self.outputs
-            .get_key_value("out")
-            .or_else(|| self.outputs.iter().next())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        self.outputs.get_key_value("out").or_else(|| self.outputs.iter().next()).map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -146,7 +143,9 @@ impl Lane {
                     }
                 }
             }
-            Some(Value::String(t)) if t != "null" => err(format!("`payloads` must be an attribute set of derivations, got a {t}")),
+            Some(Value::String(t)) if t != "null" => {
+                err(format!("`payloads` must be an attribute set of derivations, got a {t}"))
+            }
             _ => err("`payloads` is missing (declare `workspace-deps` and `workspace-build`)".into()),
         }
         payloads.sort_by_key(|p| payload_order(&p.name));
@@ -237,7 +236,9 @@ impl Lane {
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("image", Value::String(s)) if !s.is_empty() => image = Some(s.clone()),
-                        ("image", other) => err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other))),
+                        ("image", other) => {
+                            err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other)))
+                        }
                         (other, _) => err(format!("unknown field `runtime.{other}` (the only one is `image`)")),
                     }
                 }
@@ -254,9 +255,13 @@ impl Lane {
 
 fn parse_payload(name: &str, value: &Value) -> Result<Payload, String> {
     let Some(obj) = value.as_object() else {
-        return Err(format!("payload `{name}` must be a derivation, got a {}", value.as_str().unwrap_or(type_name(value))));
+        return Err(format!(
+            "payload `{name}` must be a derivation, got a {}",
+            value.as_str().unwrap_or(type_name(value))
+        ));
     };
-    let drv_path = obj.get("drvPath").and_then(Value::as_str).ok_or_else(|| format!("payload `{name}` has no `drvPath`"))?;
+    let drv_path =
+        obj.get("drvPath").and_then(Value::as_str).ok_or_else(|| format!("payload `{name}` has no `drvPath`"))?;
     let outputs: BTreeMap<String, String> = obj
         .get("outputs")
         .and_then(Value::as_object)
@@ -351,7 +356,10 @@ mod tests {
         let mut v = good();
         v["payloads"] = json!({"workspace-build": "int"});
         let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
-        assert!(all.iter().any(|e| e == "lane `unit`: payload `workspace-build` must be a derivation, got a int"), "{all:?}");
+        assert!(
+            all.iter().any(|e| e == "lane `unit`: payload `workspace-build` must be a derivation, got a int"),
+            "{all:?}"
+        );
         assert!(all.iter().any(|e| e.contains("payload `workspace-deps` is missing")), "{all:?}");
     }
 

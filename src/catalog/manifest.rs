@@ -83,15 +83,18 @@ impl PayloadManifest {
         }
         let root = root.canonicalize().map_err(|e| invalid(format!("payload root `{}`: {e}", root.display())))?;
         for entry in &manifest.entrypoints {
-            let resolved = resolve_inside(&root, entry).map_err(|why| invalid(format!("entrypoint `{entry}` {why}")))?;
+            let resolved =
+                resolve_inside(&root, entry).map_err(|why| invalid(format!("entrypoint `{entry}` {why}")))?;
             if !resolved.is_file() {
                 return Err(invalid(format!("entrypoint `{entry}` is not a file")));
             }
         }
         let mut mounts = Vec::new();
         for mount in &manifest.mounts {
-            let source = resolve_inside(&root, &mount.path).map_err(|why| invalid(format!("mount path `{}` {why}", mount.path)))?;
-            check_guest_path(&mount.guest_path).map_err(|why| invalid(format!("mount guest_path `{}` {why}", mount.guest_path)))?;
+            let source = resolve_inside(&root, &mount.path)
+                .map_err(|why| invalid(format!("mount path `{}` {why}", mount.path)))?;
+            check_guest_path(&mount.guest_path)
+                .map_err(|why| invalid(format!("mount guest_path `{}` {why}", mount.guest_path)))?;
             mounts.push(ResolvedMount { source, guest_path: mount.guest_path.clone() });
         }
         Ok(Some((manifest, mounts)))
@@ -130,8 +133,11 @@ fn check_guest_path(guest: &str) -> Result<(), String> {
     if path == Path::new("/") {
         return Err("must not be `/`".into());
     }
-    if let Some(reserved) = RESERVED_GUEST_PATHS.iter().find(|r| path.starts_with(r) || Path::new(r).starts_with(path)) {
-        return Err(format!("collides with `{reserved}`, which the guest view reserves; use a path under `/opt` or `/srv`"));
+    if let Some(reserved) = RESERVED_GUEST_PATHS.iter().find(|r| path.starts_with(r) || Path::new(r).starts_with(path))
+    {
+        return Err(format!(
+            "collides with `{reserved}`, which the guest view reserves; use a path under `/opt` or `/srv`"
+        ));
     }
     Ok(())
 }
@@ -179,7 +185,9 @@ mod tests {
         assert!(e.contains("entrypoint `../../etc/passwd` contains `..`"), "{e}");
         let e = rejected(r#"{"schema_version":1,"kind":"k","entrypoints":["/bin/sh"]}"#);
         assert!(e.contains("entrypoint `/bin/sh` is absolute"), "{e}");
-        let e = rejected(r#"{"schema_version":1,"kind":"k","mounts":[{"path":"share/assets","guest_path":"/workspace/x"}]}"#);
+        let e = rejected(
+            r#"{"schema_version":1,"kind":"k","mounts":[{"path":"share/assets","guest_path":"/workspace/x"}]}"#,
+        );
         assert!(e.contains("collides with `/workspace`"), "{e}");
         let e = rejected(r#"{"schema_version":1,"kind":"k","mounts":[{"path":"share/assets","guest_path":"opt"}]}"#);
         assert!(e.contains("must be absolute"), "{e}");

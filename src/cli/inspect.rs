@@ -116,7 +116,8 @@ pub fn list(state: &StateRoot, json: bool) -> Result<()> {
             }
             // One bad record must not hide the others.
             Err(e) => {
-                let why = error::render(&e).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+                let why =
+                    error::render(&e).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
                 rows.push([id.clone(), "corrupt".into(), String::new(), String::new(), why.clone()]);
                 entries.push(serde_json::json!({ "run_id": id, "status": "corrupt", "error": why }));
             }
@@ -162,7 +163,8 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
         for job in &record.jobs {
             let code = job.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
             let took = job.duration_ms.map(|d| format!(" {}", seconds(d))).unwrap_or_default();
-            let why = job.message.as_deref().and_then(|m| m.lines().next()).map(|m| format!("  {m}")).unwrap_or_default();
+            let why =
+                job.message.as_deref().and_then(|m| m.lines().next()).map(|m| format!("  {m}")).unwrap_or_default();
             println!("  {:<12} {}{code}{took}{why}", job.status.as_str(), job.job_id);
         }
     }

@@ -74,11 +74,7 @@ impl Placement {
 pub fn staged_payload_source_root(mount: &StagedPayloadMount, placement: &Placement) -> Result<PathBuf> {
     match placement {
         Placement::Local => mount.local_mount_path.canonicalize().with_context(|| {
-            format!(
-                "resolve staged payload `{}` at `{}`",
-                mount.device_prefix,
-                mount.local_mount_path.display()
-            )
+            format!("resolve staged payload `{}` at `{}`", mount.device_prefix, mount.local_mount_path.display())
         }),
         Placement::Remote(_) => placement.host_path(&mount.local_mount_path),
     }
@@ -127,7 +123,8 @@ mod tests {
 
     #[test]
     fn missing_local_payload_is_an_error_naming_it() {
-        let mount = StagedPayloadMount { local_mount_path: "/nonexistent/x".into(), device_prefix: "workspace-deps".into() };
+        let mount =
+            StagedPayloadMount { local_mount_path: "/nonexistent/x".into(), device_prefix: "workspace-deps".into() };
         let err = staged_payload_source_root(&mount, &Placement::Local).unwrap_err();
         assert!(err.to_string().contains("resolve staged payload `workspace-deps`"), "{err}");
     }

@@ -111,7 +111,11 @@ mod tests {
     }
 
     fn io(dir: &std::path::Path, lines: Arc<Lines>) -> JobIo {
-        JobIo { host_log: HostLog::create(&dir.join("host.log")).unwrap(), guest_log: dir.join("guest.log"), output: lines }
+        JobIo {
+            host_log: HostLog::create(&dir.join("host.log")).unwrap(),
+            guest_log: dir.join("guest.log"),
+            output: lines,
+        }
     }
 
     #[test]
@@ -130,7 +134,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cmd = Cmd::new("sleep", "/bin/sh").args(["-c", "exec sleep 30"]);
         let t = Instant::now();
-        let outcome = run_guest(&cmd, "j", Duration::from_millis(300), &io(dir.path(), Arc::new(Lines::default()))).unwrap();
+        let outcome =
+            run_guest(&cmd, "j", Duration::from_millis(300), &io(dir.path(), Arc::new(Lines::default()))).unwrap();
         assert_eq!(outcome, GuestOutcome::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(std::fs::read_to_string(dir.path().join("host.log")).unwrap().contains("timed out after 0s"));

@@ -101,14 +101,7 @@ pub fn is_interrupted(err: &anyhow::Error) -> bool {
 
 impl Cmd {
     pub fn new(label: impl Into<String>, program: impl Into<PathBuf>) -> Self {
-        Cmd {
-            label: label.into(),
-            program: program.into(),
-            args: Vec::new(),
-            dir: None,
-            env: Vec::new(),
-            stdin: None,
-        }
+        Cmd { label: label.into(), program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), stdin: None }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -155,8 +148,11 @@ impl Cmd {
 
     /// The command as a line a user can paste into a shell.
     pub fn display(&self) -> String {
-        let mut words: Vec<String> =
-            self.env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))).collect();
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy())))
+            .collect();
         words.extend(self.argv().iter().map(|a| shell_quote(&a.to_string_lossy())));
         words.join(" ")
     }
@@ -180,7 +176,9 @@ impl Cmd {
     pub fn run(&self, log: Option<&HostLog>) -> Result<CmdOutput> {
         let out = self.run_unchecked(log)?;
         if !out.status.success() {
-            return Err(CommandFailed { label: self.label.clone(), code: out.status.code(), stderr: out.stderr_str() }.into());
+            return Err(
+                CommandFailed { label: self.label.clone(), code: out.status.code(), stderr: out.stderr_str() }.into()
+            );
         }
         Ok(out)
     }
@@ -196,7 +194,9 @@ impl Cmd {
             .start()
             .map_err(|e| spawn_error(&self.label, &self.program, e))?;
         let output = loop {
-            if let Some(output) = handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))? {
+            if let Some(output) =
+                handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))?
+            {
                 break output;
             }
             if signals::interrupted() {
@@ -244,7 +244,9 @@ pub fn tail_lines(text: &str, n: usize) -> String {
 /// embedded single quotes escaped. The only quoting helper in pikaci.
 pub fn shell_quote(word: &str) -> String {
     let safe = !word.is_empty()
-        && word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@' | '%'));
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@' | '%')
+        });
     if safe { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 

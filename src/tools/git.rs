@@ -32,7 +32,8 @@ pub fn work_tree_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Files below `dir` (relative to it) that differ between the work tree and `rev`:
 /// tracked changes (both sides of a rename) plus untracked-not-ignored files.
 pub fn changed_files(dir: &Path, rev: &str) -> Result<Vec<String>> {
-    let verify = git("git rev-parse", dir)?.args(["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).run(None);
+    let verify =
+        git("git rev-parse", dir)?.args(["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).run(None);
     if verify.is_err() {
         return Err(error::usage(format!("`--changed-since {rev}`: no such commit in `{}`", dir.display()))
             .hint("name a commit, branch or tag that exists locally (`git fetch` it first if it is remote)")
@@ -54,9 +55,5 @@ pub fn changed_files(dir: &Path, rev: &str) -> Result<Vec<String>> {
 
 fn split_z(bytes: &[u8]) -> Vec<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    bytes
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| PathBuf::from(std::ffi::OsStr::from_bytes(s)))
-        .collect()
+    bytes.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| PathBuf::from(std::ffi::OsStr::from_bytes(s))).collect()
 }

@@ -62,8 +62,9 @@ impl Nix {
             .or_else(|| which::which("nix-store").ok())
             .ok_or_else(|| error::infra(format!("`nix-store` was not found next to `{}` or on PATH", nix.display())))?;
         let out = Cmd::new("nix --version", &nix).arg("--version").run(None)?;
-        let version = NixVersion::parse(&out.stdout_str())
-            .ok_or_else(|| error::infra(format!("could not read the Nix version from `{}`", out.stdout_str().trim())))?;
+        let version = NixVersion::parse(&out.stdout_str()).ok_or_else(|| {
+            error::infra(format!("could not read the Nix version from `{}`", out.stdout_str().trim()))
+        })?;
         Ok(Nix { nix, nix_store, version })
     }
 
@@ -79,20 +80,25 @@ impl Nix {
     /// `nix eval --json <installable> --apply <fn>`: one evaluation, nothing built.
     pub fn eval_json_apply(&self, installable: &str, apply: &str) -> Result<serde_json::Value> {
         let out = self.nix("nix eval").args(["eval", "--json", installable, "--apply", apply]).run(None)?;
-        serde_json::from_slice(&out.stdout).with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
     }
 
     /// `nix eval --json <installable>`, nothing applied.
     pub fn eval_json(&self, installable: &str) -> Result<serde_json::Value> {
         let out = self.nix("nix eval").args(["eval", "--json", installable]).run(None)?;
-        serde_json::from_slice(&out.stdout).with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
     }
 
     /// The command that realizes `path` (a `.drv`, or an output path) with every output
     /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
     /// the others). Returned unrun so that job records can show it.
     pub fn realise_cmd(&self, path: &str, root: &Path) -> Cmd {
-        Cmd::new("nix-store --realise", &self.nix_store).args(["--realise", path, "--add-root"]).arg(root).arg("--indirect")
+        Cmd::new("nix-store --realise", &self.nix_store)
+            .args(["--realise", path, "--add-root"])
+            .arg(root)
+            .arg("--indirect")
     }
 
     /// Run a [`Nix::realise_cmd`] and return the root links it printed.
@@ -103,10 +109,7 @@ impl Nix {
 
     /// Whether a store path is valid (present and registered).
     pub fn is_valid_path(&self, path: &str) -> bool {
-        Cmd::new("nix-store --check-validity", &self.nix_store)
-            .args(["--check-validity", path])
-            .run(None)
-            .is_ok()
+        Cmd::new("nix-store --check-validity", &self.nix_store).args(["--check-validity", path]).run(None).is_ok()
     }
 
     /// The command's executable, for `doctor`.
@@ -119,7 +122,8 @@ impl Nix {
 /// broken: a failed job), not Nix itself failing (infrastructure).
 pub fn is_build_failure(err: &anyhow::Error) -> bool {
     err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| {
-        f.stderr.contains("builder for") && (f.stderr.contains("failed with exit code") || f.stderr.contains("failed due to signal"))
+        f.stderr.contains("builder for")
+            && (f.stderr.contains("failed with exit code") || f.stderr.contains("failed due to signal"))
             || f.stderr.contains("dependencies couldn't be built")
             || f.stderr.contains("build of ") && f.stderr.contains(" failed")
     })

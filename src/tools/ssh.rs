@@ -16,8 +16,10 @@ pub struct Ssh {
 
 impl Ssh {
     pub fn new(host: &str) -> Result<Ssh> {
-        let program = which::which("ssh")
-            .map_err(|_| error::infra("`ssh` was not found on PATH").hint("install OpenSSH's client (`apt-get install openssh-client`)"))?;
+        let program = which::which("ssh").map_err(|_| {
+            error::infra("`ssh` was not found on PATH")
+                .hint("install OpenSSH's client (`apt-get install openssh-client`)")
+        })?;
         Ok(Ssh { program, host: host.to_string() })
     }
 

@@ -45,7 +45,9 @@ pub fn require_incus() {
     require("incus", "run `scripts/bootstrap` (installs Incus and starts its daemon)");
     let ok = Command::new("incus").args(["query", "/1.0"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
-        panic!("the Incus daemon does not answer (`incus query /1.0` failed): run `scripts/bootstrap`, which starts it");
+        panic!(
+            "the Incus daemon does not answer (`incus query /1.0` failed): run `scripts/bootstrap`, which starts it"
+        );
     }
 }
 
@@ -89,7 +91,8 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -105,21 +108,14 @@ impl From<Output> for Run {
 
 /// Run `pikaci ARGS` with `--flake path:<flake>` and the state root inside it.
 pub fn run_in(flake: &Path, args: &[&str]) -> Run {
-    let out = pikaci()
-        .args(args)
-        .arg("--flake")
-        .arg(format!("path:{}", flake.display()))
-        .output()
-        .expect("run pikaci");
+    let out = pikaci().args(args).arg("--flake").arg(format!("path:{}", flake.display())).output().expect("run pikaci");
     out.into()
 }
 
 /// The only run of a state root (panics when there is not exactly one).
 pub fn only_run(flake: &Path) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(flake.join(".pikaci/runs"))
-        .expect("runs dir")
-        .map(|e| e.unwrap().path())
-        .collect();
+    let runs: Vec<PathBuf> =
+        std::fs::read_dir(flake.join(".pikaci/runs")).expect("runs dir").map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1, "expected one run: {runs:?}");
     runs.into_iter().next().unwrap()
 }
