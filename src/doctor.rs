@@ -29,10 +29,17 @@ impl Check {
 pub fn run(state: &StateRoot, remote: Option<&str>) -> i32 {
     let mut checks = Vec::new();
     let nix = match Nix::locate() {
-        Ok(nix) => {
-            checks.push(Check::ok("nix", format!("{} at `{}`", nix.version().text, nix.program().display())));
-            true
-        }
+        Ok(nix) => match nix.version() {
+            Ok(v) => {
+                checks.push(Check::ok("nix", format!("{} at `{}`", v.text, nix.program().display())));
+                true
+            }
+            Err(e) => {
+                let detail = format!("`{}` does not run: {e:#}", nix.program().display());
+                checks.push(Check::fail("nix", detail, "reinstall Nix"));
+                false
+            }
+        },
         Err(e) => {
             let fix = error::classification(&e).and_then(|c| c.hint.clone()).unwrap_or_else(|| "install Nix".into());
             checks.push(Check::fail("nix", format!("{e:#}"), fix));

@@ -77,6 +77,8 @@ struct Setup {
     parallelism: usize,
     rerun_of: Option<String>,
     shared_builds: prepare::SharedBuilds,
+    version_reader: Option<VersionReader>,
+    nix_version: Option<String>,
 }
 
 /// Take (or reuse) the snapshot of a flake's source, holding the state root's shared lock
@@ -100,6 +102,7 @@ pub fn load_catalog(flake: &FlakeSource, state: &StateRoot) -> Result<Catalog> {
 
 pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let nix = Nix::locate()?;
+    let version_reader = read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
     let catalog = Catalog::load(&nix, &snap.dir, &catalog::current_system(), &req.flake.label)?;
     let changed = match &req.changed_since {
@@ -138,12 +141,15 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         parallelism: req.parallelism.max(1),
         rerun_of: None,
         shared_builds: Default::default(),
+        version_reader: Some(version_reader),
+        nix_version: None,
     };
     execute(setup, guard, reporter)
 }
 
 pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let nix = Nix::locate()?;
+    let version_reader = read_version_meanwhile(&nix, &req.state);
     let old = RunRecord::read(&req.state.run_dir(&req.run_id))?;
     req.state.ensure()?;
     let guard = req.state.lock_shared()?;
@@ -206,9 +212,24 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         parallelism: req.parallelism.unwrap_or(old.parallelism).max(1),
         rerun_of: Some(old.run_id.clone()),
         shared_builds: Default::default(),
+        version_reader: Some(version_reader),
+        nix_version: None,
     };
     execute(setup, guard, reporter)
 }
+
+/// The run records the Nix version: read it (from the state root's cache, normally)
+/// while the snapshot and catalog are made.
+fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
+    let nix = nix.clone();
+    let cache = state.root.join("nix-version.json");
+    std::thread::spawn(move || {
+        let version = if cache.parent().is_some_and(Path::is_dir) { nix.version_cached(&cache) } else { nix.version() };
+        version.ok().map(|v| v.text)
+    })
+}
+
+type VersionReader = std::thread::JoinHandle<Option<String>>;
 
 /// Where a remote host keeps job directories (mirrors the local `runs/` layout).
 fn remote_state_root() -> PathBuf {
@@ -270,8 +291,9 @@ impl Recorder {
     }
 }
 
-fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
+fn execute(mut setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let started = Instant::now();
+    setup.nix_version = setup.version_reader.take().and_then(|h| h.join().ok()).flatten();
     let run_id = state::new_run_id();
     let run_dir = setup.state.run_dir(&run_id);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("create `{}`", run_dir.display()))?;
@@ -302,7 +324,7 @@ fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Res
         flake: setup.flake_label.clone(),
         source_dir: setup.source_dir.clone(),
         system: catalog::current_system(),
-        nix_version: Some(setup.nix.version().text.clone()),
+        nix_version: setup.nix_version.clone(),
         snapshot: setup.snapshot.clone(),
         runtime: setup.runtime.name().to_string(),
         image: setup.image.clone(),
@@ -419,7 +441,7 @@ fn run_job(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorde
         exit_code: None,
         message: None,
         runtime: setup.runtime.name().to_string(),
-        nix_version: Some(setup.nix.version().text.clone()),
+        nix_version: setup.nix_version.clone(),
         payloads: Vec::new(),
         instance: None,
         reproduce: Vec::new(),

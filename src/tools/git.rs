@@ -14,6 +14,11 @@ fn git(label: &str, dir: &Path) -> Result<Cmd> {
 
 /// Whether `dir` is inside a git work tree (false when git is missing, too).
 pub fn is_work_tree(dir: &Path) -> bool {
+    // Look for `.git` upwards first: the common no-git case then costs no process.
+    let has_dot_git = dir.ancestors().any(|d| d.join(".git").exists());
+    if !has_dot_git && std::env::var_os("GIT_DIR").is_none() {
+        return false;
+    }
     git("git rev-parse", dir)
         .and_then(|c| c.args(["rev-parse", "--is-inside-work-tree"]).run(None))
         .map(|o| o.stdout_str().trim() == "true")

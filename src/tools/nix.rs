@@ -3,7 +3,7 @@
 //! building, which roots every output of a derivation on both versions (2.8 has no `^*`).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,9 @@ use crate::error;
 pub struct Nix {
     nix: PathBuf,
     nix_store: PathBuf,
-    version: NixVersion,
+    /// Read on first use: spawning `nix --version` costs as much as a small evaluation,
+    /// and `pikaci lanes` never needs it.
+    version: Arc<OnceLock<Result<NixVersion, String>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,15 +63,41 @@ impl Nix {
             .filter(|p| p.exists())
             .or_else(|| which::which("nix-store").ok())
             .ok_or_else(|| error::infra(format!("`nix-store` was not found next to `{}` or on PATH", nix.display())))?;
-        let out = Cmd::new("nix --version", &nix).arg("--version").run(None)?;
-        let version = NixVersion::parse(&out.stdout_str()).ok_or_else(|| {
-            error::infra(format!("could not read the Nix version from `{}`", out.stdout_str().trim()))
-        })?;
-        Ok(Nix { nix, nix_store, version })
+        Ok(Nix { nix, nix_store, version: Arc::default() })
     }
 
-    pub fn version(&self) -> &NixVersion {
-        &self.version
+    /// The version, from `cache` when it was recorded for this very `nix` binary (same
+    /// path, size and mtime), else from `nix --version` (and then recorded there).
+    pub fn version_cached(&self, cache: &Path) -> Result<NixVersion> {
+        use std::os::unix::fs::MetadataExt;
+        let key = std::fs::canonicalize(&self.nix).and_then(|p| {
+            let m = std::fs::metadata(&p)?;
+            Ok(format!("{} {} {}.{}", p.display(), m.size(), m.mtime(), m.mtime_nsec()))
+        });
+        let Ok(key) = key else { return self.version() };
+        let cached: Option<(String, NixVersion)> =
+            std::fs::read(cache).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some((k, v)) = cached
+            && k == key
+        {
+            let _ = self.version.set(Ok(v.clone()));
+            return Ok(v);
+        }
+        let version = self.version()?;
+        if let Ok(bytes) = serde_json::to_vec(&(key, &version)) {
+            let _ = crate::state::atomic_write(cache, &bytes);
+        }
+        Ok(version)
+    }
+
+    /// The Nix version (`nix --version`), read once.
+    pub fn version(&self) -> Result<NixVersion> {
+        let version = self.version.get_or_init(|| {
+            let out = Cmd::new("nix --version", &self.nix).arg("--version").run(None).map_err(|e| format!("{e:#}"))?;
+            NixVersion::parse(&out.stdout_str())
+                .ok_or_else(|| format!("could not read the Nix version from `{}`", out.stdout_str().trim()))
+        });
+        version.clone().map_err(|e| error::infra(e).into())
     }
 
     /// A `nix` call with flakes enabled whatever the host's nix.conf says.
