@@ -120,6 +120,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     };
     let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
     let placement = Placement::new(req.remote.as_deref(), &req.state.root, &remote_state_root());
+    supported(&placement)?;
     let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
         // Nothing will run: do not require a runtime (CI with only skipped lanes passes).
         None
@@ -192,6 +193,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         },
     };
     let placement = Placement::new(old.remote.as_deref(), &req.state.root, &remote_state_root());
+    supported(&placement)?;
     let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
         Box::new(NoRuntime) as Box<dyn Runtime>
     } else {
@@ -230,6 +232,20 @@ fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
 }
 
 type VersionReader = std::thread::JoinHandle<Option<String>>;
+
+/// Jobs on another host need their payloads realized there; until prepare does that over
+/// SSH, say so instead of failing halfway.
+fn supported(placement: &Placement) -> Result<()> {
+    match placement {
+        Placement::Local => Ok(()),
+        Placement::Remote(remote) => Err(error::usage(format!(
+            "`--remote {}`: running jobs on another host is not supported yet",
+            remote.host
+        ))
+        .hint("run pikaci on that host (the NixOS module installs it), or use `--remote localhost` for this machine")
+        .into()),
+    }
+}
 
 /// Where a remote host keeps job directories (mirrors the local `runs/` layout).
 fn remote_state_root() -> PathBuf {

@@ -1,0 +1,65 @@
+# The lane record itself: `pikaci.<system>.lanes.<id>`, checked here so that a mistake is
+# reported where it was made rather than when pikaci reads the catalog.
+let
+  idRule = "`[a-z0-9][a-z0-9-]*`, at most 48 characters";
+
+  isValidId = s: builtins.isString s && builtins.stringLength s <= 48 && builtins.match "[a-z0-9][a-z0-9-]*" s != null;
+
+  requiredPayloads = [
+    "workspace-deps"
+    "workspace-build"
+  ];
+
+  fail = why: throw "pikaci lane: ${why}";
+
+  mkLane =
+    {
+      description,
+      payloads,
+      command,
+      paths ? [ ],
+      timeout ? 1800,
+      env ? { },
+      runtime ? null,
+    }:
+    let
+      names = builtins.attrNames payloads;
+      badNames = builtins.filter (n: !isValidId n) names;
+      missing = builtins.filter (n: !(payloads ? ${n})) requiredPayloads;
+      badEnv = builtins.filter (n: !builtins.isString env.${n}) (builtins.attrNames env);
+    in
+    if !builtins.isString description then
+      fail "`description` must be a string"
+    else if badNames != [ ] then
+      fail "payload name `${builtins.head badNames}` is invalid: payload names are ${idRule}"
+    else if missing != [ ] then
+      fail "a staged-linux-rust lane needs the payload `${builtins.head missing}`"
+    else if !(builtins.isList command) || command == [ ] || !(builtins.all builtins.isString command) then
+      fail "`command` must be a non-empty list of strings (an argv, run in the guest)"
+    else if !(builtins.isList paths) || !(builtins.all builtins.isString paths) then
+      fail "`paths` must be a list of glob strings"
+    else if !(builtins.isInt timeout) || timeout <= 0 then
+      fail "`timeout` must be a positive number of seconds"
+    else if badEnv != [ ] then
+      fail "`env.${builtins.head badEnv}` must be a string"
+    else
+      {
+        kind = "staged-linux-rust";
+        inherit
+          description
+          payloads
+          command
+          paths
+          timeout
+          env
+          ;
+      }
+      // (if runtime == null then { } else { inherit runtime; });
+in
+{
+  inherit
+    mkLane
+    isValidId
+    requiredPayloads
+    ;
+}

@@ -1,0 +1,30 @@
+# Small helpers over builtins, so that the lane library needs neither nixpkgs nor its `lib`.
+rec {
+  # Quote a string for a POSIX shell: 'it'\''s'.
+  escapeShellArg = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] (toString s) + "'";
+
+  escapeShellArgs = args: builtins.concatStringsSep " " (map escapeShellArg args);
+
+  optional = cond: x: if cond then [ x ] else [ ];
+
+  optionalAttrs = cond: attrs: if cond then attrs else { };
+
+  # The cargo arguments that select what a lane builds.
+  cargoSelectionArgs =
+    {
+      packages,
+      features,
+      allFeatures,
+      noDefaultFeatures,
+    }:
+    (if packages == [ ] then [ "--workspace" ] else builtins.concatMap (p: [ "--package" p ]) packages)
+    ++ optional allFeatures "--all-features"
+    ++ optional noDefaultFeatures "--no-default-features"
+    ++ (if features == [ ] then [ ] else [ "--features" (builtins.concatStringsSep "," features) ]);
+
+  # `share/pikaci/payload-manifest.json` of a payload whose content is known at evaluation.
+  writeManifestCommand = manifest: ''
+    mkdir -p "$out/share/pikaci"
+    printf '%s\n' ${escapeShellArg (builtins.toJSON manifest)} > "$out/share/pikaci/payload-manifest.json"
+  '';
+}
