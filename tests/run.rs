@@ -121,16 +121,6 @@ fn a_manifest_path_that_escapes_the_payload_fails_the_job_naming_the_path() {
     assert!(job["message"].as_str().unwrap().contains("entrypoint `../../etc/passwd` contains `..`"), "{job:#}");
 }
 
-fn sandboxes_of(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("bwrap") && c.contains(&needle))
-        .collect()
-}
-
 #[test]
 fn a_timeout_kills_the_whole_sandbox_and_is_recorded() {
     let dir = lanes_fixture();

@@ -56,22 +56,13 @@ let
     if workspaceDeps != null then
       workspaceDeps
     else
-      craneLib.buildDepsOnly (
-        common
-        // {
-          # Named apart from a test lane's deps, which are built differently.
-          pname = "${pname}-clippy";
-          # Clippy needs what `cargo check` produces, for every target (dev-dependencies too).
-          buildPhaseCargoCommand = "cargoWithProfile check --all-targets ${util.escapeShellArgs selection}";
-          doCheck = false;
-          postInstall =
-            (craneArgs.postInstall or "")
-            + util.writeManifestCommand {
-              schema_version = 1;
-              kind = "workspace-deps";
-            };
-        }
-      );
+      util.depsPayload {
+        inherit craneLib common;
+        # Named apart from a test lane's deps, which are built differently.
+        extra.pname = "${pname}-clippy";
+        # Clippy needs what `cargo check` produces, for every target (dev-dependencies too).
+        command = "cargoWithProfile check --all-targets ${util.escapeShellArgs selection}";
+      };
 
   build = craneLib.mkCargoDerivation (
     common

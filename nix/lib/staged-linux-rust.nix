@@ -52,21 +52,12 @@ let
     if workspaceDeps != null then
       workspaceDeps
     else
-      craneLib.buildDepsOnly (
-        common
-        // {
-          # The same invocation as the build, on crane's dummy sources, so that the build
-          # finds every dependency (dev-dependencies included) already compiled.
-          buildPhaseCargoCommand = "cargoWithProfile test --no-run ${util.escapeShellArgs compileArgs}";
-          doCheck = false;
-          postInstall =
-            (craneArgs.postInstall or "")
-            + util.writeManifestCommand {
-              schema_version = 1;
-              kind = "workspace-deps";
-            };
-        }
-      );
+      util.depsPayload {
+        inherit craneLib common;
+        # The same invocation as the build, so that the build finds every dependency
+        # (dev-dependencies included) already compiled.
+        command = "cargoWithProfile test --no-run ${util.escapeShellArgs compileArgs}";
+      };
 
   build = craneLib.mkCargoDerivation (
     common

@@ -22,6 +22,30 @@ rec {
     ++ optional noDefaultFeatures "--no-default-features"
     ++ (if features == [ ] then [ ] else [ "--features" (builtins.concatStringsSep "," features) ]);
 
+  # A `workspace-deps` payload: crane's `buildDepsOnly` running `command` (the cargo
+  # invocation of the lane's build, on crane's dummy sources), with its manifest.
+  depsPayload =
+    {
+      craneLib,
+      common,
+      command,
+      extra ? { },
+    }:
+    craneLib.buildDepsOnly (
+      common
+      // extra
+      // {
+        buildPhaseCargoCommand = command;
+        doCheck = false;
+        postInstall =
+          (common.postInstall or "")
+          + writeManifestCommand {
+            schema_version = 1;
+            kind = "workspace-deps";
+          };
+      }
+    );
+
   # `share/pikaci/payload-manifest.json` of a payload whose content is known at evaluation.
   writeManifestCommand = manifest: ''
     mkdir -p "$out/share/pikaci"

@@ -137,3 +137,15 @@ pub fn job_status(run: &serde_json::Value, job: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The command lines of bwrap processes whose arguments mention `dir` (a test's flake
+/// copy, so that parallel tests do not see each other's sandboxes).
+pub fn sandboxes_of(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("bwrap") && c.contains(&needle))
+        .collect()
+}
