@@ -2,12 +2,14 @@
 //! collect their payloads), snapshots no remaining run uses, and Incus instances left
 //! behind by runs that died. A live run is never touched.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::executor::incus;
+use crate::executor::placement::{Placement, remote_state_root};
 use crate::state::{RunRecord, StateRoot};
 
 #[derive(Debug, Default)]
@@ -55,6 +57,8 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     let mut report = GcReport::default();
     let ids = state.run_ids()?;
     let cut = ids.len().saturating_sub(keep);
+    // Runs that ran on other hosts left job directories (and GC roots) there too.
+    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for id in &ids[..cut] {
         // Holding the run's lock while deleting: a run cannot start under the same id.
         let Some(_run_lock) = state.try_lock_run(id)? else {
@@ -62,6 +66,9 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
             continue;
         };
         let dir = state.run_dir(id);
+        if let Ok(Some(host)) = RunRecord::read(&dir).map(|r| r.remote) {
+            remote_leftovers.entry(host).or_default().push(dir.clone());
+        }
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
         report.removed_runs.push(id.clone());
     }
@@ -87,7 +94,18 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
                 std::fs::remove_dir_all(entry.path())
                     .with_context(|| format!("remove snapshot `{}`", entry.path().display()))?;
                 report.removed_snapshots += 1;
+                for dirs in remote_leftovers.values_mut() {
+                    dirs.push(entry.path());
+                }
             }
+        }
+    }
+
+    for (host, dirs) in &remote_leftovers {
+        if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
+            && let Err(e) = remote.remove(dirs)
+        {
+            report.warnings.push(format!("{e:#}"));
         }
     }
 

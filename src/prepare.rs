@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use crate::catalog::Lane;
 use crate::catalog::Payload;
 use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
-use crate::executor::StagedPayloadMount;
+use crate::executor::{Placement, StagedPayloadMount};
 use crate::state::record::RealizedPayload;
 use crate::tools::command::HostLog;
 use crate::tools::nix::Nix;
@@ -59,6 +59,7 @@ pub fn prepare(
     nix: &Nix,
     lane: &Lane,
     job_dir: &Path,
+    placement: &Placement,
     log: &HostLog,
     shared: &SharedBuilds,
     on_realized: &(dyn Fn(&RealizedPayload) + Sync),
@@ -72,7 +73,7 @@ pub fn prepare(
             .map(|payload| {
                 let staged = &staged;
                 scope.spawn(move || {
-                    let realized = realize(nix, payload, staged, log, shared)
+                    let realized = realize(nix, payload, staged, placement, log, shared)
                         .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id))?;
                     on_realized(&realized.0);
                     Ok(realized)
@@ -87,8 +88,9 @@ pub fn prepare(
     let mut prepared = Prepared::default();
     for result in results {
         let (payload, reproduce) = result?;
+        let main = payload.outputs.iter().find(|(_, path)| **path == payload.mounted).map(|(name, _)| name.as_str());
         prepared.mounts.push(StagedPayloadMount {
-            local_mount_path: staged.join(main_root_name(&payload)),
+            local_mount_path: root_link(&staged, &payload.name, main.unwrap_or("out")),
             device_prefix: payload.name.clone(),
         });
         prepared.extra_mounts.extend(payload.extra_mounts.iter().cloned());
@@ -98,46 +100,34 @@ pub fn prepare(
     Ok(prepared)
 }
 
-/// The link name of the mounted output: `<payload>` for `out`, `<payload>-<output>` else
-/// (the names `nix-store --add-root` gives).
-fn main_root_name(payload: &RealizedPayload) -> String {
-    let main = payload.outputs.iter().find(|(_, path)| **path == payload.mounted).map(|(name, _)| name.as_str());
-    match main {
-        Some("out") | None => payload.name.clone(),
-        Some(other) => format!("{}-{other}", payload.name),
-    }
+/// The GC-root link of one output of a payload: `<payload>` for `out`,
+/// `<payload>-<output>` for the others (the names `nix-store --add-root` gives).
+fn root_link(staged: &Path, payload: &str, output: &str) -> PathBuf {
+    if output == "out" { staged.join(payload) } else { staged.join(format!("{payload}-{output}")) }
 }
 
 fn realize(
     nix: &Nix,
     payload: &Payload,
     staged: &Path,
+    placement: &Placement,
     log: &HostLog,
     shared: &SharedBuilds,
 ) -> Result<(RealizedPayload, Vec<String>)> {
     let started = Instant::now();
     let root = staged.join(&payload.name);
-    let mut reproduce = Vec::new();
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if Path::new(&payload.drv_path).exists() {
-        let cmd = nix.realise_cmd(&payload.drv_path, &root);
-        reproduce.push(cmd.display());
-        roots = shared.once(&payload.drv_path, || nix.realise(&payload.drv_path, &root, Some(log)))?;
-    } else {
-        // The .drv was garbage-collected (a rerun of an old run): the outputs are still
-        // valid while that run's roots hold them, so root them directly.
-        log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
-        for (output, path) in &payload.outputs {
-            let link = if output == "out" { root.clone() } else { staged.join(format!("{}-{output}", payload.name)) };
-            let cmd = nix.realise_cmd(path, &link);
-            reproduce.push(cmd.display());
-            roots.extend(nix.realise(path, &link, Some(log)).with_context(|| {
-                format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
-            })?);
+    let (main, mounted) = payload.main_output().context("payload has no outputs")?;
+    let link = root_link(staged, &payload.name, main);
+    let (roots, reproduce, manifest) = match placement {
+        Placement::Local => {
+            let (roots, reproduce) = shared.once(&payload.drv_path, || realize_here(nix, payload, staged, log))?;
+            (roots, reproduce, PayloadManifest::load(Path::new(mounted), &link, &payload.name)?)
         }
-    }
-    let (_, mounted) = payload.main_output().context("payload has no outputs")?;
-    let manifest = PayloadManifest::load(Path::new(mounted), &payload.name)?;
+        Placement::Remote(remote) => {
+            let (roots, reproduce) = shared.once(&payload.drv_path, || remote.realise(nix, payload, &root, log))?;
+            (roots, reproduce, remote.load_manifest(mounted, &link, &payload.name, log)?)
+        }
+    };
     let (manifest, extra_mounts) = match manifest {
         Some((m, mounts)) => (Some(m), mounts),
         None => (None, Vec::new()),
@@ -153,4 +143,25 @@ fn realize(
         extra_mounts,
     };
     Ok((realized, reproduce))
+}
+
+/// Realize on this machine: the `.drv` with every output rooted, or, when the `.drv` was
+/// garbage-collected (a rerun of an old run), the recorded outputs, which stay valid while
+/// that run's roots hold them.
+fn realize_here(nix: &Nix, payload: &Payload, staged: &Path, log: &HostLog) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    if Path::new(&payload.drv_path).exists() {
+        let root = root_link(staged, &payload.name, "out");
+        let cmd = nix.realise_cmd(&payload.drv_path, &root);
+        return Ok((nix.realise(&payload.drv_path, &root, Some(log))?, vec![cmd.display()]));
+    }
+    log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
+    let (mut roots, mut reproduce) = (Vec::new(), Vec::new());
+    for (output, path) in &payload.outputs {
+        let link = root_link(staged, &payload.name, output);
+        reproduce.push(nix.realise_cmd(path, &link).display());
+        roots.extend(nix.realise(path, &link, Some(log)).with_context(|| {
+            format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
+        })?);
+    }
+    Ok((roots, reproduce))
 }

@@ -20,6 +20,7 @@ use crate::catalog::{self, Catalog, FlakeSource};
 use crate::error;
 use crate::executor::{
     self, GuestOutcome, HostContext, JobIo, OutputSink, Placement, Runtime, RuntimeChoice, RuntimeReport, guest,
+    placement,
 };
 use crate::plan::{self, ChangedFiles, PlannedJob, Selection};
 use crate::prepare;
@@ -79,6 +80,8 @@ struct Setup {
     shared_builds: prepare::SharedBuilds,
     version_reader: Option<VersionReader>,
     nix_version: Option<String>,
+    /// On a remote placement, the first job sends the snapshot; the others wait for it.
+    snapshot_sent: std::sync::OnceLock<Result<(), String>>,
 }
 
 /// Take (or reuse) the snapshot of a flake's source, holding the state root's shared lock
@@ -119,8 +122,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         None => None,
     };
     let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
-    let placement = Placement::new(req.remote.as_deref(), &req.state.root, &remote_state_root());
-    supported(&placement)?;
+    let placement = Placement::new(req.remote.as_deref(), &req.state.root, &placement::remote_state_root());
     let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
         // Nothing will run: do not require a runtime (CI with only skipped lanes passes).
         None
@@ -144,6 +146,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         shared_builds: Default::default(),
         version_reader: Some(version_reader),
         nix_version: None,
+        snapshot_sent: Default::default(),
     };
     execute(setup, guard, reporter)
 }
@@ -192,8 +195,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             _ => RuntimeChoice::Auto,
         },
     };
-    let placement = Placement::new(old.remote.as_deref(), &req.state.root, &remote_state_root());
-    supported(&placement)?;
+    let placement = Placement::new(old.remote.as_deref(), &req.state.root, &placement::remote_state_root());
     let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
         Box::new(NoRuntime) as Box<dyn Runtime>
     } else {
@@ -216,6 +218,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         shared_builds: Default::default(),
         version_reader: Some(version_reader),
         nix_version: None,
+        snapshot_sent: Default::default(),
     };
     execute(setup, guard, reporter)
 }
@@ -232,25 +235,6 @@ fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
 }
 
 type VersionReader = std::thread::JoinHandle<Option<String>>;
-
-/// Jobs on another host need their payloads realized there; until prepare does that over
-/// SSH, say so instead of failing halfway.
-fn supported(placement: &Placement) -> Result<()> {
-    match placement {
-        Placement::Local => Ok(()),
-        Placement::Remote(remote) => Err(error::usage(format!(
-            "`--remote {}`: running jobs on another host is not supported yet",
-            remote.host
-        ))
-        .hint("run pikaci on that host (the NixOS module installs it), or use `--remote localhost` for this machine")
-        .into()),
-    }
-}
-
-/// Where a remote host keeps job directories (mirrors the local `runs/` layout).
-fn remote_state_root() -> PathBuf {
-    std::env::var_os("PIKACI_REMOTE_STATE_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/pikaci"))
-}
 
 /// Stands in when every job is skipped.
 struct NoRuntime;
@@ -521,6 +505,19 @@ fn run_job_inner(
     let host_log = HostLog::create(&job_dir.join("host.log")).map_err(infra)?;
     job.write(job_dir).map_err(infra)?;
     host_log.line(&format!("job `{}` of run `{run_id}`, lane `{}`", planned.job_id, planned.lane.id));
+    if let Placement::Remote(remote) = &setup.placement {
+        host_log.line(&format!(
+            "placement: `{}`, job directory `{}`",
+            remote.host,
+            remote.path_of(job_dir).map_err(infra)?.display()
+        ));
+        let sent = setup
+            .snapshot_sent
+            .get_or_init(|| remote.ensure_snapshot(&setup.snapshot.dir, &host_log).map_err(|e| format!("{e:#}")));
+        sent.clone().map_err(|e| infra(anyhow::anyhow!(e)))?;
+        let dirs = [job_dir.to_path_buf(), job_dir.join(prepare::STAGED_DIR), artifacts_dir.clone()];
+        remote.ensure_remote_linux_vm_directories(&dirs, &host_log).map_err(infra)?;
+    }
 
     let job_id = planned.job_id.clone();
     let on_realized = |p: &crate::state::record::RealizedPayload| {
@@ -535,23 +532,30 @@ fn run_job_inner(
             at: state::now_rfc3339(),
         });
     };
-    let prepared =
-        match prepare::prepare(&setup.nix, &planned.lane, job_dir, &host_log, &setup.shared_builds, &on_realized) {
-            Ok(p) => p,
-            Err(error) => {
-                host_log.line(&format!("prepare failed: {error:#}"));
-                let status = if is_interrupted(&error) {
-                    JobStatus::Interrupted
-                } else if nix::is_build_failure(&error) || error::kind_of(&error) == error::ErrorKind::Config {
-                    // The lane's own code or payload is broken (a compile error, a bad
-                    // manifest): the job failed. Anything else is infrastructure.
-                    JobStatus::Failed
-                } else {
-                    JobStatus::Error
-                };
-                return Err(JobError { status, error });
-            }
-        };
+    let prepared = match prepare::prepare(
+        &setup.nix,
+        &planned.lane,
+        job_dir,
+        &setup.placement,
+        &host_log,
+        &setup.shared_builds,
+        &on_realized,
+    ) {
+        Ok(p) => p,
+        Err(error) => {
+            host_log.line(&format!("prepare failed: {error:#}"));
+            let status = if is_interrupted(&error) {
+                JobStatus::Interrupted
+            } else if nix::is_build_failure(&error) || error::kind_of(&error) == error::ErrorKind::Config {
+                // The lane's own code or payload is broken (a compile error, a bad
+                // manifest): the job failed. Anything else is infrastructure.
+                JobStatus::Failed
+            } else {
+                JobStatus::Error
+            };
+            return Err(JobError { status, error });
+        }
+    };
     job.payloads = prepared.payloads.clone();
     job.reproduce = prepared.reproduce.clone();
     job.status = JobStatus::Running;
@@ -585,8 +589,14 @@ fn run_job_inner(
     let outcome = setup.runtime.run(&ctx, &io, &mut report);
     job.instance = report.instance;
     job.reproduce.extend(report.reproduce);
-    outcome.map_err(|error| {
+    let outcome = outcome.map_err(|error| {
         host_log.line(&format!("runtime failed: {error:#}"));
         infra(error)
-    })
+    })?;
+    if let Placement::Remote(remote) = &setup.placement {
+        remote
+            .download_artifacts(&ctx.artifacts_dir, &host_log)
+            .map_err(|e| infra(e.context("the command ran, but its artifacts could not be fetched")))?;
+    }
+    Ok(outcome)
 }

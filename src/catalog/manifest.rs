@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error;
@@ -59,51 +59,103 @@ pub struct ResolvedMount {
     pub guest_path: String,
 }
 
+/// What a path of the payload turned out to be, where it lives (this machine or a remote
+/// host): its canonical path and whether it is a regular file; `None` when it does not
+/// exist.
+pub type Probed = Option<(PathBuf, bool)>;
+
 impl PayloadManifest {
-    /// Read and validate the manifest of the payload `name` rooted at `root` (a realized
-    /// store path). No manifest is fine: `Ok(None)`.
-    pub fn load(root: &Path, name: &str) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
+    /// Parse a manifest and check what needs no files: the schema, that every path is
+    /// relative without `..`, and that guest paths are allowed. `file` names it in errors.
+    pub fn parse(bytes: &[u8], name: &str, file: &str) -> Result<PayloadManifest> {
+        let manifest: PayloadManifest =
+            serde_json::from_slice(bytes).map_err(|e| invalid(name, file, e.to_string()))?;
+        if manifest.schema_version != SCHEMA_VERSION {
+            let why =
+                format!("`schema_version` is {}; this pikaci reads schema {SCHEMA_VERSION}", manifest.schema_version);
+            return Err(invalid(name, file, why));
+        }
+        for entry in &manifest.entrypoints {
+            check_relative(entry).map_err(|why| invalid(name, file, format!("entrypoint `{entry}` {why}")))?;
+        }
+        for mount in &manifest.mounts {
+            check_relative(&mount.path)
+                .map_err(|why| invalid(name, file, format!("mount path `{}` {why}", mount.path)))?;
+            check_guest_path(&mount.guest_path)
+                .map_err(|why| invalid(name, file, format!("mount guest_path `{}` {why}", mount.guest_path)))?;
+        }
+        Ok(manifest)
+    }
+
+    /// Every path the manifest names, relative to the payload root: entrypoints, then mounts.
+    pub fn paths(&self) -> Vec<&str> {
+        self.entrypoints.iter().map(String::as_str).chain(self.mounts.iter().map(|m| m.path.as_str())).collect()
+    }
+
+    /// Check the named paths against what `probe` found of them (one answer per entry of
+    /// [`PayloadManifest::paths`], joined to `root`): each exists, stays inside `root`
+    /// (a symlink out is rejected), and entrypoints are files. Extra mounts are returned
+    /// with their source under `link`, the job's GC-root link to the payload, so that
+    /// placement can map them to the host that runs the job.
+    pub fn resolve(
+        &self,
+        name: &str,
+        file: &str,
+        root: &Path,
+        link: &Path,
+        probed: &[Probed],
+    ) -> Result<Vec<ResolvedMount>> {
+        let paths = self.paths();
+        for (i, rel) in paths.iter().enumerate() {
+            let what = if i < self.entrypoints.len() { "entrypoint" } else { "mount path" };
+            let Some(Some((canonical, is_file))) = probed.get(i) else {
+                return Err(invalid(name, file, format!("{what} `{rel}` does not exist in the payload")));
+            };
+            if !canonical.starts_with(root) {
+                let why = format!("{what} `{rel}` is a symlink out of the payload root (to `{}`)", canonical.display());
+                return Err(invalid(name, file, why));
+            }
+            if what == "entrypoint" && !is_file {
+                return Err(invalid(name, file, format!("entrypoint `{rel}` is not a file")));
+            }
+        }
+        Ok(self
+            .mounts
+            .iter()
+            .map(|m| ResolvedMount { source: link.join(&m.path), guest_path: m.guest_path.clone() })
+            .collect())
+    }
+
+    /// Read and validate, on this machine, the manifest of the payload `name` at `root` (a
+    /// realized store path, reached through `link`). No manifest is fine: `Ok(None)`.
+    pub fn load(root: &Path, link: &Path, name: &str) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
         let file = root.join(MANIFEST_PATH);
         let bytes = match std::fs::read(&file) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", file.display()))),
         };
-        let invalid = |why: String| -> anyhow::Error {
-            error::config(format!("payload `{name}`: invalid `{MANIFEST_PATH}`: {why}"))
-                .hint(format!("fix the derivation that writes `{}`", file.display()))
-                .into()
-        };
-        let manifest: PayloadManifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if manifest.schema_version != SCHEMA_VERSION {
-            return Err(invalid(format!(
-                "`schema_version` is {}; this pikaci reads schema {SCHEMA_VERSION}",
-                manifest.schema_version
-            )));
-        }
-        let root = root.canonicalize().map_err(|e| invalid(format!("payload root `{}`: {e}", root.display())))?;
-        for entry in &manifest.entrypoints {
-            let resolved =
-                resolve_inside(&root, entry).map_err(|why| invalid(format!("entrypoint `{entry}` {why}")))?;
-            if !resolved.is_file() {
-                return Err(invalid(format!("entrypoint `{entry}` is not a file")));
-            }
-        }
-        let mut mounts = Vec::new();
-        for mount in &manifest.mounts {
-            let source = resolve_inside(&root, &mount.path)
-                .map_err(|why| invalid(format!("mount path `{}` {why}", mount.path)))?;
-            check_guest_path(&mount.guest_path)
-                .map_err(|why| invalid(format!("mount guest_path `{}` {why}", mount.guest_path)))?;
-            mounts.push(ResolvedMount { source, guest_path: mount.guest_path.clone() });
-        }
+        let label = file.display().to_string();
+        let manifest = PayloadManifest::parse(&bytes, name, &label)?;
+        let root = root.canonicalize().with_context(|| format!("resolve payload root `{}`", root.display()))?;
+        let probed: Vec<Probed> = manifest
+            .paths()
+            .iter()
+            .map(|rel| root.join(rel).canonicalize().ok().map(|c| (c.clone(), c.is_file())))
+            .collect();
+        let mounts = manifest.resolve(name, &label, &root, link, &probed)?;
         Ok(Some((manifest, mounts)))
     }
 }
 
-/// `root/rel`, canonicalized, provided that `rel` is relative, has no `..`, exists, and
-/// does not leave `root` through a symlink.
-fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
+fn invalid(name: &str, file: &str, why: String) -> anyhow::Error {
+    error::config(format!("payload `{name}`: invalid `{MANIFEST_PATH}`: {why}"))
+        .hint(format!("fix the derivation that writes `{file}`"))
+        .into()
+}
+
+/// A manifest path: relative to the payload root, without `..`.
+fn check_relative(rel: &str) -> Result<(), String> {
     let path = Path::new(rel);
     if rel.is_empty() {
         return Err("is empty".into());
@@ -114,12 +166,7 @@ fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err("contains `..` and would escape the payload root".into());
     }
-    let joined = root.join(path);
-    let resolved = joined.canonicalize().map_err(|e| format!("does not exist in the payload ({e})"))?;
-    if !resolved.starts_with(root) {
-        return Err(format!("is a symlink out of the payload root (to `{}`)", resolved.display()));
-    }
-    Ok(resolved)
+    Ok(())
 }
 
 fn check_guest_path(guest: &str) -> Result<(), String> {
@@ -160,7 +207,7 @@ mod tests {
     #[test]
     fn absent_manifest_is_fine() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(PayloadManifest::load(dir.path(), "p").unwrap().is_none());
+        assert!(PayloadManifest::load(dir.path(), dir.path(), "p").unwrap().is_none());
     }
 
     #[test]
@@ -168,15 +215,17 @@ mod tests {
         let dir = payload(
             r#"{"schema_version":1,"kind":"k","entrypoints":["bin/run-tests"],"mounts":[{"path":"share/assets","guest_path":"/opt/assets"}]}"#,
         );
-        let (m, mounts) = PayloadManifest::load(dir.path(), "p").unwrap().unwrap();
+        let link = Path::new("/state/runs/r/jobs/j/staged-linux-rust/p");
+        let (m, mounts) = PayloadManifest::load(dir.path(), link, "p").unwrap().unwrap();
         assert_eq!(m.entrypoints, ["bin/run-tests"]);
-        assert_eq!(mounts[0].source, dir.path().canonicalize().unwrap().join("share/assets"));
+        // Through the job's link to the payload, so that placement can map it.
+        assert_eq!(mounts[0].source, link.join("share/assets"));
         assert_eq!(mounts[0].guest_path, "/opt/assets");
     }
 
     fn rejected(manifest: &str) -> String {
         let dir = payload(manifest);
-        crate::error::render(&PayloadManifest::load(dir.path(), "workspace-build").unwrap_err())
+        crate::error::render(&PayloadManifest::load(dir.path(), dir.path(), "workspace-build").unwrap_err())
     }
 
     #[test]
@@ -201,7 +250,7 @@ mod tests {
     fn symlink_out_of_the_root_is_rejected() {
         let dir = payload(r#"{"schema_version":1,"kind":"k","mounts":[{"path":"share/out","guest_path":"/opt/x"}]}"#);
         std::os::unix::fs::symlink("/etc", dir.path().join("share/out")).unwrap();
-        let e = crate::error::render(&PayloadManifest::load(dir.path(), "p").unwrap_err());
+        let e = crate::error::render(&PayloadManifest::load(dir.path(), dir.path(), "p").unwrap_err());
         assert!(e.contains("mount path `share/out` is a symlink out of the payload root (to `/etc`)"), "{e}");
     }
 }

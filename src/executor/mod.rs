@@ -7,6 +7,7 @@ pub mod guest;
 pub mod incus;
 pub mod placement;
 pub mod process;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

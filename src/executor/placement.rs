@@ -25,6 +25,15 @@ pub struct RemoteHost {
     pub remote_state_root: PathBuf,
 }
 
+/// Where a remote host keeps job directories and snapshots, mirroring the local state
+/// root's layout: `PIKACI_REMOTE_STATE_ROOT`, default `/var/tmp/pikaci`.
+pub fn remote_state_root() -> PathBuf {
+    std::env::var_os("PIKACI_REMOTE_STATE_ROOT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/pikaci"))
+}
+
 /// True for the names of this machine, and for no host at all.
 pub fn ssh_host_is_local(host: Option<&str>) -> bool {
     match host {
@@ -56,12 +65,7 @@ impl Placement {
     pub fn host_path(&self, local: &Path) -> Result<PathBuf> {
         match self {
             Placement::Local => Ok(local.to_path_buf()),
-            Placement::Remote(remote) => {
-                let rel = local.strip_prefix(&remote.local_state_root).with_context(|| {
-                    format!("`{}` is outside the state root `{}`", local.display(), remote.local_state_root.display())
-                })?;
-                Ok(remote.remote_state_root.join(rel))
-            }
+            Placement::Remote(remote) => remote.path_of(local),
         }
     }
 }

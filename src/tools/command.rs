@@ -29,7 +29,16 @@ pub struct Cmd {
     args: Vec<OsString>,
     dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
-    stdin: Option<Vec<u8>>,
+    stdin: Stdin,
+    /// Where stdout goes instead of being captured.
+    stdout_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+enum Stdin {
+    Null,
+    Bytes(Vec<u8>),
+    File(PathBuf),
 }
 
 /// What a finished command gave back.
@@ -101,7 +110,15 @@ pub fn is_interrupted(err: &anyhow::Error) -> bool {
 
 impl Cmd {
     pub fn new(label: impl Into<String>, program: impl Into<PathBuf>) -> Self {
-        Cmd { label: label.into(), program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), stdin: None }
+        Cmd {
+            label: label.into(),
+            program: program.into(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            stdin: Stdin::Null,
+            stdout_file: None,
+        }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -129,7 +146,19 @@ impl Cmd {
     }
 
     pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
-        self.stdin = Some(bytes.into());
+        self.stdin = Stdin::Bytes(bytes.into());
+        self
+    }
+
+    /// Read stdin from a file (a tar to unpack on the far side of SSH).
+    pub fn stdin_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdin = Stdin::File(path.into());
+        self
+    }
+
+    /// Write stdout to a file instead of capturing it (a tar coming back over SSH).
+    pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdout_file = Some(path.into());
         self
     }
 
@@ -167,8 +196,9 @@ impl Cmd {
             expr = expr.env(k, v);
         }
         match &self.stdin {
-            Some(bytes) => expr.stdin_bytes(bytes.clone()),
-            None => expr.stdin_null(),
+            Stdin::Null => expr.stdin_null(),
+            Stdin::Bytes(bytes) => expr.stdin_bytes(bytes.clone()),
+            Stdin::File(path) => expr.stdin_path(path),
         }
     }
 
@@ -186,13 +216,12 @@ impl Cmd {
     /// Run to completion and return the output whatever the exit status.
     pub fn run_unchecked(&self, log: Option<&HostLog>) -> Result<CmdOutput> {
         let started = Instant::now();
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .start()
-            .map_err(|e| spawn_error(&self.label, &self.program, e))?;
+        let expr = match &self.stdout_file {
+            Some(path) => self.expression().stdout_path(path),
+            None => self.expression().stdout_capture(),
+        };
+        let handle =
+            expr.stderr_capture().unchecked().start().map_err(|e| spawn_error(&self.label, &self.program, e))?;
         let output = loop {
             if let Some(output) =
                 handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))?

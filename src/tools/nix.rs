@@ -129,6 +129,12 @@ impl Nix {
             .arg("--indirect")
     }
 
+    /// `nix copy --derivation --to <store> <drv>`: the `.drv` and its closure (the input
+    /// derivations and sources), not the outputs, so that the other store builds them.
+    pub fn copy_derivation_cmd(&self, drv: &str, to: &str) -> Cmd {
+        self.nix("nix copy").args(["copy", "--derivation", "--to", to, drv])
+    }
+
     /// Run a [`Nix::realise_cmd`] and return the root links it printed.
     pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
         let out = self.realise_cmd(path, root).run(log)?;
