@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use crate::executor::incus;
 use crate::executor::placement::{Placement, remote_state_root};
 use crate::state::{RunRecord, StateRoot};
+use crate::tools::incus::Incus;
 
 #[derive(Debug, Default)]
 pub struct GcReport {
@@ -80,6 +81,9 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         match RunRecord::read(&state.run_dir(id)) {
             Ok(r) => {
                 referenced.insert(r.snapshot.id);
+                if let Some(host) = r.remote {
+                    remote_leftovers.entry(host).or_default();
+                }
             }
             Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
         }
@@ -112,6 +116,15 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     match incus::reap_orphans(state) {
         Ok(reaped) => report.reaped_instances = reaped,
         Err(e) => report.warnings.push(format!("could not look for leftover Incus instances: {e:#}")),
+    }
+    // Runs on other hosts may have left instances there, too.
+    for host in remote_leftovers.keys() {
+        let placement = Placement::new(Some(host), &state.root, &remote_state_root());
+        let reaped = Incus::locate(&placement).and_then(|incus| incus::reap_orphans_with(&incus, state));
+        match reaped {
+            Ok(reaped) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
+            Err(e) => report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}")),
+        }
     }
     Ok(report)
 }

@@ -123,12 +123,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     };
     let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
     let placement = Placement::new(req.remote.as_deref(), &req.state.root, &placement::remote_state_root());
-    let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
-        // Nothing will run: do not require a runtime (CI with only skipped lanes passes).
-        None
-    } else {
-        Some(executor::select_runtime(req.runtime, &placement, req.image.as_deref())?)
-    };
+    let runtime = runtime_for(&plan, req.runtime, &placement, req.image.as_deref())?;
     let setup = Setup {
         state: req.state,
         nix,
@@ -137,7 +132,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         snapshot: RunSnapshot { id: snap.id, dir: snap.dir, files: snap.files },
         plan,
         changed,
-        runtime: runtime.unwrap_or_else(|| Box::new(NoRuntime)),
+        runtime,
         placement,
         image: req.image,
         remote: req.remote,
@@ -196,11 +191,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         },
     };
     let placement = Placement::new(old.remote.as_deref(), &req.state.root, &placement::remote_state_root());
-    let runtime = if plan.iter().all(|j| j.skip_reason.is_some()) {
-        Box::new(NoRuntime) as Box<dyn Runtime>
-    } else {
-        executor::select_runtime(choice, &placement, old.image.as_deref())?
-    };
+    let runtime = runtime_for(&plan, choice, &placement, old.image.as_deref())?;
     let setup = Setup {
         state: req.state,
         nix,
@@ -236,14 +227,49 @@ fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
 
 type VersionReader = std::thread::JoinHandle<Option<String>>;
 
-/// Stands in when every job is skipped.
-struct NoRuntime;
-impl Runtime for NoRuntime {
+/// The runtime for a plan. A plan whose jobs are all skipped needs none (CI with only
+/// skipped lanes passes without a runtime). A runtime that is not available here (Incus'
+/// daemon down, bwrap missing) still gives a recorded run, whose jobs end in `error` with
+/// the reason; asking for something impossible (bwrap on a remote host) is a usage error.
+fn runtime_for(
+    plan: &[PlannedJob],
+    choice: RuntimeChoice,
+    placement: &Placement,
+    image: Option<&str>,
+) -> Result<Box<dyn Runtime>> {
+    if plan.iter().all(|j| j.skip_reason.is_some()) {
+        return Ok(Box::new(Unavailable { name: "none", why: "every job was skipped".into() }));
+    }
+    match executor::select_runtime(choice, placement, image) {
+        Ok(runtime) => Ok(runtime),
+        Err(e) if error::kind_of(&e) == error::ErrorKind::Infrastructure => {
+            let name = match choice {
+                RuntimeChoice::Auto => "auto",
+                RuntimeChoice::Incus => "incus",
+                RuntimeChoice::Bwrap => "bwrap",
+            };
+            Ok(Box::new(Unavailable { name, why: error::render(&e).trim_start_matches("error: ").to_string() }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Stands in for a runtime that could not be had; every job that reaches it fails with
+/// the reason, before anything is built for it.
+struct Unavailable {
+    name: &'static str,
+    why: String,
+}
+
+impl Runtime for Unavailable {
     fn name(&self) -> &'static str {
-        "none"
+        self.name
+    }
+    fn unavailable(&self) -> Option<&str> {
+        Some(&self.why)
     }
     fn run(&self, _: &HostContext, _: &JobIo, _: &mut RuntimeReport) -> Result<GuestOutcome> {
-        Err(anyhow::anyhow!("no runtime was selected for a run whose jobs were all skipped"))
+        Err(error::infra(self.why.clone()).into())
     }
 }
 
@@ -505,6 +531,10 @@ fn run_job_inner(
     let host_log = HostLog::create(&job_dir.join("host.log")).map_err(infra)?;
     job.write(job_dir).map_err(infra)?;
     host_log.line(&format!("job `{}` of run `{run_id}`, lane `{}`", planned.job_id, planned.lane.id));
+    if let Some(why) = setup.runtime.unavailable() {
+        host_log.line(&format!("runtime unavailable: {why}"));
+        return Err(infra(error::infra(why.to_string()).into()));
+    }
     if let Placement::Remote(remote) = &setup.placement {
         host_log.line(&format!(
             "placement: `{}`, job directory `{}`",
@@ -569,6 +599,7 @@ fn run_job_inner(
     let ctx = HostContext {
         run_id: run_id.to_string(),
         job_id: planned.job_id.clone(),
+        state_root: setup.state.root.clone(),
         job_dir: job_dir.to_path_buf(),
         snapshot_dir: setup.snapshot.dir.clone(),
         artifacts_dir,

@@ -199,8 +199,13 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     let out =
         lab.pikaci(flake.path(), &["run", "view", "--runtime", "incus", "--remote", "pikaci-no-such-host.invalid"]);
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("pikaci-no-such-host.invalid"), "{}", out.stderr);
-    assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+    assert!(out.stdout.contains("pikaci-no-such-host.invalid"), "{}", out.stdout);
+    assert!(out.stdout.contains("hint:"), "{}", out.stdout);
+    // Recorded: the job ended in `error` with the reason.
+    let record = read_json(&only_run(flake.path()).join("run.json"));
+    assert_eq!(record["status"], "error");
+    assert_eq!(job_status(&record, "view"), "error");
+    assert!(record["jobs"][0]["message"].as_str().unwrap().contains("pikaci-no-such-host.invalid"), "{record:#}");
 
     let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host]);
     assert_eq!(bwrap.code, 2, "{bwrap:?}");

@@ -79,7 +79,10 @@ impl Catalog {
     /// Validate what [`APPLY`] returned; every broken rule of every lane is reported.
     pub fn from_json(raw: &serde_json::Value, attr: &str, flake_label: &str) -> Result<Vec<Lane>> {
         let object = raw.as_object().ok_or_else(|| {
-            error::config(format!("`{attr}` of flake `{flake_label}` is a {}, not an attribute set of lanes", type_name(raw)))
+            error::config(format!(
+                "`{attr}` of flake `{flake_label}` is a {}, not an attribute set of lanes",
+                type_name(raw)
+            ))
         })?;
         let mut lanes = Vec::new();
         let mut errors = Vec::new();
@@ -182,9 +185,12 @@ impl FlakeSource {
             }
         };
         if !dir.join("flake.nix").is_file() {
-            return Err(error::usage(format!("no flake at `{label}`: `{}` does not exist", dir.join("flake.nix").display()))
-                .hint("pass the directory that holds the project's `flake.nix`")
-                .into());
+            return Err(error::usage(format!(
+                "no flake at `{label}`: `{}` does not exist",
+                dir.join("flake.nix").display()
+            ))
+            .hint("pass the directory that holds the project's `flake.nix`")
+            .into());
         }
         let dir = dir.canonicalize().with_context(|| format!("resolve `{}`", dir.display()))?;
         Ok(FlakeSource { dir, label })

@@ -18,7 +18,11 @@ use crate::{doctor, exit, gc};
 use output::OutputFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "pikaci", version, about = "Local-first CI for Rust workspaces on Nix: run the lanes a flake declares, isolated in Incus or bubblewrap")]
+#[command(
+    name = "pikaci",
+    version,
+    about = "Local-first CI for Rust workspaces on Nix: run the lanes a flake declares, isolated in Incus or bubblewrap"
+)]
 pub struct Cli {
     /// The state root (runs, logs, snapshots). Default: `.pikaci` beside the flake.
     #[arg(long, global = true, env = "PIKACI_STATE_ROOT", value_name = "DIR")]
@@ -158,7 +162,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(args) => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let parallelism = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let parallelism =
+                args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let request = RunRequest {
                 flake,
                 state,

@@ -40,6 +40,8 @@ pub struct StagedPayloadMount {
 pub struct HostContext {
     pub run_id: String,
     pub job_id: String,
+    /// The state root the run belongs to (Incus tags instances with it, for `gc`).
+    pub state_root: PathBuf,
     pub job_dir: PathBuf,
     /// The source snapshot, mounted read-only at `/workspace`.
     pub snapshot_dir: PathBuf,
@@ -92,6 +94,10 @@ pub struct RuntimeReport {
 /// itself failed (an infrastructure error), and the runtime has cleaned up after itself.
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Why this runtime cannot run anything, when it stands in for one that is missing.
+    fn unavailable(&self) -> Option<&str> {
+        None
+    }
     fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome>;
 }
 

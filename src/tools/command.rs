@@ -32,6 +32,10 @@ pub struct Cmd {
     stdin: Stdin,
     /// Where stdout goes instead of being captured.
     stdout_file: Option<PathBuf>,
+    /// Killed, and an error, when it runs longer.
+    time_limit: Option<Duration>,
+    /// Whether Ctrl-C kills it (see [`Cmd::uninterruptible`]).
+    interruptible: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +107,21 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A command ran past its [`Cmd::time_limit`] and was killed.
+#[derive(Debug)]
+pub struct TimeLimitExceeded {
+    pub label: String,
+    pub limit: Duration,
+}
+
+impl fmt::Display for TimeLimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` did not finish within {}s", self.label, self.limit.as_secs())
+    }
+}
+
+impl std::error::Error for TimeLimitExceeded {}
+
 /// True when the error (anywhere in its chain) is an interruption.
 pub fn is_interrupted(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<Interrupted>())
@@ -118,6 +137,8 @@ impl Cmd {
             env: Vec::new(),
             stdin: Stdin::Null,
             stdout_file: None,
+            time_limit: None,
+            interruptible: true,
         }
     }
 
@@ -159,6 +180,19 @@ impl Cmd {
     /// Write stdout to a file instead of capturing it (a tar coming back over SSH).
     pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.stdout_file = Some(path.into());
+        self
+    }
+
+    /// Kill the command, and fail with [`TimeLimitExceeded`], when it runs longer.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Let Ctrl-C not stop it: for calls that change a daemon's state, where killing the
+    /// client would not stop the operation, only lose track of it.
+    pub fn uninterruptible(mut self) -> Self {
+        self.interruptible = false;
         self
     }
 
@@ -228,13 +262,23 @@ impl Cmd {
             {
                 break output;
             }
-            if signals::interrupted() {
+            if self.interruptible && signals::interrupted() {
                 let _ = handle.kill();
                 let _ = handle.wait();
                 if let Some(log) = log {
                     log.line(&format!("interrupted: {}", self.display()));
                 }
                 return Err(Interrupted.into());
+            }
+            if let Some(limit) = self.time_limit
+                && started.elapsed() >= limit
+            {
+                let _ = handle.kill();
+                let _ = handle.wait();
+                if let Some(log) = log {
+                    log.line(&format!("gave up after {}s: {}", limit.as_secs(), self.display()));
+                }
+                return Err(TimeLimitExceeded { label: self.label.clone(), limit }.into());
             }
         };
         let out = CmdOutput {
@@ -318,7 +362,7 @@ impl HostLog {
         if !out.status.success() {
             let stderr = out.stderr_str();
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            for l in stderr.lines() {
+            for l in stderr.lines().filter(|l| !l.trim().is_empty()) {
                 let _ = writeln!(inner.file, "    | {l}");
             }
         }
@@ -348,6 +392,17 @@ mod tests {
         let out = Cmd::new("sh -c", "/bin/sh").args(["-c", "echo one >&2; echo two >&2; exit 4"]).run(None);
         let err = out.unwrap_err();
         assert_eq!(err.to_string(), "`sh -c` failed (exit 4): one\ntwo");
+    }
+
+    #[test]
+    fn time_limit_kills_and_says_so() {
+        let started = Instant::now();
+        let err =
+            Cmd::new("sleep", "/bin/sh").args(["-c", "exec sleep 30"]).time_limit(Duration::from_millis(200)).run(None);
+        let err = err.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.is::<TimeLimitExceeded>());
+        assert_eq!(err.to_string(), "`sleep` did not finish within 0s");
     }
 
     #[test]

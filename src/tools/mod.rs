@@ -2,5 +2,6 @@
 
 pub mod command;
 pub mod git;
+pub mod incus;
 pub mod nix;
 pub mod ssh;

@@ -55,6 +55,12 @@ impl Ssh {
         opts
     }
 
+    /// A client with a given program and no config or shared connection: for tests of the
+    /// argv, which must not depend on the machine.
+    pub fn with_program(program: impl Into<PathBuf>, host: &str) -> Ssh {
+        Ssh { program: program.into(), host: host.to_string(), config: None, control_dir: None }
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -94,7 +100,7 @@ mod tests {
 
     #[test]
     fn remote_words_are_quoted_one_by_one() {
-        let ssh = Ssh { program: "/usr/bin/ssh".into(), host: "ci@builder".into(), config: None, control_dir: None };
+        let ssh = Ssh::with_program("/usr/bin/ssh", "ci@builder");
         let cmd = ssh.command("mkdir", &["mkdir", "-p", "/var/tmp/a b", "/x/it's"]);
         let argv: Vec<String> = cmd.argv().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(argv.last().unwrap(), r"mkdir -p '/var/tmp/a b' '/x/it'\''s'");

@@ -1,0 +1,212 @@
+//! What `pikaci gc` and `pikaci doctor` ask of Incus: instances left behind by runs that
+//! died, and whether this machine can run the Incus runtime. Both stay quiet when Incus
+//! is simply not installed: it is optional when bubblewrap works.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use super::naming::{TAG_RUN, TAG_STATE_ROOT};
+use super::{DEFAULT_IMAGE, incus_failure};
+use crate::doctor::Check;
+use crate::state::StateRoot;
+use crate::tools::incus::{Incus, InstanceInfo, LIFECYCLE_TIMEOUT, Wait};
+
+/// Delete the instances that runs of this state root created and that no live run
+/// owns any more (the run's process died, or the run was removed). Returns their
+/// names. Instances of other state roots, of live runs, and instances pikaci did not
+/// tag are never touched. Nothing to do, and no error, when Incus is absent or its
+/// daemon does not answer.
+pub fn reap_orphans(state: &StateRoot) -> Result<Vec<String>> {
+    let Ok(incus) = Incus::local() else { return Ok(Vec::new()) };
+    reap_orphans_with(&incus, state)
+}
+
+/// [`reap_orphans`] on the daemon `incus` talks to (this machine's, or a remote host's
+/// through SSH).
+pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Vec<String>> {
+    if incus.server().is_err() {
+        return Ok(Vec::new());
+    }
+    let mut reaped = Vec::new();
+    let mut failed = Vec::new();
+    for instance in orphans(incus, state)? {
+        let cmd = incus.delete_cmd(&instance.name);
+        match incus.run(&cmd, None, Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
+            Ok(_) => reaped.push(instance.name),
+            Err(e) if crate::tools::incus::is_not_found(&e) => reaped.push(instance.name),
+            Err(e) => failed.push(format!("`{}`: {}", instance.name, incus_failure(&e))),
+        }
+    }
+    if !failed.is_empty() {
+        let removed = if reaped.is_empty() { String::new() } else { format!(" (removed {})", reaped.join(", ")) };
+        bail!("could not delete {} leftover instance(s){removed}: {}", failed.len(), failed.join("; "));
+    }
+    Ok(reaped)
+}
+
+/// Instances tagged with this state root whose run is not live.
+fn orphans(incus: &Incus, state: &StateRoot) -> Result<Vec<InstanceInfo>> {
+    let root = canonical_tag(&state.root);
+    Ok(incus
+        .instances(None)?
+        .into_iter()
+        .filter(|i| i.config.get(TAG_STATE_ROOT).is_some_and(|r| *r == root))
+        .filter(|i| match i.config.get(TAG_RUN) {
+            Some(run) if is_plain_name(run) => !(state.run_dir(run).is_dir() && state.run_is_live(run)),
+            // A run tag that is not a run id was not written by pikaci: leave it alone.
+            _ => false,
+        })
+        .collect())
+}
+
+/// The state root as the instances' tag names it.
+fn canonical_tag(root: &Path) -> String {
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf()).to_string_lossy().into_owned()
+}
+
+/// A run id that is a single path component (a tag must not steer `run_is_live`, which
+/// creates a lock file, outside the state root).
+fn is_plain_name(run: &str) -> bool {
+    !run.is_empty()
+        && !run.starts_with('.')
+        && run.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `pikaci doctor`'s view of Incus. Not installed: one line, not a list of failures.
+pub fn doctor_checks(state: &StateRoot) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let incus = match Incus::local() {
+        Ok(incus) => incus,
+        Err(_) => {
+            checks.push(Check::fail(
+                "incus",
+                "`incus` is not on PATH (optional: `--runtime auto` uses bwrap without it)",
+                "for container isolation install Incus: `scripts/bootstrap` (Debian 12) or the NixOS module",
+            ));
+            return checks;
+        }
+    };
+    checks.push(Check::ok("incus", format!("client {}", incus.client())));
+    let server = match incus.server() {
+        Ok(server) => server,
+        Err(e) => {
+            let err = super::daemon_error(&incus, e);
+            let fix = crate::error::classification(&err)
+                .and_then(|c| c.hint.clone())
+                .unwrap_or_else(|| "start the Incus daemon".into());
+            checks.push(Check::fail("incus daemon", format!("{err:#}"), fix));
+            return checks;
+        }
+    };
+    let env = &server["environment"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    checks.push(Check::ok(
+        "incus daemon",
+        format!(
+            "Incus {} answers (driver {} {}, storage {})",
+            text(&env["server_version"]),
+            text(&env["driver"]),
+            text(&env["driver_version"]),
+            text(&env["storage"])
+        ),
+    ));
+    if env["kernel_features"]["idmapped_mounts"] == "true" {
+        checks.push(Check::ok("incus idmap", "idmapped mounts work (`shift=true` disk devices)"));
+    } else {
+        checks.push(Check::fail(
+            "incus idmap",
+            "the kernel has no idmapped mounts, which `shift=true` disk devices need",
+            "use a kernel 5.12 or newer (with idmapped mounts for the pool's and the host's filesystems)",
+        ));
+    }
+    checks.push(storage_check(&incus));
+    checks.push(image_check(&incus));
+    match orphans(&incus, state) {
+        Ok(list) if list.is_empty() => {
+            checks.push(Check::ok("incus orphans", "no instances left behind by runs of this state root"))
+        }
+        Ok(list) => checks.push(Check::ok(
+            "incus orphans",
+            format!(
+                "{} instance(s) left behind by runs that died: {} (`pikaci gc` removes them)",
+                list.len(),
+                list.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        Err(e) => {
+            checks.push(Check::fail("incus orphans", format!("could not list instances: {e:#}"), "check `incus list`"))
+        }
+    }
+    checks
+}
+
+/// The default profile gives instances a root disk in a pool that exists.
+fn storage_check(incus: &Incus) -> Check {
+    let fix = "create a storage pool and a default profile with a root disk: `incus admin init --preseed` (see `scripts/bootstrap`)";
+    let wait = Wait::Interruptible(crate::tools::incus::QUERY_TIMEOUT);
+    let profile = match incus.query("/1.0/profiles/default", None, wait) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Check::fail("incus storage", "there is no `default` profile", fix),
+        Err(e) => {
+            return Check::fail(
+                "incus storage",
+                format!("could not read the `default` profile: {}", incus_failure(&e)),
+                fix,
+            );
+        }
+    };
+    let root = profile["devices"].as_object().and_then(|devices| {
+        devices
+            .values()
+            .find(|d| d["type"] == "disk" && d["path"] == "/")
+            .and_then(|d| d["pool"].as_str().map(str::to_string))
+    });
+    let Some(pool) = root else {
+        return Check::fail("incus storage", "the `default` profile has no root disk device", fix);
+    };
+    match incus.query(&format!("/1.0/storage-pools/{}", crate::tools::incus::url_segment(&pool)), None, wait) {
+        Ok(Some(p)) => Check::ok(
+            "incus storage",
+            format!("the `default` profile's root disk is in pool `{pool}` ({})", p["driver"].as_str().unwrap_or("?")),
+        ),
+        Ok(None) => Check::fail(
+            "incus storage",
+            format!("the `default` profile's root disk names pool `{pool}`, which does not exist"),
+            fix,
+        ),
+        Err(e) => Check::fail("incus storage", format!("could not read pool `{pool}`: {}", incus_failure(&e)), fix),
+    }
+}
+
+fn image_check(incus: &Incus) -> Check {
+    match incus.alias_target(DEFAULT_IMAGE) {
+        Ok(Some(fingerprint)) => Check::ok(
+            "incus image",
+            format!("`{DEFAULT_IMAGE}` is imported ({})", &fingerprint[..fingerprint.len().min(12)]),
+        ),
+        Ok(None) => Check::fail(
+            "incus image",
+            format!("the default image `{DEFAULT_IMAGE}` is not imported"),
+            "`pikaci image import`",
+        ),
+        Err(e) => Check::fail(
+            "incus image",
+            format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)),
+            "`pikaci image import`",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_tags_must_be_plain_names() {
+        assert!(is_plain_name("20261121-163300-123-9f3a"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The Incus runtime: one ephemeral container per job.
+//!
+//! A job's life is four `incus` calls, each logged with its duration in `host.log`:
+//!
+//! 1. `incus init IMAGE NAME --ephemeral`, with the tags and every disk device on stdin
+//!    (one call; no `config device add` round trips), see [`spec`];
+//! 2. `incus start NAME`;
+//! 3. `incus exec NAME --cwd /workspace --env ... -- /bin/sh -c PRELUDE sh ARGV`, streamed
+//!    and timed by [`process::run_guest`] (the timeout and Ctrl-C kill the client, and
+//!    Incus then kills the guest's processes);
+//! 4. `incus delete --force NAME`, after success, failure, timeout, Ctrl-C and every
+//!    error once the instance exists (and from `Drop`, should anything panic).
+//!
+//! Create, start and delete run to completion even after Ctrl-C (see
+//! [`crate::tools::incus::Wait`]): the instance is then deleted, not lost. A second
+//! Ctrl-C exits at once; `pikaci gc` reaps what that leaves, by its tags.
+
+mod checks;
+mod image;
+pub mod naming;
+pub mod spec;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{GuestOutcome, HostContext, JobIo, Placement, Runtime, RuntimeReport, guest, process};
+use crate::error;
+use crate::signals;
+use crate::tools::command::{CommandFailed, HostLog, Interrupted, is_interrupted};
+use crate::tools::incus::{Incus, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait, is_not_found};
+
+pub use checks::{doctor_checks, reap_orphans, reap_orphans_with};
+pub use image::{build_default_image, import_image};
+pub use spec::InstancePlan;
+
+/// The image of lanes that name none: built by `pikaci image import` from the host's
+/// static busybox, or imported from the flake's `guest-image`.
+pub const DEFAULT_IMAGE: &str = "pikaci/busybox";
+
+/// The Incus runtime, connected to a daemon that answered.
+pub struct IncusRuntime {
+    incus: Incus,
+    default_image: String,
+}
+
+impl IncusRuntime {
+    /// Find `incus` (here, or on the remote host through `ssh`) and check that the
+    /// daemon answers, within a few seconds. `--runtime auto` falls back to bubblewrap
+    /// when this fails, so it fails fast.
+    pub fn connect(placement: &Placement, image: Option<&str>) -> Result<IncusRuntime> {
+        let incus = Incus::locate(placement)?;
+        incus.server().map_err(|e| daemon_error(&incus, e))?;
+        Ok(IncusRuntime { incus, default_image: image.unwrap_or(DEFAULT_IMAGE).to_string() })
+    }
+
+    pub fn incus(&self) -> &Incus {
+        &self.incus
+    }
+
+    /// The job's instance: name, tags, devices and command. Resolves every device
+    /// source first, so a payload that vanished fails here, before Incus is called.
+    pub fn plan(&self, ctx: &HostContext) -> Result<InstancePlan> {
+        let image = ctx.image.as_deref().unwrap_or(&self.default_image);
+        let state_root = ctx.state_root.canonicalize().unwrap_or_else(|_| ctx.state_root.clone());
+        InstancePlan::new(ctx, image, &state_root.to_string_lossy())
+    }
+
+    /// `incus init`: the instance exists, stopped, with its devices, when this returns
+    /// `Ok`. On failure nothing is left behind.
+    pub fn create<'a>(&'a self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance<'a>> {
+        let cmd = self.incus.init_cmd(&plan.image, &plan.name, &plan.spec);
+        log.line(&format!(
+            "instance `{}` config and devices (stdin of `incus init`): {}",
+            plan.name,
+            compact_json(&plan.spec.to_json())
+        ));
+        match self.incus.run(&cmd, Some(log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
+            Ok(_) => Ok(JobInstance { incus: &self.incus, name: plan.name.clone(), log: log.clone(), live: true }),
+            Err(e) => {
+                // A failed create leaves nothing, unless the daemon failed halfway: check.
+                let partial =
+                    JobInstance { incus: &self.incus, name: plan.name.clone(), log: log.clone(), live: false };
+                if matches!(
+                    self.incus.query(&instance_path(&plan.name), Some(log), Wait::ToCompletion(QUERY_TIMEOUT)),
+                    Ok(Some(_))
+                ) {
+                    let _ = partial.delete_now();
+                }
+                Err(create_error(&self.incus, plan, e))
+            }
+        }
+    }
+}
+
+impl Runtime for IncusRuntime {
+    fn name(&self) -> &'static str {
+        "incus"
+    }
+
+    fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome> {
+        let plan = self.plan(ctx)?;
+        report.instance = Some(plan.name.clone());
+        report.reproduce.extend(plan.reproduce(&self.incus, ctx));
+        io.host_log.line(&format!(
+            "incus: instance `{}` from image `{}` on {}",
+            plan.name,
+            plan.image,
+            self.incus.location()
+        ));
+        check_interrupted(&plan.name, "before the creation of")?;
+        let instance = self.create(&plan, &io.host_log)?;
+        let outcome = (|| {
+            check_interrupted(&plan.name, "before the start of")?;
+            instance.start()?;
+            check_interrupted(&plan.name, "before the command ran in")?;
+            instance.exec(&plan, ctx, io)
+        })();
+        let deleted = instance.delete();
+        match (outcome, deleted) {
+            (Ok(outcome), Ok(())) => Ok(outcome),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(outcome), Err(d)) => Err(d.context(format!("the command ended ({}), then", describe_outcome(outcome)))),
+            (Err(e), Err(d)) => {
+                io.host_log.line(&format!("also: {d:#}"));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A job's instance while it exists. Deleted by [`JobInstance::delete`], or on drop.
+pub struct JobInstance<'a> {
+    incus: &'a Incus,
+    name: String,
+    log: HostLog,
+    live: bool,
+}
+
+impl JobInstance<'_> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `incus start`. On failure, the container's own log goes to `host.log` (the
+    /// instance, and with it the log, is about to be deleted).
+    pub fn start(&self) -> Result<()> {
+        let cmd = self.incus.start_cmd(&self.name);
+        let Err(e) = self.incus.run(&cmd, Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) else {
+            return Ok(());
+        };
+        if let Ok(out) = self.incus.run(&self.incus.show_log_cmd(&self.name), None, Wait::ToCompletion(QUERY_TIMEOUT)) {
+            self.log.line(&format!("container log of `{}` (`incus info --show-log`):", self.name));
+            for l in out
+                .stdout_str()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                self.log.line(&format!("    | {l}"));
+            }
+        }
+        let what = incus_failure(&e);
+        Err(if what.contains("Missing source path") {
+            error::infra(format!("instance `{}` could not start: a device source vanished: {what}", self.name)).hint(VANISHED_HINT)
+        } else {
+            error::infra(format!("instance `{}` could not start: {what}", self.name))
+                .hint("the container's log is in the job's `host.log` (`pikaci logs RUN --job JOB --host`); `pikaci doctor` checks the Incus setup")
+        }
+        .into())
+    }
+
+    /// `incus exec`: the lane's command, with its output streamed and its time limited.
+    /// A non-zero exit is the command's own only while the instance still runs: `incus
+    /// exec` also exits non-zero when the instance went away under it.
+    pub fn exec(&self, plan: &InstancePlan, ctx: &HostContext, io: &JobIo) -> Result<GuestOutcome> {
+        let cmd = self.incus.exec_cmd(&self.name, guest::WORKSPACE, &ctx.env, &plan.exec_argv);
+        let outcome = process::run_guest(&cmd, &ctx.job_id, ctx.timeout, io)?;
+        match outcome {
+            GuestOutcome::Exited(0) | GuestOutcome::TimedOut | GuestOutcome::Interrupted => Ok(outcome),
+            GuestOutcome::Exited(code) => {
+                let state = self.incus.query(
+                    &format!("{}/state", instance_path(&self.name)),
+                    Some(&self.log),
+                    Wait::Interruptible(QUERY_TIMEOUT),
+                );
+                match state {
+                    Ok(Some(state)) if state["status"] == "Running" => {
+                        if code == 127 {
+                            self.log.line("exit 127: the command was not found in the guest (`incus exec` says `Error: Command not found`)");
+                        }
+                        Ok(outcome)
+                    }
+                    Ok(Some(state)) => Err(error::infra(format!(
+                        "instance `{}` stopped (status {}) while the command ran; `incus exec` exited {code}",
+                        self.name,
+                        state["status"].as_str().unwrap_or("unknown")
+                    ))
+                    .into()),
+                    Ok(None) => Err(error::infra(format!(
+                        "instance `{}` was deleted while the command ran (by someone else: `incus delete`, `pikaci gc` of another state root?); `incus exec` exited {code}",
+                        self.name
+                    ))
+                    .into()),
+                    Err(e) if is_interrupted(&e) => Err(e),
+                    // The state of an instance whose init is gone fails ("Invalid PID") while
+                    // Incus stops and deletes it; a daemon that died fails too. Either way
+                    // the exit code is not the command's.
+                    Err(e) => Err(error::infra(format!(
+                        "instance `{}` stopped or was deleted while the command ran; `incus exec` exited {code}, and its state: {}",
+                        self.name,
+                        incus_failure(&e)
+                    ))
+                    .into()),
+                }
+            }
+            GuestOutcome::Signaled(sig) => Err(error::infra(format!(
+                "the `incus exec` client of instance `{}` was killed by signal {sig}; the command's result is unknown",
+                self.name
+            ))
+            .into()),
+        }
+    }
+
+    /// `incus delete --force`, retried once; an instance that is already gone is fine.
+    pub fn delete(mut self) -> Result<()> {
+        self.live = false;
+        match self.delete_now() {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(500));
+                self.delete_now().map_err(|e| {
+                    error::infra(format!("could not delete instance `{}`: {}", self.name, incus_failure(&e)))
+                        .hint(format!(
+                            "`pikaci gc` removes it once this run has ended, or `incus delete --force {}`",
+                            self.name
+                        ))
+                        .into()
+                })
+            }
+        }
+    }
+
+    fn delete_now(&self) -> Result<()> {
+        match self.incus.run(&self.incus.delete_cmd(&self.name), Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT))
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                self.log.line(&format!("instance `{}` was already gone", self.name));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for JobInstance<'_> {
+    fn drop(&mut self) {
+        if self.live {
+            self.live = false;
+            let _ = self.delete_now();
+        }
+    }
+}
+
+const VANISHED_HINT: &str = "a payload, the snapshot or the artifacts directory was removed before the job started \
+     (a concurrent `pikaci gc` or `nix-store --delete`?); run the job again";
+
+fn instance_path(name: &str) -> String {
+    format!("/1.0/instances/{}", crate::tools::incus::url_segment(name))
+}
+
+fn check_interrupted(name: &str, when: &str) -> Result<()> {
+    if signals::interrupted() {
+        return Err(anyhow::Error::new(Interrupted).context(format!("interrupted {when} instance `{name}`")));
+    }
+    Ok(())
+}
+
+fn describe_outcome(outcome: GuestOutcome) -> String {
+    match outcome {
+        GuestOutcome::Exited(code) => format!("exit {code}"),
+        GuestOutcome::Signaled(sig) => format!("signal {sig}"),
+        GuestOutcome::TimedOut => "timed out".into(),
+        GuestOutcome::Interrupted => "interrupted".into(),
+    }
+}
+
+/// Why the daemon does not answer, and what to do about it.
+fn daemon_error(incus: &Incus, err: anyhow::Error) -> anyhow::Error {
+    if error::classification(&err).is_some() {
+        // Already says what is missing and how to fix it (no `ssh`, a hung call).
+        return err.context(format!("the Incus daemon on {} does not answer", incus.location()));
+    }
+    let what = incus_failure(&err);
+    let hint = if what.to_ascii_lowercase().contains("permission denied") {
+        "add your user to the `incus-admin` group (`usermod -aG incus-admin $USER`, then log in again), or use `--runtime bwrap`"
+    } else if incus.is_local() {
+        "start it: `scripts/bootstrap` starts lxcfs and incusd on hosts without systemd (`systemctl start incus` with systemd); or use `--runtime bwrap`"
+    } else {
+        "check `incus info` on that host (its daemon must run and the SSH user must be in `incus-admin`)"
+    };
+    error::infra(format!("the Incus daemon on {} does not answer: {what}", incus.location())).hint(hint).into()
+}
+
+/// Why `incus init` failed, with the fix when there is a known one.
+fn create_error(incus: &Incus, plan: &InstancePlan, err: anyhow::Error) -> anyhow::Error {
+    if is_interrupted(&err) || error::classification(&err).is_some() {
+        return err.context(format!("create instance `{}` from image `{}`", plan.name, plan.image));
+    }
+    let what = incus_failure(&err);
+    let lower = what.to_ascii_lowercase();
+    if (lower.contains("image \"") || lower.contains("image alias")) && lower.contains("not found") {
+        let hint = if plan.image == DEFAULT_IMAGE {
+            "import it: `pikaci image import`".to_string()
+        } else {
+            format!(
+                "import it: `pikaci image import --alias {} --from TARBALL` (or `incus image import`); `incus image list` shows the images there are",
+                plan.image
+            )
+        };
+        return error::infra(format!(
+            "image `{}` is not in the Incus image store on {}: {what}",
+            plan.image,
+            incus.location()
+        ))
+        .hint(hint)
+        .into();
+    }
+    if what.contains("Missing source path") {
+        return error::infra(format!(
+            "instance `{}` could not be created: a device source vanished: {what}",
+            plan.name
+        ))
+        .hint(VANISHED_HINT)
+        .into();
+    }
+    error::infra(format!("instance `{}` could not be created from image `{}`: {what}", plan.name, plan.image))
+        .hint("`pikaci doctor` checks the Incus setup (storage pool, profile, image)")
+        .into()
+}
+
+/// "`incus start` failed (exit 1): <Incus' message>", without Incus' advice about
+/// networks and `incus info` that does not apply to pikaci's instances.
+pub fn incus_failure(err: &anyhow::Error) -> String {
+    let Some(failed) = err.chain().find_map(|e| e.downcast_ref::<CommandFailed>()) else {
+        return format!("{err:#}");
+    };
+    let noise =
+        ["doesn't have any network attached", "To create a new network", "To attach a network", "Try `incus info"];
+    let lines: Vec<&str> = failed
+        .stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !noise.iter().any(|n| l.contains(n)))
+        .collect();
+    let code = failed.code.map(|c| format!("exit {c}")).unwrap_or_else(|| "killed by a signal".into());
+    let tail = crate::tools::command::tail_lines(&lines.join("\n"), 6);
+    if tail.is_empty() {
+        format!("`{}` failed ({code})", failed.label)
+    } else {
+        format!("`{}` failed ({code}): {tail}", failed.label)
+    }
+}
+
+fn compact_json(pretty: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(pretty).map(|v| v.to_string()).unwrap_or_else(|_| pretty.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incus_messages_drop_advice_that_does_not_apply() {
+        let err: anyhow::Error = CommandFailed {
+            label: "incus start".into(),
+            code: Some(1),
+            stderr: "The instance you are starting doesn't have any network attached to it.\n  To create a new network, use: incus network create\n  To attach a network to an instance, use: incus network attach\n\nError: Failed start validation for device \"payload-x\": Missing source path \"/nix/store/x\" for disk \"payload-x\"\nTry `incus info --show-log pikaci-r-j` for more info\n".into(),
+        }
+        .into();
+        assert_eq!(
+            incus_failure(&err),
+            "`incus start` failed (exit 1): Error: Failed start validation for device \"payload-x\": Missing source path \"/nix/store/x\" for disk \"payload-x\""
+        );
+    }
+
+    #[test]
+    fn a_missing_image_says_how_to_import_it() {
+        let incus = Incus::with_program("incus");
+        let mut plan = InstancePlan {
+            name: "pikaci-r-j".into(),
+            image: DEFAULT_IMAGE.into(),
+            spec: Default::default(),
+            exec_argv: vec![],
+        };
+        let failed = || -> anyhow::Error {
+            CommandFailed {
+                label: "incus init".into(),
+                code: Some(1),
+                stderr: "Error: Image \"pikaci/busybox\" not found\n".into(),
+            }
+            .into()
+        };
+        let rendered = error::render(&create_error(&incus, &plan, failed()));
+        assert!(rendered.contains("image `pikaci/busybox` is not in the Incus image store"), "{rendered}");
+        assert!(rendered.ends_with("hint: import it: `pikaci image import`"), "{rendered}");
+        plan.image = "team/rust".into();
+        let rendered = error::render(&create_error(&incus, &plan, failed()));
+        assert!(rendered.contains("`pikaci image import --alias team/rust --from TARBALL`"), "{rendered}");
+        assert_eq!(error::kind_of(&create_error(&incus, &plan, failed())), error::ErrorKind::Infrastructure);
+    }
+}
