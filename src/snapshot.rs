@@ -3,12 +3,14 @@
 //! `snapshots/<content-hash>/` and shared by every run with the same content.
 //!
 //! The content hash of each file is cached by its stat data (size, mtime, ctime, inode),
-//! as git's index does, so an unchanged tree is recognised without reading its files.
+//! as git's index does, so an unchanged tree is recognised without reading its files. A
+//! new snapshot reads each file once: the copy and its hash come from the same read.
 
-use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,10 +21,15 @@ use sha2::{Digest, Sha256};
 use crate::state::atomic_write;
 use crate::tools::git;
 
-const CACHE_SCHEMA: u32 = 1;
+/// The first line of the stat cache; another first line means another format.
+const CACHE_HEADER: &str = "pikaci-snapshot-cache 2";
 /// Files modified this recently are hashed again next time: their mtime may not yet
 /// tell a later edit apart (git's "racily clean" entries).
 const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Below this share of files to hash, hash them first and look for an existing
+/// snapshot before copying anything (a few edited files, or files only touched);
+/// above it, hash while copying, in one read.
+const HASH_FIRST_BELOW: usize = 4;
 
 /// A snapshot on disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,14 +52,15 @@ enum EntryKind {
 
 #[derive(Clone, Debug)]
 struct Entry {
-    rel: PathBuf,
+    /// Relative to the source, as bytes: compared and hashed as bytes (cheap), not as
+    /// path components.
+    rel: OsString,
     kind: EntryKind,
-    size: u64,
     stat: StatKey,
     hash: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatKey {
     size: u64,
     mtime_ns: i128,
@@ -60,78 +68,107 @@ struct StatKey {
     ino: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StatCache {
-    schema_version: u32,
-    source: PathBuf,
-    entries: HashMap<PathBuf, (StatKey, String)>,
+impl StatKey {
+    fn of(meta: &fs::Metadata) -> StatKey {
+        StatKey {
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            ino: meta.ino(),
+        }
+    }
 }
 
 /// Take a snapshot of `source` into `snapshots_dir`, leaving out `exclude` (the state
 /// root, when it lies inside the source).
 pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[PathBuf]) -> Result<Snapshot> {
-    let rels = list_files(source, exclude)?;
-    let mut cache = load_cache(cache_file, source);
-    let now = SystemTime::now();
-    let mut entries = Vec::with_capacity(rels.len());
-    for rel in rels {
-        if let Some(entry) = stat_entry(source, &rel)? {
-            entries.push(entry);
-        }
-    }
-    entries.sort_by(|a, b| a.rel.cmp(&b.rel));
-
-    // Hash what the cache does not vouch for.
-    let mut cache_dirty = false;
+    let mut entries = list_entries(source, exclude)?;
+    entries.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    let cache_bytes = fs::read(cache_file).unwrap_or_default();
+    let cache = parse_cache(&cache_bytes, source);
+    // Both lists are sorted by path: walk them side by side.
+    let mut cached = cache.iter().peekable();
+    let mut misses = 0;
     for entry in &mut entries {
-        match &entry.kind {
-            EntryKind::Symlink { target } => {
-                entry.hash = Some(hex(&Sha256::digest(target.as_os_str().as_encoded_bytes())))
-            }
-            EntryKind::File { .. } => {
-                if let Some((key, hash)) = cache.entries.get(&entry.rel)
-                    && *key == entry.stat
-                {
-                    entry.hash = Some(hash.clone());
-                    continue;
-                }
-                let hash = hash_file(&source.join(&entry.rel))?;
-                if !is_racy(entry.stat, now) {
-                    cache.entries.insert(entry.rel.clone(), (entry.stat, hash.clone()));
-                    cache_dirty = true;
-                }
-                entry.hash = Some(hash);
-            }
-        }
+        while cached.next_if(|c| c.rel < entry.rel.as_bytes()).is_some() {}
+        let hit = cached.next_if(|c| c.rel == entry.rel.as_bytes()).filter(|c| c.stat == entry.stat);
+        entry.hash = match &entry.kind {
+            EntryKind::Symlink { target } => Some(hex(&Sha256::digest(target.as_os_str().as_bytes()))),
+            EntryKind::File { .. } => hit.map(|c| c.hash.to_string()),
+        };
+        misses += entry.hash.is_none() as usize;
     }
-    if cache_dirty || cache.entries.len() > entries.len() {
-        let live: std::collections::HashSet<&PathBuf> = entries.iter().map(|e| &e.rel).collect();
-        cache.entries.retain(|k, _| live.contains(k));
-        cache.schema_version = CACHE_SCHEMA;
-        cache.source = source.to_path_buf();
-        // The cache only saves time; failing to write it must not fail a run.
-        if let Ok(bytes) = serde_json::to_vec(&cache) {
-            let _ = atomic_write(cache_file, &bytes);
-        }
-    }
-
-    let id = tree_id(&entries);
     let files = entries.len();
-    let bytes = entries.iter().map(|e| e.size).sum();
-    let dir = snapshots_dir.join(&id);
-    if dir.is_dir() {
-        return Ok(Snapshot { id, dir, files, bytes, reused: true });
+    let bytes = entries.iter().map(|e| e.stat.size).sum();
+
+    // Few files to hash: hash them, and an existing snapshot with this content is reused.
+    if misses * HASH_FIRST_BELOW < files.max(1) {
+        for entry in entries.iter_mut().filter(|e| e.hash.is_none()) {
+            entry.hash = Some(hash_file(&source.join(&entry.rel))?);
+        }
+        let id = tree_id(&entries);
+        save_cache(cache_file, source, &entries, misses > 0 || cache.len() != files);
+        let dir = snapshots_dir.join(&id);
+        if dir.is_dir() {
+            return Ok(Snapshot { id, dir, files, bytes, reused: true });
+        }
+        return publish(source, snapshots_dir, &mut entries, id, files, bytes);
     }
+    // Many: copy everything, hashing the unknown files from the same read.
+    let snapshot = publish_unknown(source, snapshots_dir, &mut entries, files, bytes)?;
+    save_cache(cache_file, source, &entries, true);
+    Ok(snapshot)
+}
+
+/// Copy into a temporary directory, then rename it to `snapshots/<id>`.
+fn publish(
+    source: &Path,
+    snapshots_dir: &Path,
+    entries: &mut [Entry],
+    id: String,
+    files: usize,
+    bytes: u64,
+) -> Result<Snapshot> {
+    let tmp = temp_dir(snapshots_dir, &id)?;
+    copy_entries(source, tmp.path(), entries)?;
+    rename_into_place(tmp, snapshots_dir, id, files, bytes)
+}
+
+/// Like [`publish`], when the id is known only once the files are read.
+fn publish_unknown(
+    source: &Path,
+    snapshots_dir: &Path,
+    entries: &mut [Entry],
+    files: usize,
+    bytes: u64,
+) -> Result<Snapshot> {
+    let tmp = temp_dir(snapshots_dir, "new")?;
+    copy_entries(source, tmp.path(), entries)?;
+    let id = tree_id(entries);
+    rename_into_place(tmp, snapshots_dir, id, files, bytes)
+}
+
+fn temp_dir(snapshots_dir: &Path, tag: &str) -> Result<tempfile::TempDir> {
     fs::create_dir_all(snapshots_dir).with_context(|| format!("create `{}`", snapshots_dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{id}-"))
+    tempfile::Builder::new()
+        .prefix(&format!(".tmp-{tag}-"))
         .tempdir_in(snapshots_dir)
-        .with_context(|| format!("create a temporary directory in `{}`", snapshots_dir.display()))?;
-    copy_entries(source, tmp.path(), &entries)?;
+        .with_context(|| format!("create a temporary directory in `{}`", snapshots_dir.display()))
+}
+
+fn rename_into_place(
+    tmp: tempfile::TempDir,
+    snapshots_dir: &Path,
+    id: String,
+    files: usize,
+    bytes: u64,
+) -> Result<Snapshot> {
+    let dir = snapshots_dir.join(&id);
     let tmp_path = tmp.keep();
     match fs::rename(&tmp_path, &dir) {
         Ok(()) => Ok(Snapshot { id, dir, files, bytes, reused: false }),
-        // Another run published the same content first: theirs is as good as ours.
+        // The same content was published first (another run, or files that were only
+        // touched): theirs is as good as ours.
         Err(_) if dir.is_dir() => {
             let _ = fs::remove_dir_all(&tmp_path);
             Ok(Snapshot { id, dir, files, bytes, reused: true })
@@ -143,78 +180,153 @@ pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[P
     }
 }
 
-/// The files that make up the work tree, relative to `source`.
-fn list_files(source: &Path, exclude: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let excluded = |rel: &Path| -> bool {
-        rel.components().next().is_some_and(|c| c.as_os_str() == ".git" || c.as_os_str() == ".pikaci")
-            || exclude.iter().any(|x| rel.starts_with(x))
-    };
-    let mut out = Vec::new();
-    if git::is_work_tree(source) {
-        for rel in git::work_tree_files(source)? {
-            if excluded(&rel) {
-                continue;
-            }
-            let full = source.join(&rel);
-            // A submodule is listed as a directory: take its files too.
-            if full.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                walk(source, &rel, &excluded, &mut out)?;
-            } else {
-                out.push(rel);
-            }
+/// What a snapshot leaves out, checked per directory entry as bytes (cheap).
+struct Exclusions {
+    /// Relative paths: `.git` and `.pikaci` anywhere at the top, the state root.
+    paths: Vec<Vec<u8>>,
+    /// Outside git: the usual build output at the top (`target`, `result*`).
+    build_output: bool,
+}
+
+impl Exclusions {
+    fn excludes(&self, rel: &[u8], top_level: bool) -> bool {
+        if self.paths.iter().any(|p| p == rel) {
+            return true;
         }
-    } else {
-        walk(source, Path::new(""), &|rel: &Path| excluded(rel) || is_build_output(rel), &mut out)?;
+        top_level && self.build_output && (rel == b"target" || rel.starts_with(b"result"))
+    }
+}
+
+/// The files that make up the work tree, with their stat data.
+fn list_entries(source: &Path, exclude: &[PathBuf]) -> Result<Vec<Entry>> {
+    let mut paths: Vec<Vec<u8>> = vec![b".git".to_vec(), b".pikaci".to_vec()];
+    paths.extend(exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()));
+    let under_excluded = |rel: &Path| {
+        let rel = rel.as_os_str().as_bytes();
+        paths.iter().any(|p| rel.starts_with(p) && (rel.len() == p.len() || rel[p.len()] == b'/'))
+    };
+    if !git::is_work_tree(source) {
+        return walk_parallel(source, &Exclusions { paths: paths.clone(), build_output: true });
+    }
+    let in_git = Exclusions { paths: paths.clone(), build_output: false };
+    let mut out = Vec::new();
+    for rel in git::work_tree_files(source)? {
+        if under_excluded(&rel) {
+            continue;
+        }
+        let full = source.join(&rel);
+        let meta = match full.symlink_metadata() {
+            Ok(m) => m,
+            // Listed by git but deleted in the work tree: the lane sees it deleted.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("stat `{}`", full.display()))),
+        };
+        if meta.is_dir() {
+            // A submodule is listed as a directory: take its files too.
+            let mut dirs = vec![rel];
+            while let Some(dir) = dirs.pop() {
+                walk_dir(source, &dir, &in_git, &mut out, &mut dirs)?;
+            }
+        } else if let Some(entry) = entry_of(&full, rel.into_os_string(), &meta)? {
+            out.push(entry);
+        }
     }
     Ok(out)
 }
 
-/// Outside git there is no ignore list; leave out what is always build output.
-fn is_build_output(rel: &Path) -> bool {
-    let first = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
-    rel.components().count() == 1 && (first == "result" || first.starts_with("result-")) || first == "target"
+/// Walk the whole source on every core: directories are handed out from a shared list,
+/// since stat-ing each file is most of the work.
+fn walk_parallel(source: &Path, exclusions: &Exclusions) -> Result<Vec<Entry>> {
+    use std::sync::Mutex;
+    let pending = Mutex::new((vec![PathBuf::new()], 0usize)); // (directories to read, readers busy)
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let results: Vec<Result<Vec<Entry>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Entry>> {
+                    let mut out = Vec::new();
+                    let mut found = Vec::new();
+                    loop {
+                        let dir = {
+                            let mut guard = pending.lock().unwrap_or_else(|p| p.into_inner());
+                            match guard.0.pop() {
+                                Some(dir) => {
+                                    guard.1 += 1;
+                                    dir
+                                }
+                                // Nothing queued and nobody reading: the walk is done.
+                                None if guard.1 == 0 => return Ok(out),
+                                None => {
+                                    drop(guard);
+                                    std::thread::yield_now();
+                                    continue;
+                                }
+                            }
+                        };
+                        let result = walk_dir(source, &dir, exclusions, &mut out, &mut found);
+                        let mut guard = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        guard.0.append(&mut found);
+                        guard.1 -= 1;
+                        if result.is_err() {
+                            // Stop the others: the walk failed.
+                            guard.0.clear();
+                        }
+                        result?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("snapshot walk panicked"))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.append(&mut r?);
+    }
+    Ok(all)
 }
 
-fn walk(source: &Path, rel: &Path, excluded: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Read one directory: its files go to `out` (stat-ed relative to the open directory,
+/// not by full path), its subdirectories to `dirs`.
+fn walk_dir(
+    source: &Path,
+    rel: &Path,
+    exclusions: &Exclusions,
+    out: &mut Vec<Entry>,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<()> {
     let dir = source.join(rel);
+    let top_level = rel.as_os_str().is_empty();
     for entry in fs::read_dir(&dir).with_context(|| format!("read directory `{}`", dir.display()))? {
         let entry = entry?;
         let child = rel.join(entry.file_name());
-        if excluded(&child) || entry.file_name() == ".git" {
+        if entry.file_name() == ".git" || exclusions.excludes(child.as_os_str().as_bytes(), top_level) {
             continue;
         }
         if entry.file_type()?.is_dir() {
-            walk(source, &child, excluded, out)?;
-        } else {
-            out.push(child);
+            dirs.push(child);
+            continue;
+        }
+        let meta = entry.metadata().with_context(|| format!("stat `{}`", entry.path().display()))?;
+        if let Some(e) = entry_of(&entry.path(), child.into_os_string(), &meta)? {
+            out.push(e);
         }
     }
     Ok(())
 }
 
-fn stat_entry(source: &Path, rel: &Path) -> Result<Option<Entry>> {
-    let full = source.join(rel);
-    let meta = match full.symlink_metadata() {
-        Ok(m) => m,
-        // Listed by git but deleted in the work tree: the lane sees it deleted.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("stat `{}`", full.display()))),
-    };
-    let stat = StatKey {
-        size: meta.size(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        ino: meta.ino(),
-    };
+fn entry_of(full: &Path, rel: OsString, meta: &fs::Metadata) -> Result<Option<Entry>> {
     let kind = if meta.file_type().is_symlink() {
-        EntryKind::Symlink { target: fs::read_link(&full).with_context(|| format!("read link `{}`", full.display()))? }
+        EntryKind::Symlink { target: fs::read_link(full).with_context(|| format!("read link `{}`", full.display()))? }
     } else if meta.is_file() {
         EntryKind::File { executable: meta.permissions().mode() & 0o111 != 0 }
     } else {
         // Sockets, fifos, devices: not source.
         return Ok(None);
     };
-    Ok(Some(Entry { rel: rel.to_path_buf(), kind, size: meta.size(), stat, hash: None }))
+    Ok(Some(Entry { rel, kind, stat: StatKey::of(meta), hash: None }))
 }
 
 fn is_racy(stat: StatKey, now: SystemTime) -> bool {
@@ -247,7 +359,7 @@ fn tree_id(entries: &[Entry]) -> String {
         };
         hasher.update(kind.as_bytes());
         hasher.update(b" ");
-        hasher.update(e.rel.as_os_str().as_encoded_bytes());
+        hasher.update(e.rel.as_bytes());
         hasher.update(b"\0");
         hasher.update(e.hash.as_deref().unwrap_or("").as_bytes());
         hasher.update(b"\n");
@@ -255,10 +367,10 @@ fn tree_id(entries: &[Entry]) -> String {
     hex(&hasher.finalize())[..32].to_string()
 }
 
-fn copy_entries(source: &Path, dest: &Path, entries: &[Entry]) -> Result<()> {
+fn copy_entries(source: &Path, dest: &Path, entries: &mut [Entry]) -> Result<()> {
     let mut dirs: Vec<&Path> =
-        entries.iter().filter_map(|e| e.rel.parent()).filter(|p| !p.as_os_str().is_empty()).collect();
-    dirs.sort();
+        entries.iter().filter_map(|e| Path::new(&e.rel).parent()).filter(|p| !p.as_os_str().is_empty()).collect();
+    dirs.sort_unstable();
     dirs.dedup();
     for d in dirs {
         fs::create_dir_all(dest.join(d)).with_context(|| format!("create `{}`", dest.join(d).display()))?;
@@ -268,8 +380,8 @@ fn copy_entries(source: &Path, dest: &Path, entries: &[Entry]) -> Result<()> {
     let chunk = entries.len().div_ceil(workers).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().try_for_each(|e| copy_entry(source, dest, e))))
+            .chunks_mut(chunk)
+            .map(|part| scope.spawn(move || part.iter_mut().try_for_each(|e| copy_entry(source, dest, e))))
             .collect();
         handles
             .into_iter()
@@ -277,26 +389,95 @@ fn copy_entries(source: &Path, dest: &Path, entries: &[Entry]) -> Result<()> {
     })
 }
 
-fn copy_entry(source: &Path, dest: &Path, entry: &Entry) -> Result<()> {
+/// Copy one entry; a file whose hash is not known yet is hashed from the bytes copied.
+fn copy_entry(source: &Path, dest: &Path, entry: &mut Entry) -> Result<()> {
     let to = dest.join(&entry.rel);
+    let from = source.join(&entry.rel);
     match &entry.kind {
         EntryKind::Symlink { target } => {
             std::os::unix::fs::symlink(target, &to).with_context(|| format!("create link `{}`", to.display()))?;
         }
-        EntryKind::File { .. } => {
-            let from = source.join(&entry.rel);
+        EntryKind::File { .. } if entry.hash.is_some() => {
             fs::copy(&from, &to).with_context(|| format!("copy `{}` into the snapshot", from.display()))?;
+        }
+        EntryKind::File { executable } => {
+            let copy = || -> std::io::Result<String> {
+                let mut input = fs::File::open(&from)?;
+                let mode = if *executable { 0o755 } else { 0o644 };
+                let mut output = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&to)?;
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = input.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    output.write_all(&buf[..n])?;
+                }
+                Ok(hex(&hasher.finalize()))
+            };
+            entry.hash = Some(copy().with_context(|| format!("copy `{}` into the snapshot", from.display()))?);
         }
     }
     Ok(())
 }
 
-fn load_cache(path: &Path, source: &Path) -> StatCache {
-    let cache: Option<StatCache> = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    match cache {
-        Some(c) if c.schema_version == CACHE_SCHEMA && c.source == source => c,
-        _ => StatCache::default(),
+/// One line of the stat cache, borrowed from the file's bytes.
+struct CachedFile<'a> {
+    rel: &'a [u8],
+    stat: StatKey,
+    hash: &'a str,
+}
+
+/// The stat cache: one line per file, `size mtime_ns ctime_ns ino hash path`, sorted by
+/// path. A cache of another format or another source is empty.
+fn parse_cache<'a>(bytes: &'a [u8], source: &Path) -> Vec<CachedFile<'a>> {
+    let mut lines = bytes.split(|b| *b == b'\n');
+    if lines.next() != Some(CACHE_HEADER.as_bytes()) || lines.next() != Some(source.as_os_str().as_bytes()) {
+        return Vec::new();
     }
+    let parse = |line: &'a [u8]| -> Option<CachedFile<'a>> {
+        let mut fields = line.splitn(6, |b| *b == b' ');
+        let mut next = || fields.next().and_then(|f| std::str::from_utf8(f).ok());
+        let stat = StatKey {
+            size: next()?.parse().ok()?,
+            mtime_ns: next()?.parse().ok()?,
+            ctime_ns: next()?.parse().ok()?,
+            ino: next()?.parse().ok()?,
+        };
+        let hash = next()?;
+        Some(CachedFile { rel: fields.next()?, stat, hash })
+    };
+    let cache: Vec<CachedFile> = lines.filter_map(parse).collect();
+    // Written sorted; a cache edited by hand is not trusted.
+    if cache.windows(2).all(|w| w[0].rel < w[1].rel) { cache } else { Vec::new() }
+}
+
+/// Write the cache when something changed. Files modified within the racy window, and
+/// names with a newline, are left out (hashed again next time).
+fn save_cache(path: &Path, source: &Path, entries: &[Entry], changed: bool) {
+    if !changed {
+        return;
+    }
+    let now = SystemTime::now();
+    let mut out = Vec::with_capacity(entries.len() * 120);
+    out.extend_from_slice(CACHE_HEADER.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(source.as_os_str().as_bytes());
+    out.push(b'\n');
+    for e in entries {
+        let (EntryKind::File { .. }, Some(hash)) = (&e.kind, &e.hash) else { continue };
+        if is_racy(e.stat, now) || e.rel.as_bytes().contains(&b'\n') {
+            continue;
+        }
+        let s = e.stat;
+        out.extend_from_slice(format!("{} {} {} {} {hash} ", s.size, s.mtime_ns, s.ctime_ns, s.ino).as_bytes());
+        out.extend_from_slice(e.rel.as_bytes());
+        out.push(b'\n');
+    }
+    // The cache only saves time; failing to write it must not fail a run.
+    let _ = atomic_write(path, &out);
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -350,6 +531,47 @@ mod tests {
         let third = take(src.path(), &snaps, &cache, &[]).unwrap();
         assert_ne!(third.id, first.id);
         assert_eq!(fs::read_to_string(third.dir.join("src/deep/lib.rs")).unwrap(), "pub fn g() {}\n");
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_read_again_its_cached_hash_is_trusted() {
+        let src = tree();
+        // Past the racy window, so that the first take caches every file.
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let state = tempfile::tempdir().unwrap();
+        let (snaps, cache) = (state.path().join("s"), state.path().join("c"));
+        let first = take(src.path(), &snaps, &cache, &[]).unwrap();
+        let text = fs::read_to_string(&cache).unwrap();
+        assert!(text.starts_with(CACHE_HEADER), "{text}");
+        let line = text.lines().find(|l| l.ends_with(" Cargo.toml")).expect("Cargo.toml is cached");
+        let hash = line.split(' ').nth(4).unwrap();
+        // Claim other content for Cargo.toml: if the cache is trusted, the id changes
+        // although the file did not.
+        fs::write(&cache, text.replace(hash, &"0".repeat(64))).unwrap();
+        let second = take(src.path(), &snaps, &cache, &[]).unwrap();
+        assert_ne!(second.id, first.id, "the cached hash was not used");
+        // And a cache for another source is ignored.
+        let other = tree();
+        let third = take(other.path(), &snaps, &cache, &[]).unwrap();
+        assert_eq!(third.id, first.id, "same content, same id, whatever the cache says");
+    }
+
+    #[test]
+    fn the_walk_leaves_out_state_build_output_and_nested_git() {
+        let src = tree();
+        let p = src.path();
+        fs::create_dir_all(p.join("sub/.git")).unwrap();
+        fs::write(p.join("sub/.git/HEAD"), "ref").unwrap();
+        fs::write(p.join("sub/kept.rs"), "x").unwrap();
+        std::os::unix::fs::symlink("/nix/store/x", p.join("result")).unwrap();
+        fs::create_dir_all(p.join("deep/state/runs")).unwrap();
+        fs::write(p.join("deep/state/runs/r"), "x").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let snap = take(p, &state.path().join("s"), &state.path().join("c"), &[PathBuf::from("deep/state")]).unwrap();
+        assert!(snap.dir.join("sub/kept.rs").is_file());
+        for absent in ["sub/.git", "result", "deep/state", "target", ".pikaci"] {
+            assert!(!snap.dir.join(absent).exists(), "{absent}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl StateRoot {
         self.root.join("snapshots")
     }
     pub fn snapshot_cache(&self) -> PathBuf {
-        self.root.join("snapshot-cache.json")
+        self.root.join("snapshot-cache")
     }
 
     pub fn ensure(&self) -> Result<()> {
