@@ -95,23 +95,19 @@ let
       pikaciRunReport = ./run-report.sh;
     }
   );
-
-  clashing = builtins.filter (n: extraPayloads ? ${n}) lane.requiredPayloads;
 in
-if clashing != [ ] then
-  throw "pikaci lane: `extraPayloads` may not redefine `${builtins.head clashing}`; the lane builds it"
-else
-  lane.mkLane {
-    inherit
-      description
-      env
-      timeout
-      paths
-      runtime
-      ;
-    payloads = extraPayloads // {
-      workspace-deps = deps;
-      workspace-build = build;
-    };
-    command = [ "/pikaci/payloads/workspace-build/bin/run-report" ];
-  }
+lane.mkLane {
+  inherit
+    description
+    env
+    timeout
+    paths
+    runtime
+    extraPayloads
+    ;
+  payloads = {
+    workspace-deps = deps;
+    workspace-build = build;
+  };
+  command = [ "/pikaci/payloads/workspace-build/bin/run-report" ];
+}

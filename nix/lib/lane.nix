@@ -16,6 +16,9 @@ let
     {
       description,
       payloads,
+      # More payloads from the user, beside those a lane builder made (`payloads`), which
+      # they may not replace.
+      extraPayloads ? { },
       command,
       paths ? [ ],
       timeout ? 1800,
@@ -23,12 +26,16 @@ let
       runtime ? null,
     }:
     let
-      names = builtins.attrNames payloads;
+      clashing = builtins.filter (n: extraPayloads ? ${n}) (builtins.attrNames payloads);
+      allPayloads = extraPayloads // payloads;
+      names = builtins.attrNames allPayloads;
       badNames = builtins.filter (n: !isValidId n) names;
-      missing = builtins.filter (n: !(payloads ? ${n})) requiredPayloads;
+      missing = builtins.filter (n: !(allPayloads ? ${n})) requiredPayloads;
       badEnv = builtins.filter (n: !builtins.isString env.${n}) (builtins.attrNames env);
     in
-    if !builtins.isString description then
+    if clashing != [ ] then
+      fail "`extraPayloads` may not redefine `${builtins.head clashing}`; the lane builds it"
+    else if !builtins.isString description then
       fail "`description` must be a string"
     else if badNames != [ ] then
       fail "payload name `${builtins.head badNames}` is invalid: payload names are ${idRule}"
@@ -45,9 +52,9 @@ let
     else
       {
         kind = "staged-linux-rust";
+        payloads = allPayloads;
         inherit
           description
-          payloads
           command
           paths
           timeout

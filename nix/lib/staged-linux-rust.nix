@@ -77,26 +77,22 @@ let
       pikaciRunTests = ./run-tests.sh;
     }
   );
-
-  clashing = builtins.filter (n: extraPayloads ? ${n}) lane.requiredPayloads;
 in
-if clashing != [ ] then
-  throw "pikaci lane: `extraPayloads` may not redefine `${builtins.head clashing}`; the lane builds it"
-else
-  lane.mkLane {
-    inherit
-      description
-      timeout
-      paths
-      runtime
-      ;
-    env = {
-      RUST_BACKTRACE = "1";
-    }
-    // env;
-    payloads = extraPayloads // {
-      workspace-deps = deps;
-      workspace-build = build;
-    };
-    command = [ "/pikaci/payloads/workspace-build/bin/run-tests" ] ++ testArgs;
+lane.mkLane {
+  inherit
+    description
+    timeout
+    paths
+    runtime
+    extraPayloads
+    ;
+  env = {
+    RUST_BACKTRACE = "1";
   }
+  // env;
+  payloads = {
+    workspace-deps = deps;
+    workspace-build = build;
+  };
+  command = [ "/pikaci/payloads/workspace-build/bin/run-tests" ] ++ testArgs;
+}
