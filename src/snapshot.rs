@@ -57,8 +57,11 @@ struct Entry {
     rel: OsString,
     kind: EntryKind,
     stat: StatKey,
-    hash: Option<String>,
+    hash: Option<Digest32>,
 }
+
+/// A SHA-256 digest, kept as bytes (hex only in the cache file).
+type Digest32 = [u8; 32];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatKey {
@@ -82,10 +85,15 @@ impl StatKey {
 /// Take a snapshot of `source` into `snapshots_dir`, leaving out `exclude` (the state
 /// root, when it lies inside the source).
 pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[PathBuf]) -> Result<Snapshot> {
-    let mut entries = list_entries(source, exclude)?;
-    entries.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    // Parse the cache while the tree is walked.
     let cache_bytes = fs::read(cache_file).unwrap_or_default();
-    let cache = parse_cache(&cache_bytes, source);
+    let (listed, cache) = std::thread::scope(|scope| {
+        let parsing = scope.spawn(|| parse_cache(&cache_bytes, source));
+        let listed = list_entries(source, exclude);
+        (listed, parsing.join().unwrap_or_default())
+    });
+    let mut entries = listed?;
+    entries.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     // Both lists are sorted by path: walk them side by side.
     let mut cached = cache.iter().peekable();
     let mut misses = 0;
@@ -93,8 +101,8 @@ pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[P
         while cached.next_if(|c| c.rel < entry.rel.as_bytes()).is_some() {}
         let hit = cached.next_if(|c| c.rel == entry.rel.as_bytes()).filter(|c| c.stat == entry.stat);
         entry.hash = match &entry.kind {
-            EntryKind::Symlink { target } => Some(hex(&Sha256::digest(target.as_os_str().as_bytes()))),
-            EntryKind::File { .. } => hit.map(|c| c.hash.to_string()),
+            EntryKind::Symlink { target } => Some(Sha256::digest(target.as_os_str().as_bytes()).into()),
+            EntryKind::File { .. } => hit.map(|c| c.hash),
         };
         misses += entry.hash.is_none() as usize;
     }
@@ -227,7 +235,7 @@ fn list_entries(source: &Path, exclude: &[PathBuf]) -> Result<Vec<Entry>> {
             while let Some(dir) = dirs.pop() {
                 walk_dir(source, &dir, &in_git, &mut out, &mut dirs)?;
             }
-        } else if let Some(entry) = entry_of(&full, rel.into_os_string(), &meta)? {
+        } else if let Some(entry) = entry_of(&|| full.clone(), rel.into_os_string(), &meta)? {
             out.push(entry);
         }
     }
@@ -310,16 +318,18 @@ fn walk_dir(
             continue;
         }
         let meta = entry.metadata().with_context(|| format!("stat `{}`", entry.path().display()))?;
-        if let Some(e) = entry_of(&entry.path(), child.into_os_string(), &meta)? {
+        if let Some(e) = entry_of(&|| entry.path(), child.into_os_string(), &meta)? {
             out.push(e);
         }
     }
     Ok(())
 }
 
-fn entry_of(full: &Path, rel: OsString, meta: &fs::Metadata) -> Result<Option<Entry>> {
+/// The entry for a file or symlink; `full` gives its full path (built only for a link).
+fn entry_of(full: &dyn Fn() -> PathBuf, rel: OsString, meta: &fs::Metadata) -> Result<Option<Entry>> {
     let kind = if meta.file_type().is_symlink() {
-        EntryKind::Symlink { target: fs::read_link(full).with_context(|| format!("read link `{}`", full.display()))? }
+        let full = full();
+        EntryKind::Symlink { target: fs::read_link(&full).with_context(|| format!("read link `{}`", full.display()))? }
     } else if meta.is_file() {
         EntryKind::File { executable: meta.permissions().mode() & 0o111 != 0 }
     } else {
@@ -334,7 +344,7 @@ fn is_racy(stat: StatKey, now: SystemTime) -> bool {
     now_ns - stat.mtime_ns.max(stat.ctime_ns) < RACY_WINDOW.as_nanos() as i128
 }
 
-fn hash_file(path: &Path) -> Result<String> {
+fn hash_file(path: &Path) -> Result<Digest32> {
     let mut file = fs::File::open(path).with_context(|| format!("read `{}`", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -345,7 +355,7 @@ fn hash_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hasher.finalize().into())
 }
 
 /// The snapshot id: a hash over every entry's path, kind, mode and content hash.
@@ -361,7 +371,7 @@ fn tree_id(entries: &[Entry]) -> String {
         hasher.update(b" ");
         hasher.update(e.rel.as_bytes());
         hasher.update(b"\0");
-        hasher.update(e.hash.as_deref().unwrap_or("").as_bytes());
+        hasher.update(e.hash.unwrap_or_default());
         hasher.update(b"\n");
     }
     hex(&hasher.finalize())[..32].to_string()
@@ -401,7 +411,7 @@ fn copy_entry(source: &Path, dest: &Path, entry: &mut Entry) -> Result<()> {
             fs::copy(&from, &to).with_context(|| format!("copy `{}` into the snapshot", from.display()))?;
         }
         EntryKind::File { executable } => {
-            let copy = || -> std::io::Result<String> {
+            let copy = || -> std::io::Result<Digest32> {
                 let mut input = fs::File::open(&from)?;
                 let mode = if *executable { 0o755 } else { 0o644 };
                 let mut output = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&to)?;
@@ -415,7 +425,7 @@ fn copy_entry(source: &Path, dest: &Path, entry: &mut Entry) -> Result<()> {
                     hasher.update(&buf[..n]);
                     output.write_all(&buf[..n])?;
                 }
-                Ok(hex(&hasher.finalize()))
+                Ok(hasher.finalize().into())
             };
             entry.hash = Some(copy().with_context(|| format!("copy `{}` into the snapshot", from.display()))?);
         }
@@ -427,7 +437,7 @@ fn copy_entry(source: &Path, dest: &Path, entry: &mut Entry) -> Result<()> {
 struct CachedFile<'a> {
     rel: &'a [u8],
     stat: StatKey,
-    hash: &'a str,
+    hash: Digest32,
 }
 
 /// The stat cache: one line per file, `size mtime_ns ctime_ns ino hash path`, sorted by
@@ -446,7 +456,7 @@ fn parse_cache<'a>(bytes: &'a [u8], source: &Path) -> Vec<CachedFile<'a>> {
             ctime_ns: next()?.parse().ok()?,
             ino: next()?.parse().ok()?,
         };
-        let hash = next()?;
+        let hash = unhex(next()?)?;
         Some(CachedFile { rel: fields.next()?, stat, hash })
     };
     let cache: Vec<CachedFile> = lines.filter_map(parse).collect();
@@ -472,12 +482,25 @@ fn save_cache(path: &Path, source: &Path, entries: &[Entry], changed: bool) {
             continue;
         }
         let s = e.stat;
-        out.extend_from_slice(format!("{} {} {} {} {hash} ", s.size, s.mtime_ns, s.ctime_ns, s.ino).as_bytes());
+        out.extend_from_slice(format!("{} {} {} {} {} ", s.size, s.mtime_ns, s.ctime_ns, s.ino, hex(hash)).as_bytes());
         out.extend_from_slice(e.rel.as_bytes());
         out.push(b'\n');
     }
     // The cache only saves time; failing to write it must not fail a run.
     let _ = atomic_write(path, &out);
+}
+
+fn unhex(text: &str) -> Option<Digest32> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
