@@ -236,11 +236,6 @@ pub fn is_not_found(err: &anyhow::Error) -> bool {
         .any(|f| f.code != Some(127) && f.stderr.to_ascii_lowercase().contains("not found"))
 }
 
-/// The stderr of the first failed command in an error's chain.
-pub fn failure_stderr(err: &anyhow::Error) -> Option<&str> {
-    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).map(|f| f.stderr.as_str()).next()
-}
-
 /// Percent-encode one path segment of an API URL (aliases may contain `/`).
 pub fn url_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -112,13 +112,6 @@ impl Nix {
             .with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
     }
 
-    /// `nix eval --json <installable>`, nothing applied.
-    pub fn eval_json(&self, installable: &str) -> Result<serde_json::Value> {
-        let out = self.nix("nix eval").args(["eval", "--json", installable]).run(None)?;
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
-    }
-
     /// The command that realizes `path` (a `.drv`, or an output path) with every output
     /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
     /// the others). Returned unrun so that job records can show it.
@@ -139,11 +132,6 @@ impl Nix {
     pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
         let out = self.realise_cmd(path, root).run(log)?;
         Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
-    }
-
-    /// Whether a store path is valid (present and registered).
-    pub fn is_valid_path(&self, path: &str) -> bool {
-        Cmd::new("nix-store --check-validity", &self.nix_store).args(["--check-validity", path]).run(None).is_ok()
     }
 
     /// The command's executable, for `doctor`.

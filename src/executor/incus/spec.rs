@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use super::naming::{self, DEVICE_ARTIFACTS, DEVICE_NIX_STORE, DEVICE_WORKSPACE, TAG_JOB, TAG_RUN, TAG_STATE_ROOT};
 use crate::executor::placement::staged_payload_source_root;
 use crate::executor::{HostContext, Placement, guest};
-use crate::tools::command::shell_quote;
 use crate::tools::incus::{Incus, InstanceSpec};
 
 /// Runs before the lane's command, in the guest: `$HOME` (`/pikaci/home`) is not part
@@ -124,11 +123,6 @@ fn host_source(placement: &Placement, local: &Path) -> Result<PathBuf> {
         Placement::Local => local.canonicalize().with_context(|| format!("`{}` does not exist", local.display())),
         Placement::Remote(_) => placement.host_path(local),
     }
-}
-
-/// The exec argv as one line, for `host.log`.
-pub fn display_argv(argv: &[String]) -> String {
-    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
