@@ -114,9 +114,10 @@
       );
 
       # `nix flake check`: the package, the guest image, formatting, the NixOS module
-      # (evaluated), and every lane of `pikaci.<system>.lanes` (the unit tests, clippy, the
-      # examples) run against its payloads. The integration tests (tests/*.rs) need nix and
-      # a runtime of their own, so they run outside the build sandbox: `cargo test`.
+      # (evaluated), every lane of `pikaci.<system>.lanes` (the unit tests, clippy, the
+      # examples) run against its payloads, and examples/hello's lanes run through pikaci
+      # itself (`examples`, `examples-failing-lane`; these need Nix's `recursive-nix`). The
+      # integration tests (tests/*.rs) need Incus and sshd as well: `cargo test`.
       checks = forAllSystems (
         system:
         let
@@ -157,6 +158,27 @@
           inherit (s.pkgs) runCommand;
           lanes = s.lanes;
           workspace = self;
+        }
+        // {
+          # The example's passing lanes, and its failing one failing, run by pikaci.
+          examples = pikaciLib.mkPikaciCheck {
+            inherit (s.pkgs) runCommand;
+            inherit (s) pikaci;
+            name = "pikaci-examples";
+            flake = ./examples/hello;
+            lanes = [
+              "unit"
+              "report"
+            ];
+          };
+          examples-failing-lane = pikaciLib.mkPikaciCheck {
+            inherit (s.pkgs) runCommand;
+            inherit (s) pikaci;
+            name = "pikaci-examples-failing-lane";
+            flake = ./examples/hello;
+            lanes = [ "pending" ];
+            expectExit = 1;
+          };
         }
       );
 

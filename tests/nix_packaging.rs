@@ -190,7 +190,10 @@ fn the_real_flake_evaluates_lib_and_modules_without_fetching() {
     copy_tree(&root.join("nix"), &dir.path().join("nix"));
 
     let lib = eval_apply(dir.path(), "lib", "builtins.attrNames");
-    assert_eq!(lib, json!(["isValidId", "mkClippyLane", "mkLane", "mkLaneChecks", "mkStagedLinuxRustLane"]));
+    assert_eq!(
+        lib,
+        json!(["isValidId", "mkClippyLane", "mkLane", "mkLaneChecks", "mkPikaciCheck", "mkStagedLinuxRustLane"])
+    );
     let ids = eval_apply(
         dir.path(),
         "lib",
@@ -217,7 +220,17 @@ fn every_flake_output_evaluates_and_builds_with_stand_in_inputs() {
     assert_eq!(s["packages"]["default"], s["packages"]["pikaci"]);
     assert_eq!(
         keys(&s["checks"]),
-        ["fmt", "guest-image", "lane-clippy", "lane-example-hello", "lane-unit", "nixos-module", "pikaci"]
+        [
+            "examples",
+            "examples-failing-lane",
+            "fmt",
+            "guest-image",
+            "lane-clippy",
+            "lane-example-hello",
+            "lane-unit",
+            "nixos-module",
+            "pikaci"
+        ]
     );
     assert_eq!(s["checks"]["pikaci"], s["packages"]["pikaci"]);
     assert_eq!(keys(&s["devShells"]), ["default"]);
@@ -235,7 +248,9 @@ fn every_flake_output_evaluates_and_builds_with_stand_in_inputs() {
     assert_eq!(s["lanes"]["clippy"]["command"], json!(["/pikaci/payloads/workspace-build/bin/run-report"]));
     assert_eq!(s["lanes"]["example-hello"]["paths"], json!(["examples/hello/**"]));
 
-    // Build every check (the package and the image among them) and the dev shell.
+    // Build every check (the package and the image among them) and the dev shell; the two
+    // that run pikaci itself need a real pikaci, and are built in
+    // `the_examples_checks_run_the_lanes_through_pikaci_in_the_build`.
     let checks = ["fmt", "guest-image", "lane-clippy", "lane-example-hello", "lane-unit", "nixos-module", "pikaci"]
         .map(|c| format!("upstream.checks.{SYSTEM}.{c}"));
     let mut attrs: Vec<&str> = checks.iter().map(String::as_str).collect();
@@ -623,4 +638,90 @@ fn pikaci_imports_the_nix_built_image_and_runs_a_lane_in_it_on_incus() {
     let alpha = read(&run.join("jobs/unit/artifacts/alpha-lib.txt"));
     assert!(alpha.starts_with("cwd=/workspace/demo/crates/alpha\n"), "{alpha}");
     assert!(read(&run.join("jobs/unit/guest.log")).contains("run-tests: 3 passed, 0 failed"));
+}
+
+/// `nix build` with `recursive-nix`, which the checks that run pikaci itself need.
+fn nix_recursive(args: &[&str]) -> Output {
+    let mut all = vec!["--extra-experimental-features", "recursive-nix"];
+    all.extend(args);
+    nix(&all)
+}
+
+/// Regular files below `dir`, as paths relative to it; symlinks listed apart.
+fn tree_entries(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let (mut files, mut links) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                links.push(rel);
+            } else if meta.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(rel);
+            }
+        }
+    }
+    (files, links)
+}
+
+#[test]
+fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
+    let dir = packaging_fixture();
+    require_bwrap();
+    let d = dir.path();
+    std::fs::copy(env!("CARGO_BIN_EXE_pikaci"), d.join("stub/pikaci-bin")).unwrap();
+
+    // Both checks of pikaci's flake, with the pikaci cargo built: evaluated, payloads
+    // realized and lanes run in bubblewrap by pikaci, inside the Nix build.
+    let checks = ["examples", "examples-failing-lane"]
+        .map(|c| installable(d, &format!("upstreamWithPikaci.checks.{SYSTEM}.{c}")));
+    let out = nix_recursive(&["build", "--no-link", "--print-build-logs", &checks[0], &checks[1]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(log.contains("test greet(Ferris) ... ok") && log.contains("PASS report"), "{log}");
+    let outs: Vec<PathBuf> =
+        checks.iter().map(|c| PathBuf::from(nix_ok(&["eval", "--raw", &format!("{c}.outPath")]))).collect();
+
+    // The record is the output: one run, its jobs, their logs and artifacts, and no
+    // GC-root links (the payloads stay referenced by job.json).
+    let runs =
+        |out: &Path| -> Vec<PathBuf> { out.join("runs").read_dir().unwrap().map(|e| e.unwrap().path()).collect() };
+    let passing = &outs[0];
+    assert_eq!(read(&passing.join("exit-code")), "0\n");
+    let [run] = runs(passing).try_into().unwrap();
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["status"], "passed", "{record}");
+    assert_eq!(job_status(&record, "unit"), "passed");
+    assert_eq!(job_status(&record, "report"), "passed");
+    assert_eq!(record["jobs"].as_array().unwrap().len(), 2, "{record}");
+    assert_eq!(read(&run.join("jobs/report/artifacts/report.txt")).lines().count(), 3000);
+    assert!(read(&run.join("jobs/unit/guest.log")).contains("test result: 2 passed; 0 failed"));
+    let job = read_json(&run.join("jobs/unit/job.json"));
+    assert!(
+        job["payloads"].as_array().unwrap().iter().all(|p| p["drv_path"].as_str().unwrap().ends_with(".drv")),
+        "{job}"
+    );
+    let (files, links) = tree_entries(passing);
+    assert!(links.is_empty(), "links left in the output: {links:?}");
+    assert!(files.iter().any(|f| f.ends_with("jobs/unit/host.log")), "{files:?}");
+
+    let failing = &outs[1];
+    assert_eq!(read(&failing.join("exit-code")), "1\n");
+    let [run] = runs(failing).try_into().unwrap();
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(job_status(&record, "pending"), "failed");
+
+    // A run that does not end as the check expects fails the build, and says why.
+    let out = nix_recursive(&["build", "--no-link", &installable(d, "expectsPassOnFailingLane")]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("FAIL pending") && stderr.contains("pikaci exited with 1; this check expects 0"),
+        "{stderr}"
+    );
 }

@@ -12,4 +12,5 @@ in
   mkStagedLinuxRustLane = import ./staged-linux-rust.nix { inherit util lane; };
   mkClippyLane = import ./clippy.nix { inherit util lane; };
   mkLaneChecks = import ./lane-checks.nix { inherit util; };
+  mkPikaciCheck = import ./pikaci-check.nix { inherit util; };
 }
