@@ -183,3 +183,14 @@ fn an_unknown_lane_lists_the_known_ones() {
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("no lanes named"), "{}", none.stderr);
 }
+
+#[test]
+fn zero_jobs_at_a_time_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [["run", "--all", "--jobs", "0"], ["rerun", "latest", "--jobs", "0"]] {
+        let out = run_in(dir.path(), &args);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains("at least one job must run at a time"), "{}", out.stderr);
+    }
+    assert!(!dir.path().join(".pikaci").exists(), "nothing is written for a usage error");
+}

@@ -55,7 +55,7 @@ pub enum Command {
         failed: bool,
         #[arg(long, value_enum)]
         runtime: Option<RuntimeChoice>,
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = job_count)]
         jobs: Option<usize>,
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
@@ -143,10 +143,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "ALIAS")]
     pub image: Option<String>,
     /// How many jobs run at once. Default: the number of CPUs.
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = job_count)]
     pub jobs: Option<usize>,
     #[arg(long, value_enum, default_value = "human")]
     pub output: OutputFormat,
+}
+
+/// `--jobs N`: a whole number of at least 1.
+fn job_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least one job must run at a time".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
 }
 
 /// Run the parsed command; the exit code on success.
