@@ -2,7 +2,7 @@
 //! collect their payloads), snapshots no remaining run uses, and Incus instances left
 //! behind by runs that died. A live run is never touched.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::executor::incus;
 use crate::executor::placement::{Placement, remote_state_root};
-use crate::state::{RunRecord, StateRoot};
+use crate::state::{RunRecord, RunStatus, StateRoot};
 use crate::tools::incus::Incus;
 
 #[derive(Debug, Default)]
@@ -60,6 +60,17 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     let cut = ids.len().saturating_sub(keep);
     // Runs that ran on other hosts left job directories (and GC roots) there too.
     let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    // A run that died (its record still says running) while using Incus on this machine
+    // may have left an instance: if Incus does not answer now, gc says it could not look.
+    let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
+    let mut note_run = |record: &RunRecord, live: bool, remote_leftovers: &mut BTreeMap<String, Vec<PathBuf>>| {
+        if let Some(host) = &record.remote {
+            remote_leftovers.entry(host.clone()).or_default();
+        }
+        if record.runtime == "incus" && record.status == RunStatus::Running && !live {
+            died_on_incus.insert(record.remote.clone());
+        }
+    };
     for id in &ids[..cut] {
         // Holding the run's lock while deleting: a run cannot start under the same id.
         let Some(_run_lock) = state.try_lock_run(id)? else {
@@ -67,8 +78,11 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
             continue;
         };
         let dir = state.run_dir(id);
-        if let Ok(Some(host)) = RunRecord::read(&dir).map(|r| r.remote) {
-            remote_leftovers.entry(host).or_default().push(dir.clone());
+        if let Ok(record) = RunRecord::read(&dir) {
+            note_run(&record, false, &mut remote_leftovers);
+            if let Some(host) = &record.remote {
+                remote_leftovers.entry(host.clone()).or_default().push(dir.clone());
+            }
         }
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
         report.removed_runs.push(id.clone());
@@ -80,10 +94,8 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     for id in &remaining {
         match RunRecord::read(&state.run_dir(id)) {
             Ok(r) => {
+                note_run(&r, state.run_is_live(id), &mut remote_leftovers);
                 referenced.insert(r.snapshot.id);
-                if let Some(host) = r.remote {
-                    remote_leftovers.entry(host).or_default();
-                }
             }
             Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
         }
@@ -114,7 +126,13 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     }
 
     match incus::reap_orphans(state) {
-        Ok(reaped) => report.reaped_instances = reaped,
+        Ok(Some(reaped)) => report.reaped_instances = reaped,
+        Ok(None) if died_on_incus.contains(&None) => report.warnings.push(
+            "a run that died while using Incus may have left an instance, and Incus does not answer on this \
+             machine, so none was looked for; run `pikaci gc` again once incusd runs"
+                .into(),
+        ),
+        Ok(None) => {}
         Err(e) => report.warnings.push(format!("could not look for leftover Incus instances: {e:#}")),
     }
     // Runs on other hosts may have left instances there, too.
@@ -122,7 +140,12 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         let placement = Placement::new(Some(host), &state.root, &remote_state_root());
         let reaped = Incus::locate(&placement).and_then(|incus| incus::reap_orphans_with(&incus, state));
         match reaped {
-            Ok(reaped) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
+            Ok(Some(reaped)) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
+            Ok(None) if died_on_incus.contains(&Some(host.clone())) => report.warnings.push(format!(
+                "a run that died while using Incus on `{host}` may have left an instance there, and Incus does not \
+                 answer on `{host}`, so none was looked for"
+            )),
+            Ok(None) => {}
             Err(e) => report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}")),
         }
     }

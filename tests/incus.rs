@@ -788,6 +788,24 @@ fn gc_reaps_instances_of_dead_runs_of_this_state_root_only() {
     make(&other, "19700101-000000-000-dead", "/nonexistent/other/.pikaci");
     make(&live, live_run, &root.to_string_lossy());
 
+    // With the daemon out of reach, gc cannot look, and says so because a run died on it.
+    let unreachable = tempfile::tempdir().unwrap();
+    let out: Run = pikaci()
+        .env("INCUS_DIR", unreachable.path())
+        .args(["gc", "--keep", "100"])
+        .current_dir(flake.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("0 instances"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("warning: a run that died while using Incus may have left an instance"),
+        "{}",
+        out.stdout
+    );
+    assert!(instance_exists(&killed));
+
     let out = run_in(flake.path(), &["gc", "--keep", "100"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("2 instances"), "{}", out.stdout);

@@ -14,19 +14,19 @@ use crate::tools::incus::{Incus, InstanceInfo, LIFECYCLE_TIMEOUT, Wait};
 
 /// Delete the instances that runs of this state root created and that no live run
 /// owns any more (the run's process died, or the run was removed). Returns their
-/// names. Instances of other state roots, of live runs, and instances pikaci did not
-/// tag are never touched. Nothing to do, and no error, when Incus is absent or its
-/// daemon does not answer.
-pub fn reap_orphans(state: &StateRoot) -> Result<Vec<String>> {
-    let Ok(incus) = Incus::local() else { return Ok(Vec::new()) };
+/// names, or `None` when Incus is absent or its daemon does not answer (nothing could
+/// be looked for; the caller knows whether that matters). Instances of other state
+/// roots, of live runs, and instances pikaci did not tag are never touched.
+pub fn reap_orphans(state: &StateRoot) -> Result<Option<Vec<String>>> {
+    let Ok(incus) = Incus::local() else { return Ok(None) };
     reap_orphans_with(&incus, state)
 }
 
 /// [`reap_orphans`] on the daemon `incus` talks to (this machine's, or a remote host's
 /// through SSH).
-pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Vec<String>> {
+pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Option<Vec<String>>> {
     if incus.server().is_err() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let mut reaped = Vec::new();
     let mut failed = Vec::new();
@@ -42,7 +42,7 @@ pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Vec<String>
         let removed = if reaped.is_empty() { String::new() } else { format!(" (removed {})", reaped.join(", ")) };
         bail!("could not delete {} leftover instance(s){removed}: {}", failed.len(), failed.join("; "));
     }
-    Ok(reaped)
+    Ok(Some(reaped))
 }
 
 /// Instances tagged with this state root whose run is not live.
