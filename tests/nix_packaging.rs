@@ -688,13 +688,17 @@ fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
 
     // The record is the output: one run, its jobs, their logs and artifacts, and no
     // GC-root links (the payloads stay referenced by job.json).
-    let runs =
-        |out: &Path| -> Vec<PathBuf> { out.join("runs").read_dir().unwrap().map(|e| e.unwrap().path()).collect() };
+    // The exit code, and the only run's directory and record.
+    let recorded = |out: &Path, code: &str, status: &str| -> (PathBuf, Value) {
+        assert_eq!(read(&out.join("exit-code")), format!("{code}\n"));
+        let runs: Vec<PathBuf> = out.join("runs").read_dir().unwrap().map(|e| e.unwrap().path()).collect();
+        let [run] = runs.try_into().unwrap();
+        let record = read_json(&run.join("run.json"));
+        assert_eq!(record["status"], status, "{record}");
+        (run, record)
+    };
     let passing = &outs[0];
-    assert_eq!(read(&passing.join("exit-code")), "0\n");
-    let [run] = runs(passing).try_into().unwrap();
-    let record = read_json(&run.join("run.json"));
-    assert_eq!(record["status"], "passed", "{record}");
+    let (run, record) = recorded(passing, "0", "passed");
     assert_eq!(job_status(&record, "unit"), "passed");
     assert_eq!(job_status(&record, "report"), "passed");
     assert_eq!(record["jobs"].as_array().unwrap().len(), 2, "{record}");
@@ -709,11 +713,7 @@ fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
     assert!(links.is_empty(), "links left in the output: {links:?}");
     assert!(files.iter().any(|f| f.ends_with("jobs/unit/host.log")), "{files:?}");
 
-    let failing = &outs[1];
-    assert_eq!(read(&failing.join("exit-code")), "1\n");
-    let [run] = runs(failing).try_into().unwrap();
-    let record = read_json(&run.join("run.json"));
-    assert_eq!(record["status"], "failed", "{record}");
+    let (_, record) = recorded(&outs[1], "1", "failed");
     assert_eq!(job_status(&record, "pending"), "failed");
 
     // A run that does not end as the check expects fails the build, and says why.
