@@ -256,11 +256,9 @@ impl Cmd {
         };
         let handle =
             expr.stderr_capture().unchecked().start().map_err(|e| spawn_error(&self.label, &self.program, e))?;
-        let output = loop {
-            if let Some(output) =
-                handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))?
-            {
-                break output;
+        loop {
+            if handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))?.is_some() {
+                break;
             }
             if self.interruptible && signals::interrupted() {
                 let _ = handle.kill();
@@ -280,11 +278,13 @@ impl Cmd {
                 }
                 return Err(TimeLimitExceeded { label: self.label.clone(), limit }.into());
             }
-        };
+        }
+        // Finished: taking the output moves it out of the handle instead of copying it.
+        let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
         let out = CmdOutput {
             status: output.status,
-            stdout: output.stdout.clone(),
-            stderr: output.stderr.clone(),
+            stdout: output.stdout,
+            stderr: output.stderr,
             duration: started.elapsed(),
         };
         if let Some(log) = log {
