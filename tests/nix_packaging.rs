@@ -674,6 +674,13 @@ fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
     require_bwrap();
     let d = dir.path();
     std::fs::copy(env!("CARGO_BIN_EXE_pikaci"), d.join("stub/pikaci-bin")).unwrap();
+    // A state root and build output beside the example are not part of what the check
+    // runs; a `target` deeper down is.
+    for junk in [".pikaci/runs/stale/run.json", "target/debug/junk", "crates/target/kept"] {
+        let path = d.join("examples/hello").join(junk);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "{}").unwrap();
+    }
 
     // Both checks of pikaci's flake, with the pikaci cargo built: evaluated, payloads
     // realized and lanes run in bubblewrap by pikaci, inside the Nix build.
@@ -702,6 +709,9 @@ fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
     assert_eq!(job_status(&record, "unit"), "passed");
     assert_eq!(job_status(&record, "report"), "passed");
     assert_eq!(record["jobs"].as_array().unwrap().len(), 2, "{record}");
+    let source = PathBuf::from(record["source_dir"].as_str().unwrap());
+    assert!(source.join("flake.nix").is_file() && source.join("crates/target/kept").is_file(), "{source:?}");
+    assert!(!source.join(".pikaci").exists() && !source.join("target").exists(), "{source:?}");
     assert_eq!(read(&run.join("jobs/report/artifacts/report.txt")).lines().count(), 3000);
     assert!(read(&run.join("jobs/unit/guest.log")).contains("test result: 2 passed; 0 failed"));
     let job = read_json(&run.join("jobs/unit/job.json"));

@@ -27,21 +27,24 @@ let
       builtins.path {
         path = flake;
         name = "${name}-flake";
+        # Only at the top: a `target` directory deeper down may be source.
         filter =
           path: _type:
-          !builtins.elem (baseNameOf path) [
-            ".pikaci"
-            "target"
+          !builtins.elem path [
+            "${toString flake}/.pikaci"
+            "${toString flake}/target"
           ];
       }
     else
       flake;
   selection = if lanes == [ ] then "--all" else util.escapeShellArgs lanes;
 in
-assert builtins.elem expectExit [
+if !builtins.elem expectExit [
   0
   1
-];
+] then
+  throw "mkPikaciCheck: expectExit is ${builtins.toJSON expectExit}; it is 0 (every job passed) or 1 (a job failed or timed out)"
+else
 runCommand name
   { requiredSystemFeatures = [ "recursive-nix" ]; }
   ''
