@@ -60,14 +60,12 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     let cut = ids.len().saturating_sub(keep);
     // Runs that ran on other hosts left job directories (and GC roots) there too.
     let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    // A run that died (its record still says running) while using Incus on this machine
-    // may have left an instance: if Incus does not answer now, gc says it could not look.
+    // A run that died (its record still says running) while using Incus, here (`None`) or
+    // on a host, may have left an instance: if Incus does not answer now, gc says it could
+    // not look. Liveness is asked only of such runs.
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
-    let mut note_run = |record: &RunRecord, live: bool, remote_leftovers: &mut BTreeMap<String, Vec<PathBuf>>| {
-        if let Some(host) = &record.remote {
-            remote_leftovers.entry(host.clone()).or_default();
-        }
-        if record.runtime == "incus" && record.status == RunStatus::Running && !live {
+    let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
+        if record.runtime == "incus" && record.status == RunStatus::Running && !live() {
             died_on_incus.insert(record.remote.clone());
         }
     };
@@ -79,9 +77,9 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         };
         let dir = state.run_dir(id);
         if let Ok(record) = RunRecord::read(&dir) {
-            note_run(&record, false, &mut remote_leftovers);
-            if let Some(host) = &record.remote {
-                remote_leftovers.entry(host.clone()).or_default().push(dir.clone());
+            note_death(&record, &|| false);
+            if let Some(host) = record.remote {
+                remote_leftovers.entry(host).or_default().push(dir.clone());
             }
         }
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
@@ -94,8 +92,11 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     for id in &remaining {
         match RunRecord::read(&state.run_dir(id)) {
             Ok(r) => {
-                note_run(&r, state.run_is_live(id), &mut remote_leftovers);
+                note_death(&r, &|| state.run_is_live(id));
                 referenced.insert(r.snapshot.id);
+                if let Some(host) = r.remote {
+                    remote_leftovers.entry(host).or_default();
+                }
             }
             Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
         }
