@@ -4,6 +4,22 @@
 
 use std::fmt;
 
+/// The exit codes, documented in `docs/exit-codes.md`.
+pub mod exit {
+    /// Every job passed or was skipped.
+    pub const SUCCESS: i32 = 0;
+    /// A job failed (its command, or its payload build) or timed out.
+    pub const JOB_FAILED: i32 = 1;
+    /// Usage or configuration error: bad arguments, unknown lane or run, invalid flake output.
+    pub const USAGE_OR_CONFIG: i32 = 2;
+    /// Infrastructure error: nix or the runtime failed before the lane's command ran.
+    pub const INFRASTRUCTURE: i32 = 3;
+    /// The run was interrupted (Ctrl-C or SIGTERM); 128 + SIGINT, as shells report it.
+    pub const INTERRUPTED: i32 = 130;
+    /// A bug in pikaci: an internal error or a panic (EX_SOFTWARE of sysexits.h).
+    pub const INTERNAL: i32 = 70;
+}
+
 /// What went wrong, from the user's point of view. Decides the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -13,15 +29,16 @@ pub enum ErrorKind {
     Config,
     /// nix, the runtime, or the host failed before the lane's command ran (exit 3).
     Infrastructure,
-    /// A bug in pikaci (exit 3, with a request to report it).
+    /// A bug in pikaci (exit 70, with a request to report it).
     Internal,
 }
 
 impl ErrorKind {
     pub fn exit_code(self) -> i32 {
         match self {
-            ErrorKind::Usage | ErrorKind::Config => crate::exit::USAGE_OR_CONFIG,
-            ErrorKind::Infrastructure | ErrorKind::Internal => crate::exit::INFRASTRUCTURE,
+            ErrorKind::Usage | ErrorKind::Config => exit::USAGE_OR_CONFIG,
+            ErrorKind::Infrastructure => exit::INFRASTRUCTURE,
+            ErrorKind::Internal => exit::INTERNAL,
         }
     }
 }
@@ -59,6 +76,38 @@ pub fn config(message: impl Into<String>) -> Classified {
 
 pub fn infra(message: impl Into<String>) -> Classified {
     Classified { kind: ErrorKind::Infrastructure, message: message.into(), hint: None }
+}
+
+/// A bug in pikaci.
+pub fn internal(message: impl Into<String>) -> Classified {
+    Classified { kind: ErrorKind::Internal, message: message.into(), hint: None }
+}
+
+/// The message of a caught panic, with where it happened when the panic hook saw it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    match LAST_PANIC_LOCATION.with(|l| l.borrow_mut().take()) {
+        Some(location) => format!("{text} (at {location})"),
+        None => text,
+    }
+}
+
+thread_local! {
+    static LAST_PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Replace Rust's panic report (a thread name, a backtrace hint) with nothing: the place
+/// that catches the panic records it and says, in one line, that it is a bug. The hook
+/// keeps where it happened for [`panic_message`].
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        LAST_PANIC_LOCATION.with(|l| *l.borrow_mut() = location);
+    }));
 }
 
 /// The first classified error in the chain, outermost first.

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::executor::incus;
 use crate::executor::placement::{Placement, remote_state_root};
+use crate::executor::runtime::incus;
+use crate::state::record::RuntimeName;
 use crate::state::{RunRecord, RunStatus, StateRoot};
 use crate::tools::incus::Incus;
 
@@ -65,7 +66,7 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     // not look. Liveness is asked only of such runs.
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
     let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
-        if record.runtime == "incus" && record.status == RunStatus::Running && !live() {
+        if record.runtime == RuntimeName::Incus && record.status == RunStatus::Running && !live() {
             died_on_incus.insert(record.remote.clone());
         }
     };

@@ -1,21 +1,22 @@
 //! pikaci: a local-first CI runner for Rust workspaces built with Nix.
 //!
-//! The pipeline, one module per step:
-//! [`snapshot`] -> [`catalog`] (one `nix eval`) -> [`plan`] -> [`prepare`] (`nix-store
-//! --realise`, GC-rooted) -> hand-off ([`executor::StagedPayloadMount`]) ->
-//! [`executor::placement`] -> runtime ([`executor::incus`] | [`executor::bwrap`]) ->
-//! record ([`state`]). [`runner`] drives it; [`cli`] is the command line.
+//! The pipeline, one module per step, data flowing one way (`docs/architecture.md`):
+//! [`snapshot`] -> [`catalog`] (one `nix eval`, cached) -> [`plan`] -> [`prepare`]
+//! (`nix-store --realise`, GC-rooted) -> [`handoff`] (`Vec<StagedPayloadMount>`) ->
+//! [`executor`] (placement: local | ssh; runtime: incus | bwrap) -> record ([`state`]).
+//! [`run`] drives it; [`cli`] is the command line; [`tools`] is the ground floor (one typed
+//! layer per external program).
 
 pub mod catalog;
 pub mod cli;
 pub mod doctor;
 pub mod error;
 pub mod executor;
-pub mod exit;
 pub mod gc;
+pub mod handoff;
 pub mod plan;
 pub mod prepare;
-pub mod runner;
+pub mod run;
 pub mod signals;
 pub mod snapshot;
 pub mod state;

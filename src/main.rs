@@ -1,18 +1,24 @@
 use clap::Parser;
+use pikaci::error::{self, ErrorKind, exit};
 
 fn main() {
     // clap exits 2 on usage errors, as documented.
     let cli = pikaci::cli::Cli::parse();
     pikaci::signals::install();
-    let code = match pikaci::cli::run(cli) {
+    error::install_panic_hook();
+    // A panic is a bug: it is caught where a job runs (and recorded there); one that
+    // reaches this far still ends in one line and the documented code, never a trace.
+    let result = std::panic::catch_unwind(|| pikaci::cli::run(cli))
+        .unwrap_or_else(|payload| Err(error::internal(error::panic_message(payload.as_ref())).into()));
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("{}", pikaci::error::render(&err));
+            eprintln!("{}", error::render(&err));
             if pikaci::tools::command::is_interrupted(&err) {
-                pikaci::exit::INTERRUPTED
+                exit::INTERRUPTED
             } else {
-                let kind = pikaci::error::kind_of(&err);
-                if kind == pikaci::error::ErrorKind::Internal {
+                let kind = error::kind_of(&err);
+                if kind == ErrorKind::Internal {
                     eprintln!("this is a bug in pikaci; please report it with the command you ran");
                 }
                 kind.exit_code()

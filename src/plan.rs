@@ -2,9 +2,9 @@
 //! the reason) because no changed file matches their `paths`.
 
 use anyhow::Result;
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::glob::glob_set;
 use crate::catalog::{Catalog, Lane};
 use crate::error;
 
@@ -29,22 +29,6 @@ pub struct ChangedFiles {
 pub struct Selection {
     pub lanes: Vec<String>,
     pub all: bool,
-}
-
-/// A glob as lanes' `paths` use it: `*` stays within a path component, `**` crosses them.
-pub fn compile_glob(glob: &str) -> Result<Glob, String> {
-    GlobBuilder::new(glob).literal_separator(true).build().map_err(|e| e.kind().to_string())
-}
-
-fn glob_set(globs: &[String]) -> GlobSet {
-    let mut builder = GlobSetBuilder::new();
-    for glob in globs {
-        // Globs were validated with the catalog.
-        if let Ok(g) = compile_glob(glob) {
-            builder.add(g);
-        }
-    }
-    builder.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
 pub fn plan(catalog: &Catalog, selection: &Selection, changed: Option<&ChangedFiles>) -> Result<Vec<PlannedJob>> {

@@ -11,7 +11,7 @@ pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             eprintln!("pikaci: interrupted twice, exiting without cleanup");
-            std::process::exit(crate::exit::INTERRUPTED);
+            std::process::exit(crate::error::exit::INTERRUPTED);
         }
     });
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::atomic_write;
+use crate::tools::fs::atomic_write;
 use crate::tools::git;
 
 /// The first line of the stat cache; another first line means another format.

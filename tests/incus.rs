@@ -19,7 +19,7 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pikaci::executor::incus::naming;
+use pikaci::executor::runtime::incus::naming;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -634,9 +634,10 @@ fn a_dead_daemon_fails_incus_with_a_hint_and_auto_falls_back_to_bwrap() {
 
 #[test]
 fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
-    use pikaci::executor::incus::IncusRuntime;
-    use pikaci::executor::{HostContext, Placement, StagedPayloadMount};
-    use pikaci::tools::command::HostLog;
+    use pikaci::executor::Placement;
+    use pikaci::executor::runtime::incus::IncusRuntime;
+    use pikaci::handoff::{HostContext, StagedPayloadMount};
+    use pikaci::tools::log::HostLog;
     setup();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("state");
@@ -653,7 +654,6 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
         HostContext {
             run_id: run_id.clone(),
             job_id: job.into(),
-            state_root: root.clone(),
             job_dir: job_dir.clone(),
             snapshot_dir: root.join("snapshots/s"),
             artifacts_dir: job_dir.join("artifacts"),
@@ -669,7 +669,7 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
             placement: Placement::Local,
         }
     };
-    let runtime = IncusRuntime::connect(&Placement::Local, None).unwrap();
+    let runtime = IncusRuntime::connect(&Placement::Local, None, &root).unwrap();
 
     // Gone after the plan, before `incus init`: Incus refuses to create the instance.
     let ctx = ctx_for("before-create");
@@ -710,9 +710,10 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
 
 #[test]
 fn a_panic_after_create_still_deletes_the_instance() {
-    use pikaci::executor::incus::IncusRuntime;
-    use pikaci::executor::{HostContext, Placement};
-    use pikaci::tools::command::HostLog;
+    use pikaci::executor::Placement;
+    use pikaci::executor::runtime::incus::IncusRuntime;
+    use pikaci::handoff::HostContext;
+    use pikaci::tools::log::HostLog;
     setup();
     let work = tempfile::tempdir().unwrap();
     let job_dir = work.path().join("state/runs/19700101-000000-001-0000/jobs/panics");
@@ -720,7 +721,6 @@ fn a_panic_after_create_still_deletes_the_instance() {
     let ctx = HostContext {
         run_id: "19700101-000000-001-0000".into(),
         job_id: "panics".into(),
-        state_root: work.path().join("state"),
         job_dir: job_dir.clone(),
         snapshot_dir: work.path().to_path_buf(),
         artifacts_dir: job_dir.join("artifacts"),
@@ -732,7 +732,7 @@ fn a_panic_after_create_still_deletes_the_instance() {
         extra_mounts: vec![],
         placement: Placement::Local,
     };
-    let runtime = Arc::new(IncusRuntime::connect(&Placement::Local, None).unwrap());
+    let runtime = Arc::new(IncusRuntime::connect(&Placement::Local, None, &work.path().join("state")).unwrap());
     let plan = runtime.plan(&ctx).unwrap();
     let name = plan.name.clone();
     let log = HostLog::create(&job_dir.join("host.log")).unwrap();

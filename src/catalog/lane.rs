@@ -180,7 +180,7 @@ impl Lane {
                 let mut globs = Vec::new();
                 for item in items {
                     match item.as_str() {
-                        Some(glob) => match crate::plan::compile_glob(glob) {
+                        Some(glob) => match super::glob::compile_glob(glob) {
                             Ok(_) => globs.push(glob.to_string()),
                             Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
                         },

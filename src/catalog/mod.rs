@@ -2,8 +2,8 @@
 //! `nix eval --json --apply` call (nothing is built), then validated in full so that every
 //! broken lane is reported at once.
 
+pub mod glob;
 mod lane;
-pub mod manifest;
 
 use std::path::Path;
 

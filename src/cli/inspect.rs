@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::output::seconds;
 use crate::catalog::Catalog;
 use crate::error;
-use crate::exit;
+use crate::error::exit;
 use crate::state::{JobStatus, RunRecord, RunStatus, StateRoot};
 
 pub fn print_lanes(catalog: &Catalog, json: bool) -> Result<()> {
@@ -146,7 +146,7 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
         if let Some(ms) = record.duration_ms {
             println!("  duration  {}", seconds(ms));
         }
-        println!("  runtime   {}", record.runtime);
+        println!("  runtime   {}", record.runtime.as_str());
         println!("  snapshot  {} ({} files)", record.snapshot.id, record.snapshot.files);
         if let Some(n) = &record.nix_version {
             println!("  nix       {n}");

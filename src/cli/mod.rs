@@ -10,11 +10,12 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::FlakeSource;
+use crate::error::exit;
 use crate::executor::RuntimeChoice;
 use crate::plan::Selection;
-use crate::runner::{self, RerunRequest, RunRequest};
+use crate::run::{self, RerunRequest, RunRequest};
 use crate::state::{RunRecord, StateRoot};
-use crate::{doctor, exit, gc};
+use crate::{doctor, gc};
 use output::OutputFormat;
 
 #[derive(Debug, Parser)]
@@ -112,7 +113,7 @@ pub enum ImageCommand {
     /// or import an image tarball built elsewhere (e.g. by the flake's `guest-image`).
     Import {
         /// The alias to import under.
-        #[arg(long, default_value = crate::executor::incus::DEFAULT_IMAGE)]
+        #[arg(long, default_value = crate::executor::runtime::incus::DEFAULT_IMAGE)]
         alias: String,
         /// A unified image tarball (metadata.yaml + rootfs/) to import instead of building.
         #[arg(long, value_name = "TARBALL")]
@@ -164,7 +165,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Lanes { json } => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let catalog = runner::load_catalog(&flake, &state)?;
+            let catalog = run::load_catalog(&flake, &state)?;
             inspect::print_lanes(&catalog, json)?;
             Ok(exit::SUCCESS)
         }
@@ -183,14 +184,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 image: args.image,
                 parallelism,
             };
-            let record = runner::run(request, output::reporter(args.output))?;
+            let record = run::run(request, output::reporter(args.output))?;
             finish(&record, args.output)
         }
         Command::Rerun { run, failed, runtime, jobs, output } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
             let run_id = state.find_run(&run)?;
             let request = RerunRequest { state, run_id, failed_only: failed, runtime, parallelism: jobs };
-            let record = runner::rerun(request, output::reporter(output))?;
+            let record = run::rerun(request, output::reporter(output))?;
             finish(&record, output)
         }
         Command::List { json } => {
@@ -220,7 +221,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshot => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let (snap, _guard) = runner::take_snapshot(&flake, &state)?;
+            let (snap, _guard) = run::take_snapshot(&flake, &state)?;
             println!("{}", snap.dir.display());
             eprintln!(
                 "snapshot {}: {} files, {} bytes{}",
@@ -232,7 +233,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(exit::SUCCESS)
         }
         Command::Image(ImageCommand::Import { alias, from, force }) => {
-            let fingerprint = crate::executor::incus::import_image(&alias, from.as_deref(), force)?;
+            let fingerprint = crate::executor::runtime::incus::import_image(&alias, from.as_deref(), force)?;
             println!("imported image `{alias}` ({fingerprint})");
             Ok(exit::SUCCESS)
         }

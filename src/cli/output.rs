@@ -6,8 +6,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use crate::executor::OutputSink;
-use crate::runner::Reporter;
+use crate::run::Reporter;
 use crate::state::events::{self, Event};
+use crate::state::recorder::EventSink;
 use crate::state::{JobStatus, RunStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +41,7 @@ impl OutputSink for Quiet {
         guest_line_to_stderr(job_id, line);
     }
 }
-impl Reporter for Quiet {
+impl EventSink for Quiet {
     fn event(&self, _: &Event) {}
 }
 
@@ -53,7 +54,7 @@ impl OutputSink for Jsonl {
         guest_line_to_stderr(job_id, line);
     }
 }
-impl Reporter for Jsonl {
+impl EventSink for Jsonl {
     fn event(&self, event: &Event) {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::io::stdout().lock();
@@ -99,7 +100,7 @@ impl OutputSink for Human {
     }
 }
 
-impl Reporter for Human {
+impl EventSink for Human {
     fn event(&self, event: &Event) {
         match event {
             Event::RunStarted { run_id, runtime, snapshot, jobs, rerun_of, flake, .. } => {

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::record::{JobStatus, RunStatus, SCHEMA_VERSION};
+use super::record::{JobStatus, RunStatus};
+
+/// The version of the event lines (`events.jsonl`, `--output jsonl`).
+pub const EVENTS_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -69,7 +72,7 @@ struct Line<'a> {
 
 /// One event as a JSON line (no trailing newline).
 pub fn to_line(event: &Event) -> String {
-    serde_json::to_string(&Line { schema_version: SCHEMA_VERSION, event }).unwrap_or_default()
+    serde_json::to_string(&Line { schema_version: EVENTS_SCHEMA_VERSION, event }).unwrap_or_default()
 }
 
 /// `events.jsonl`, appended one line per event and flushed, so `logs --follow` and other

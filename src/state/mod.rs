@@ -9,9 +9,10 @@
 
 pub mod events;
 pub mod record;
+pub mod recorder;
+mod status;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -151,19 +152,7 @@ impl StateRoot {
     }
 }
 
-/// Write a file atomically: a temporary file beside it, synced, then renamed over it, so
-/// a reader sees the old or the new content and never a torn one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("create a temporary file in `{}`", dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("write `{}`", path.display()))?;
-    tmp.as_file().sync_data().ok();
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("replace `{}`", path.display()))?;
-    Ok(())
-}
+pub use crate::tools::fs::atomic_write;
 
 /// A new run id: UTC time to the millisecond, then 4 random hex digits, e.g.
 /// `20261121-163300-123-9f3a`. Sorts by time; safe in paths and Incus names.

@@ -1,5 +1,9 @@
 //! `run.json` and `job.json`: versioned, written atomically, read tolerantly (a corrupt
 //! record is an error that names the file, never a panic).
+//!
+//! These are the on-disk formats, with types of their own: the catalog's `Lane` or the
+//! plan's `PlannedJob` may change without moving a byte of what is recorded (the run
+//! module converts). Each file has its own version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,12 +12,12 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::atomic_write;
-use crate::catalog::Lane;
-use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
 use crate::error;
-use crate::plan::{ChangedFiles, PlannedJob};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// The version of `run.json` this pikaci writes and reads.
+pub const RUN_SCHEMA_VERSION: u32 = 1;
+/// The version of `job.json` this pikaci writes and reads.
+pub const JOB_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,10 +78,10 @@ impl RunStatus {
 
     pub fn exit_code(self) -> i32 {
         match self {
-            RunStatus::Passed => crate::exit::SUCCESS,
-            RunStatus::Failed => crate::exit::JOB_FAILED,
-            RunStatus::Error => crate::exit::INFRASTRUCTURE,
-            RunStatus::Interrupted | RunStatus::Running => crate::exit::INTERRUPTED,
+            RunStatus::Passed => crate::error::exit::SUCCESS,
+            RunStatus::Failed => crate::error::exit::JOB_FAILED,
+            RunStatus::Error => crate::error::exit::INFRASTRUCTURE,
+            RunStatus::Interrupted | RunStatus::Running => crate::error::exit::INTERRUPTED,
         }
     }
 }
@@ -103,20 +107,112 @@ pub struct RunRecord {
     #[serde(default)]
     pub nix_version: Option<String>,
     pub snapshot: RunSnapshot,
-    pub runtime: String,
+    pub runtime: RuntimeName,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
     pub remote: Option<String>,
     pub parallelism: usize,
     #[serde(default)]
-    pub changed: Option<ChangedFiles>,
+    pub changed: Option<ChangedRecord>,
     #[serde(default)]
     pub rerun_of: Option<String>,
-    pub plan: Vec<PlannedJob>,
+    pub plan: Vec<PlannedJobRecord>,
     pub jobs: Vec<JobSummary>,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// The runtime a run used, as recorded. `none` when every job was skipped; `auto` when
+/// no runtime could be had (the jobs are then `error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeName {
+    Incus,
+    Bwrap,
+    Auto,
+    None,
+    /// Written by a newer pikaci.
+    #[serde(other)]
+    Unknown,
+}
+
+impl RuntimeName {
+    pub fn parse(name: &str) -> RuntimeName {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(RuntimeName::Unknown)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeName::Incus => "incus",
+            RuntimeName::Bwrap => "bwrap",
+            RuntimeName::Auto => "auto",
+            RuntimeName::None => "none",
+            RuntimeName::Unknown => "unknown",
+        }
+    }
+}
+
+/// A lane as the run recorded it: enough to replay the job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneRecord {
+    pub id: String,
+    pub description: String,
+    pub kind: String,
+    pub payloads: Vec<PayloadRecord>,
+    pub command: Vec<String>,
+    pub paths: Vec<String>,
+    pub timeout_secs: u64,
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRecord {
+    pub name: String,
+    pub drv_path: String,
+    /// Output name -> store path.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// One job of the plan: its lane, and why it did not run if it did not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedJobRecord {
+    pub job_id: String,
+    pub lane: LaneRecord,
+    #[serde(default)]
+    pub skip_reason: Option<String>,
+}
+
+/// Files changed since a rev, as `--changed-since` found them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedRecord {
+    pub since: String,
+    pub files: Vec<String>,
+}
+
+/// A payload's manifest, as it was read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub schema_version: u32,
+    pub kind: String,
+    #[serde(default)]
+    pub entrypoints: Vec<String>,
+    #[serde(default)]
+    pub mounts: Vec<ManifestMountRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMountRecord {
+    pub path: String,
+    pub guest_path: String,
+}
+
+/// A manifest mount, resolved: its source through the job's payload link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub source: PathBuf,
+    pub guest_path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +240,7 @@ pub struct JobRecord {
     pub schema_version: u32,
     pub run_id: String,
     pub job_id: String,
-    pub lane: Lane,
+    pub lane: LaneRecord,
     pub status: JobStatus,
     #[serde(default)]
     pub started_at: Option<String>,
@@ -156,7 +252,7 @@ pub struct JobRecord {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub message: Option<String>,
-    pub runtime: String,
+    pub runtime: RuntimeName,
     #[serde(default)]
     pub nix_version: Option<String>,
     #[serde(default)]
@@ -181,9 +277,9 @@ pub struct RealizedPayload {
     pub mounted: String,
     pub duration_ms: u64,
     #[serde(default)]
-    pub manifest: Option<PayloadManifest>,
+    pub manifest: Option<ManifestRecord>,
     #[serde(default)]
-    pub extra_mounts: Vec<ResolvedMount>,
+    pub extra_mounts: Vec<MountRecord>,
 }
 
 impl RunRecord {
@@ -196,7 +292,7 @@ impl RunRecord {
     }
 
     pub fn read(run_dir: &Path) -> Result<RunRecord> {
-        read_json(&RunRecord::path(run_dir), "run record")
+        read_json(&RunRecord::path(run_dir), "run record", RUN_SCHEMA_VERSION)
     }
 
     pub fn job(&self, job_id: &str) -> Option<&JobSummary> {
@@ -214,7 +310,7 @@ impl JobRecord {
     }
 
     pub fn read(job_dir: &Path) -> Result<JobRecord> {
-        read_json(&JobRecord::path(job_dir), "job record")
+        read_json(&JobRecord::path(job_dir), "job record", JOB_SCHEMA_VERSION)
     }
 }
 
@@ -224,7 +320,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     atomic_write(path, &bytes)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str, supported: u32) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::Error::new(error::config(format!("the {what} `{}` is missing", path.display())))
@@ -236,10 +332,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
         .ok()
         .and_then(|v| v.get("schema_version").and_then(|s| s.as_u64()));
     if let Some(v) = version
-        && v > SCHEMA_VERSION as u64
+        && v > supported as u64
     {
         return Err(error::config(format!(
-            "the {what} `{}` has schema version {v}; this pikaci reads version {SCHEMA_VERSION}",
+            "the {what} `{}` has schema version {v}; this pikaci reads version {supported}",
             path.display()
         ))
         .hint("use the pikaci that wrote it, or a newer one")

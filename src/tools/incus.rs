@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::command::{Cmd, CmdOutput, CommandFailed, HostLog, TimeLimitExceeded};
+use super::command::{Cmd, CmdOutput, CommandFailed, TimeLimitExceeded};
+use super::log::HostLog;
 use super::ssh::Ssh;
 use crate::error;
 use crate::executor::Placement;

@@ -1,7 +1,9 @@
 //! One small typed layer per external program, all built on [`command::Cmd`].
 
 pub mod command;
+pub mod fs;
 pub mod git;
 pub mod incus;
+pub mod log;
 pub mod nix;
 pub mod ssh;

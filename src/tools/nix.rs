@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::command::{Cmd, CommandFailed, HostLog};
+use super::command::{Cmd, CommandFailed};
+use super::log::HostLog;
 use crate::error;
 
 /// The Nix installation pikaci talks to.
@@ -85,7 +86,7 @@ impl Nix {
         }
         let version = self.version()?;
         if let Ok(bytes) = serde_json::to_vec(&(key, &version)) {
-            let _ = crate::state::atomic_write(cache, &bytes);
+            let _ = super::fs::atomic_write(cache, &bytes);
         }
         Ok(version)
     }

@@ -2,12 +2,15 @@
 //! Optional; when present it is validated before anything runs: every path stays inside
 //! the payload root, and extra mounts go only where they cannot shadow the guest view.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::error;
+use crate::executor::Placement;
+use crate::executor::placement::Probed;
+use crate::tools::log::HostLog;
 
 pub const MANIFEST_PATH: &str = "share/pikaci/payload-manifest.json";
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,17 +55,8 @@ pub struct ManifestMount {
     pub guest_path: String,
 }
 
-/// An extra mount, resolved on the host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedMount {
-    pub source: PathBuf,
-    pub guest_path: String,
-}
-
-/// What a path of the payload turned out to be, where it lives (this machine or a remote
-/// host): its canonical path and whether it is a regular file; `None` when it does not
-/// exist.
-pub type Probed = Option<(PathBuf, bool)>;
+/// An extra mount, resolved on the host: the hand-off's [`ExtraMount`].
+pub use crate::handoff::ExtraMount as ResolvedMount;
 
 impl PayloadManifest {
     /// Parse a manifest and check what needs no files: the schema, that every path is
@@ -126,24 +120,32 @@ impl PayloadManifest {
             .collect())
     }
 
-    /// Read and validate, on this machine, the manifest of the payload `name` at `root` (a
-    /// realized store path, reached through `link`). No manifest is fine: `Ok(None)`.
-    pub fn load(root: &Path, link: &Path, name: &str) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
-        let file = root.join(MANIFEST_PATH);
-        let bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", file.display()))),
+    /// Read and validate, on the placement's host, the manifest of the payload `name` at
+    /// `root` (a realized store path, reached through the job's `link`). No manifest is
+    /// fine: `Ok(None)`.
+    pub fn load(
+        placement: &Placement,
+        root: &str,
+        link: &Path,
+        name: &str,
+        log: &HostLog,
+    ) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
+        let file = format!("{root}/{MANIFEST_PATH}");
+        let Some(bytes) = placement.read_file(&file, log)? else { return Ok(None) };
+        let label = match placement {
+            Placement::Local => file.clone(),
+            Placement::Remote(remote) => format!("{}:{file}", remote.host),
         };
-        let label = file.display().to_string();
         let manifest = PayloadManifest::parse(&bytes, name, &label)?;
-        let root = root.canonicalize().with_context(|| format!("resolve payload root `{}`", root.display()))?;
-        let probed: Vec<Probed> = manifest
-            .paths()
-            .iter()
-            .map(|rel| root.join(rel).canonicalize().ok().map(|c| (c.clone(), c.is_file())))
-            .collect();
-        let mounts = manifest.resolve(name, &label, &root, link, &probed)?;
+        // The root first, so that it is compared in its canonical form too.
+        let mut paths = vec![root.to_string()];
+        paths.extend(manifest.paths().iter().map(|rel| format!("{root}/{rel}")));
+        let mut probed = placement.probe(&paths, log)?;
+        let canonical_root = match probed.remove(0) {
+            Some((canonical, _)) => canonical,
+            None => anyhow::bail!("payload root `{root}` does not exist on `{}`", placement.host_name()),
+        };
+        let mounts = manifest.resolve(name, &label, &canonical_root, link, &probed)?;
         Ok(Some((manifest, mounts)))
     }
 }
@@ -194,6 +196,13 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// Load through this machine's placement, as prepare does for a local job.
+    fn load(root: &Path, link: &Path, name: &str) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
+        let logs = tempfile::tempdir().unwrap();
+        let log = HostLog::create(&logs.path().join("host.log")).unwrap();
+        PayloadManifest::load(&Placement::Local, root.to_str().unwrap(), link, name, &log)
+    }
+
     fn payload(manifest: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("share/pikaci")).unwrap();
@@ -207,7 +216,7 @@ mod tests {
     #[test]
     fn absent_manifest_is_fine() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(PayloadManifest::load(dir.path(), dir.path(), "p").unwrap().is_none());
+        assert!(load(dir.path(), dir.path(), "p").unwrap().is_none());
     }
 
     #[test]
@@ -216,7 +225,7 @@ mod tests {
             r#"{"schema_version":1,"kind":"k","entrypoints":["bin/run-tests"],"mounts":[{"path":"share/assets","guest_path":"/opt/assets"}]}"#,
         );
         let link = Path::new("/state/runs/r/jobs/j/staged-linux-rust/p");
-        let (m, mounts) = PayloadManifest::load(dir.path(), link, "p").unwrap().unwrap();
+        let (m, mounts) = load(dir.path(), link, "p").unwrap().unwrap();
         assert_eq!(m.entrypoints, ["bin/run-tests"]);
         // Through the job's link to the payload, so that placement can map it.
         assert_eq!(mounts[0].source, link.join("share/assets"));
@@ -225,7 +234,7 @@ mod tests {
 
     fn rejected(manifest: &str) -> String {
         let dir = payload(manifest);
-        crate::error::render(&PayloadManifest::load(dir.path(), dir.path(), "workspace-build").unwrap_err())
+        crate::error::render(&load(dir.path(), dir.path(), "workspace-build").unwrap_err())
     }
 
     #[test]
@@ -250,7 +259,7 @@ mod tests {
     fn symlink_out_of_the_root_is_rejected() {
         let dir = payload(r#"{"schema_version":1,"kind":"k","mounts":[{"path":"share/out","guest_path":"/opt/x"}]}"#);
         std::os::unix::fs::symlink("/etc", dir.path().join("share/out")).unwrap();
-        let e = crate::error::render(&PayloadManifest::load(dir.path(), dir.path(), "p").unwrap_err());
+        let e = crate::error::render(&load(dir.path(), dir.path(), "p").unwrap_err());
         assert!(e.contains("mount path `share/out` is a symlink out of the payload root (to `/etc`)"), "{e}");
     }
 }

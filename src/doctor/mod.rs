@@ -1,10 +1,11 @@
 //! `pikaci doctor`: is everything a run needs here, and if not, how to fix it.
 
-use crate::executor::incus;
+mod incus;
+
+use crate::error::{self, exit};
 use crate::state::StateRoot;
 use crate::tools::command::Cmd;
 use crate::tools::nix::Nix;
-use crate::{error, exit};
 
 /// One check and its verdict.
 #[derive(Clone, Debug)]

@@ -1,77 +1,10 @@
-//! What `pikaci gc` and `pikaci doctor` ask of Incus: instances left behind by runs that
-//! died, and whether this machine can run the Incus runtime. Both stay quiet when Incus
-//! is simply not installed: it is optional when bubblewrap works.
+//! `pikaci doctor`'s view of Incus: whether this machine can run the Incus runtime. Quiet
+//! when Incus is simply not installed: it is optional when bubblewrap works.
 
-use std::path::Path;
-
-use anyhow::{Result, bail};
-
-use super::naming::{TAG_RUN, TAG_STATE_ROOT};
-use super::{DEFAULT_IMAGE, incus_failure};
-use crate::doctor::Check;
+use super::Check;
+use crate::executor::runtime::incus::{DEFAULT_IMAGE, daemon_error, incus_failure, orphans};
 use crate::state::StateRoot;
-use crate::tools::incus::{Incus, InstanceInfo, LIFECYCLE_TIMEOUT, Wait};
-
-/// Delete the instances that runs of this state root created and that no live run
-/// owns any more (the run's process died, or the run was removed). Returns their
-/// names, or `None` when Incus is absent or its daemon does not answer (nothing could
-/// be looked for; the caller knows whether that matters). Instances of other state
-/// roots, of live runs, and instances pikaci did not tag are never touched.
-pub fn reap_orphans(state: &StateRoot) -> Result<Option<Vec<String>>> {
-    let Ok(incus) = Incus::local() else { return Ok(None) };
-    reap_orphans_with(&incus, state)
-}
-
-/// [`reap_orphans`] on the daemon `incus` talks to (this machine's, or a remote host's
-/// through SSH).
-pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Option<Vec<String>>> {
-    if incus.server().is_err() {
-        return Ok(None);
-    }
-    let mut reaped = Vec::new();
-    let mut failed = Vec::new();
-    for instance in orphans(incus, state)? {
-        let cmd = incus.delete_cmd(&instance.name);
-        match incus.run(&cmd, None, Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
-            Ok(_) => reaped.push(instance.name),
-            Err(e) if crate::tools::incus::is_not_found(&e) => reaped.push(instance.name),
-            Err(e) => failed.push(format!("`{}`: {}", instance.name, incus_failure(&e))),
-        }
-    }
-    if !failed.is_empty() {
-        let removed = if reaped.is_empty() { String::new() } else { format!(" (removed {})", reaped.join(", ")) };
-        bail!("could not delete {} leftover instance(s){removed}: {}", failed.len(), failed.join("; "));
-    }
-    Ok(Some(reaped))
-}
-
-/// Instances tagged with this state root whose run is not live.
-fn orphans(incus: &Incus, state: &StateRoot) -> Result<Vec<InstanceInfo>> {
-    let root = canonical_tag(&state.root);
-    Ok(incus
-        .instances(None)?
-        .into_iter()
-        .filter(|i| i.config.get(TAG_STATE_ROOT).is_some_and(|r| *r == root))
-        .filter(|i| match i.config.get(TAG_RUN) {
-            Some(run) if is_plain_name(run) => !(state.run_dir(run).is_dir() && state.run_is_live(run)),
-            // A run tag that is not a run id was not written by pikaci: leave it alone.
-            _ => false,
-        })
-        .collect())
-}
-
-/// The state root as the instances' tag names it.
-fn canonical_tag(root: &Path) -> String {
-    root.canonicalize().unwrap_or_else(|_| root.to_path_buf()).to_string_lossy().into_owned()
-}
-
-/// A run id that is a single path component (a tag must not steer `run_is_live`, which
-/// creates a lock file, outside the state root).
-fn is_plain_name(run: &str) -> bool {
-    !run.is_empty()
-        && !run.starts_with('.')
-        && run.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+use crate::tools::incus::{Incus, Wait};
 
 /// `pikaci doctor`'s view of Incus. Not installed: one line, not a list of failures.
 pub fn doctor_checks(state: &StateRoot) -> Vec<Check> {
@@ -91,7 +24,7 @@ pub fn doctor_checks(state: &StateRoot) -> Vec<Check> {
     let server = match incus.server() {
         Ok(server) => server,
         Err(e) => {
-            let err = super::daemon_error(&incus, e);
+            let err = daemon_error(&incus, e);
             let fix = crate::error::classification(&err)
                 .and_then(|c| c.hint.clone())
                 .unwrap_or_else(|| "start the Incus daemon".into());
@@ -195,18 +128,5 @@ fn image_check(incus: &Incus) -> Check {
             format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)),
             "`pikaci image import`",
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_tags_must_be_plain_names() {
-        assert!(is_plain_name("20261121-163300-123-9f3a"));
-        for bad in ["", "..", "../x", "a/b", ".hidden", "a b"] {
-            assert!(!is_plain_name(bad), "{bad:?}");
-        }
     }
 }

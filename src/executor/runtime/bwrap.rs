@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::placement::staged_payload_source_root;
-use super::{GuestOutcome, HostContext, JobIo, Runtime, RuntimeReport, guest, process};
+use super::{GuestOutcome, JobIo, Runtime, RuntimeReport, process};
 use crate::error;
+use crate::executor::placement::staged_payload_source_root;
+use crate::handoff::{self as guest, HostContext};
 use crate::tools::command::Cmd;
 
 /// The parts of the host's `/etc` that programs need to start: users, name service

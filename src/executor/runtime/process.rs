@@ -99,7 +99,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
 mod tests {
     use super::*;
     use crate::executor::OutputSink;
-    use crate::tools::command::HostLog;
+    use crate::tools::log::HostLog;
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]

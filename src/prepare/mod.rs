@@ -2,27 +2,44 @@
 //! a registered Nix GC root (every output of a multi-output derivation is rooted), read
 //! its manifest, and produce the `StagedPayloadMount`s that the runtime gets.
 
-use std::collections::HashMap;
+pub mod manifest;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::catalog::Lane;
-use crate::catalog::Payload;
-use crate::catalog::manifest::{PayloadManifest, ResolvedMount};
-use crate::executor::{Placement, StagedPayloadMount};
-use crate::state::record::RealizedPayload;
-use crate::tools::command::HostLog;
+use crate::catalog::{Lane, Payload};
+use crate::executor::Placement;
+use crate::handoff::StagedPayloadMount;
+use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
+use manifest::{PayloadManifest, ResolvedMount};
 
 /// The directory, inside a job directory, that holds the payload roots.
 pub const STAGED_DIR: &str = "staged-linux-rust";
 
+/// One payload, realized on the job's host.
+#[derive(Clone, Debug)]
+pub struct PreparedPayload {
+    pub name: String,
+    pub drv_path: String,
+    /// Output name -> store path.
+    pub outputs: BTreeMap<String, String>,
+    /// The GC-root links, on the job's host.
+    pub roots: Vec<PathBuf>,
+    /// The store path mounted at `/pikaci/payloads/<name>`.
+    pub mounted: String,
+    pub duration_ms: u64,
+    pub manifest: Option<PayloadManifest>,
+    pub extra_mounts: Vec<ResolvedMount>,
+}
+
 #[derive(Debug, Default)]
 pub struct Prepared {
-    pub payloads: Vec<RealizedPayload>,
+    pub payloads: Vec<PreparedPayload>,
     pub mounts: Vec<StagedPayloadMount>,
     pub extra_mounts: Vec<ResolvedMount>,
     /// The realization commands, for the job record's `reproduce`.
@@ -62,11 +79,11 @@ pub fn prepare(
     placement: &Placement,
     log: &HostLog,
     shared: &SharedBuilds,
-    on_realized: &(dyn Fn(&RealizedPayload) + Sync),
+    on_realized: &(dyn Fn(&PreparedPayload) + Sync),
 ) -> Result<Prepared> {
     let staged = job_dir.join(STAGED_DIR);
     std::fs::create_dir_all(&staged).with_context(|| format!("create `{}`", staged.display()))?;
-    let results: Vec<Result<(RealizedPayload, Vec<String>)>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(PreparedPayload, Vec<String>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = lane
             .payloads
             .iter()
@@ -106,6 +123,10 @@ fn root_link(staged: &Path, payload: &str, output: &str) -> PathBuf {
     if output == "out" { staged.join(payload) } else { staged.join(format!("{payload}-{output}")) }
 }
 
+/// Realize one payload on the placement's host, the same way for every host: the `.drv`
+/// (sent there first, when the host is not this machine) with every output rooted; or,
+/// when the `.drv` was garbage-collected here (a rerun of an old run), the recorded
+/// outputs, which stay valid while that run's roots hold them. Then its manifest.
 fn realize(
     nix: &Nix,
     payload: &Payload,
@@ -113,26 +134,16 @@ fn realize(
     placement: &Placement,
     log: &HostLog,
     shared: &SharedBuilds,
-) -> Result<(RealizedPayload, Vec<String>)> {
+) -> Result<(PreparedPayload, Vec<String>)> {
     let started = Instant::now();
-    let root = staged.join(&payload.name);
     let (main, mounted) = payload.main_output().context("payload has no outputs")?;
     let link = root_link(staged, &payload.name, main);
-    let (roots, reproduce, manifest) = match placement {
-        Placement::Local => {
-            let (roots, reproduce) = shared.once(&payload.drv_path, || realize_here(nix, payload, staged, log))?;
-            (roots, reproduce, PayloadManifest::load(Path::new(mounted), &link, &payload.name)?)
-        }
-        Placement::Remote(remote) => {
-            let (roots, reproduce) = shared.once(&payload.drv_path, || remote.realise(nix, payload, &root, log))?;
-            (roots, reproduce, remote.load_manifest(mounted, &link, &payload.name, log)?)
-        }
-    };
-    let (manifest, extra_mounts) = match manifest {
+    let (roots, reproduce) = shared.once(&payload.drv_path, || realise_roots(nix, payload, staged, placement, log))?;
+    let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
         Some((m, mounts)) => (Some(m), mounts),
         None => (None, Vec::new()),
     };
-    let realized = RealizedPayload {
+    let realized = PreparedPayload {
         name: payload.name.clone(),
         drv_path: payload.drv_path.clone(),
         outputs: payload.outputs.clone(),
@@ -145,23 +156,29 @@ fn realize(
     Ok((realized, reproduce))
 }
 
-/// Realize on this machine: the `.drv` with every output rooted, or, when the `.drv` was
-/// garbage-collected (a rerun of an old run), the recorded outputs, which stay valid while
-/// that run's roots hold them.
-fn realize_here(nix: &Nix, payload: &Payload, staged: &Path, log: &HostLog) -> Result<(Vec<PathBuf>, Vec<String>)> {
+fn realise_roots(
+    nix: &Nix,
+    payload: &Payload,
+    staged: &Path,
+    placement: &Placement,
+    log: &HostLog,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut reproduce = Vec::new();
     if Path::new(&payload.drv_path).exists() {
-        let root = root_link(staged, &payload.name, "out");
-        let cmd = nix.realise_cmd(&payload.drv_path, &root);
-        return Ok((nix.realise(&payload.drv_path, &root, Some(log))?, vec![cmd.display()]));
+        reproduce.extend(placement.send_derivation(nix, &payload.drv_path, log)?);
+        let (roots, cmd) = placement.realise(nix, &payload.drv_path, &root_link(staged, &payload.name, "out"), log)?;
+        reproduce.push(cmd);
+        return Ok((roots, reproduce));
     }
     log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
-    let (mut roots, mut reproduce) = (Vec::new(), Vec::new());
+    let mut roots = Vec::new();
     for (output, path) in &payload.outputs {
-        let link = root_link(staged, &payload.name, output);
-        reproduce.push(nix.realise_cmd(path, &link).display());
-        roots.extend(nix.realise(path, &link, Some(log)).with_context(|| {
-            format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
-        })?);
+        let (more, cmd) =
+            placement.realise(nix, path, &root_link(staged, &payload.name, output), log).with_context(|| {
+                format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
+            })?;
+        roots.extend(more);
+        reproduce.push(cmd);
     }
     Ok((roots, reproduce))
 }

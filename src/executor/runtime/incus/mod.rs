@@ -15,23 +15,26 @@
 //! [`crate::tools::incus::Wait`]): the instance is then deleted, not lost. A second
 //! Ctrl-C exits at once; `pikaci gc` reaps what that leaves, by its tags.
 
-mod checks;
 mod image;
 pub mod naming;
+mod reap;
 pub mod spec;
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{GuestOutcome, HostContext, JobIo, Placement, Runtime, RuntimeReport, guest, process};
+use super::{GuestOutcome, JobIo, Placement, Runtime, RuntimeReport, process};
 use crate::error;
+use crate::handoff::{self as guest, HostContext};
 use crate::signals;
-use crate::tools::command::{CommandFailed, HostLog, Interrupted, is_interrupted};
+use crate::tools::command::{CommandFailed, Interrupted, is_interrupted};
 use crate::tools::incus::{Incus, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait, is_not_found};
+use crate::tools::log::HostLog;
 
-pub use checks::{doctor_checks, reap_orphans, reap_orphans_with};
 pub use image::{build_default_image, import_image};
+pub use reap::{orphans, reap_orphans, reap_orphans_with};
 pub use spec::InstancePlan;
 
 /// The image of lanes that name none: built by `pikaci image import` from the host's
@@ -42,16 +45,24 @@ pub const DEFAULT_IMAGE: &str = "pikaci/busybox";
 pub struct IncusRuntime {
     incus: Incus,
     default_image: String,
+    /// The state root the run belongs to, as instances' `user.pikaci.state_root` tag
+    /// names it (`pikaci gc` reaps by it).
+    state_root_tag: String,
 }
 
 impl IncusRuntime {
     /// Find `incus` (here, or on the remote host through `ssh`) and check that the
     /// daemon answers, within a few seconds. `--runtime auto` falls back to bubblewrap
     /// when this fails, so it fails fast.
-    pub fn connect(placement: &Placement, image: Option<&str>) -> Result<IncusRuntime> {
+    pub fn connect(placement: &Placement, image: Option<&str>, state_root: &Path) -> Result<IncusRuntime> {
         let incus = Incus::locate(placement)?;
         incus.server().map_err(|e| daemon_error(&incus, e))?;
-        Ok(IncusRuntime { incus, default_image: image.unwrap_or(DEFAULT_IMAGE).to_string() })
+        let state_root_tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
+        Ok(IncusRuntime {
+            incus,
+            default_image: image.unwrap_or(DEFAULT_IMAGE).to_string(),
+            state_root_tag: state_root_tag.to_string_lossy().into_owned(),
+        })
     }
 
     pub fn incus(&self) -> &Incus {
@@ -62,8 +73,7 @@ impl IncusRuntime {
     /// source first, so a payload that vanished fails here, before Incus is called.
     pub fn plan(&self, ctx: &HostContext) -> Result<InstancePlan> {
         let image = ctx.image.as_deref().unwrap_or(&self.default_image);
-        let state_root = ctx.state_root.canonicalize().unwrap_or_else(|_| ctx.state_root.clone());
-        InstancePlan::new(ctx, image, &state_root.to_string_lossy())
+        InstancePlan::new(ctx, image, &self.state_root_tag)
     }
 
     /// `incus init`: the instance exists, stopped, with its devices, when this returns
@@ -291,7 +301,7 @@ fn describe_outcome(outcome: GuestOutcome) -> String {
 }
 
 /// Why the daemon does not answer, and what to do about it.
-fn daemon_error(incus: &Incus, err: anyhow::Error) -> anyhow::Error {
+pub fn daemon_error(incus: &Incus, err: anyhow::Error) -> anyhow::Error {
     if error::classification(&err).is_some() {
         // Already says what is missing and how to fix it (no `ssh`, a hung call).
         return err.context(format!("the Incus daemon on {} does not answer", incus.location()));

@@ -1,12 +1,20 @@
-//! Placement: where a job runs. Locally, or on a host reached by SSH. A host named
-//! `localhost`, `127.0.0.1` or `::1` (or no host) is this machine, and pikaci talks to it
-//! directly, without SSH.
+//! Placement: where a job runs, and the one owner of every path and file operation on
+//! that host. Locally, or on a host reached by SSH ([`ssh`]). A host named `localhost`,
+//! `127.0.0.1` or `::1` (or no host) is this machine, and pikaci talks to it directly,
+//! without SSH. Callers ask the placement (map a path, create the job's directories,
+//! realize a store path, read a payload file, fetch artifacts, remove directories) and
+//! never branch on local-versus-remote themselves.
+
+mod ssh;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::StagedPayloadMount;
+use crate::tools::log::HostLog;
+use crate::tools::nix::Nix;
+
+use crate::handoff::StagedPayloadMount;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -68,7 +76,97 @@ impl Placement {
             Placement::Remote(remote) => remote.path_of(local),
         }
     }
+
+    /// The host's name for messages and records: `localhost`, or the SSH destination.
+    pub fn host_name(&self) -> &str {
+        match self {
+            Placement::Local => "localhost",
+            Placement::Remote(remote) => &remote.host,
+        }
+    }
+
+    /// Create the job's directories on the host (locally, the caller's job directory is
+    /// there already; remotely, one `mkdir -p` of them all).
+    pub fn ensure_job_directories(&self, local_dirs: &[PathBuf], log: &HostLog) -> Result<()> {
+        match self {
+            Placement::Local => {
+                for dir in local_dirs {
+                    std::fs::create_dir_all(dir).with_context(|| format!("create `{}`", dir.display()))?;
+                }
+                Ok(())
+            }
+            Placement::Remote(remote) => remote.ensure_remote_linux_vm_directories(local_dirs, log),
+        }
+    }
+
+    /// Make the snapshot available on the host (it is here already on this machine).
+    pub fn ensure_snapshot(&self, snapshot_dir: &Path, log: &HostLog) -> Result<()> {
+        match self {
+            Placement::Local => Ok(()),
+            Placement::Remote(remote) => remote.ensure_snapshot(snapshot_dir, log),
+        }
+    }
+
+    /// Make a `.drv` of this machine's store buildable on the host: nothing here; on an
+    /// SSH host, its closure is copied there (`nix copy --derivation`). Returns the
+    /// command, for the job's `reproduce` lines.
+    pub fn send_derivation(&self, nix: &Nix, drv: &str, log: &HostLog) -> Result<Option<String>> {
+        match self {
+            Placement::Local => Ok(None),
+            Placement::Remote(remote) => remote.send_derivation(nix, drv, log).map(Some),
+        }
+    }
+
+    /// `nix-store --realise PATH --add-root LINK --indirect` on the host, with `link` (a
+    /// local job-directory path) mapped to the host. Returns the root links it made (host
+    /// paths) and the command, for `reproduce`.
+    pub fn realise(&self, nix: &Nix, path: &str, link: &Path, log: &HostLog) -> Result<(Vec<PathBuf>, String)> {
+        let host_link = self.host_path(link)?;
+        let cmd = match self {
+            Placement::Local => nix.realise_cmd(path, &host_link),
+            Placement::Remote(remote) => remote.command_like(&nix.realise_cmd(path, &host_link))?,
+        };
+        let out = cmd.run(Some(log))?;
+        let roots = out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
+        Ok((roots, cmd.display()))
+    }
+
+    /// The content of a regular file on the host (a file of a realized store path), or
+    /// `None` when there is none.
+    pub fn read_file(&self, path: &str, log: &HostLog) -> Result<Option<Vec<u8>>> {
+        match self {
+            Placement::Local => match std::fs::read(path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow::Error::new(e).context(format!("read `{path}`"))),
+            },
+            Placement::Remote(remote) => remote.read_file(path, log),
+        }
+    }
+
+    /// What each path is on the host: its canonical path and whether it is a regular
+    /// file, or `None` when it does not exist.
+    pub fn probe(&self, paths: &[String], log: &HostLog) -> Result<Vec<Probed>> {
+        match self {
+            Placement::Local => {
+                Ok(paths.iter().map(|p| Path::new(p).canonicalize().ok().map(|c| (c.clone(), c.is_file()))).collect())
+            }
+            Placement::Remote(remote) => remote.probe(paths, log),
+        }
+    }
+
+    /// Bring the job's artifacts to this machine (they are here already locally).
+    pub fn fetch_artifacts(&self, local_dir: &Path, log: &HostLog) -> Result<()> {
+        match self {
+            Placement::Local => Ok(()),
+            Placement::Remote(remote) => remote.download_artifacts(local_dir, log),
+        }
+    }
 }
+
+/// What a path turned out to be on the host: its canonical path and whether it is a
+/// regular file; `None` when it does not exist.
+pub type Probed = Option<(PathBuf, bool)>;
 
 /// The source of a payload's mount on the host that runs the job. On this machine: the
 /// job-directory link resolved to the store path it roots (a bind or disk device must

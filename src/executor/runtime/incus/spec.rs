@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::naming::{self, DEVICE_ARTIFACTS, DEVICE_NIX_STORE, DEVICE_WORKSPACE, TAG_JOB, TAG_RUN, TAG_STATE_ROOT};
+use crate::executor::Placement;
 use crate::executor::placement::staged_payload_source_root;
-use crate::executor::{HostContext, Placement, guest};
+use crate::handoff::{self as guest, HostContext};
 use crate::tools::incus::{Incus, InstanceSpec};
 
 /// Runs before the lane's command, in the guest: `$HOME` (`/pikaci/home`) is not part
@@ -128,8 +129,7 @@ fn host_source(placement: &Placement, local: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::manifest::ResolvedMount;
-    use crate::executor::StagedPayloadMount;
+    use crate::handoff::{ExtraMount, StagedPayloadMount};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -162,7 +162,6 @@ mod tests {
         let ctx = HostContext {
             run_id: "r1".into(),
             job_id: "unit".into(),
-            state_root: root.clone(),
             job_dir: job_dir.clone(),
             snapshot_dir: snapshot,
             artifacts_dir: job_dir.join("artifacts"),
@@ -175,7 +174,7 @@ mod tests {
                 .map(|p| StagedPayloadMount { local_mount_path: staged.join(p), device_prefix: p.to_string() })
                 .collect(),
             // Through the job's link to the payload, as prepare resolves manifest mounts.
-            extra_mounts: vec![ResolvedMount {
+            extra_mounts: vec![ExtraMount {
                 source: staged.join("workspace-build/share/assets"),
                 guest_path: "/opt/assets".into(),
             }],

@@ -1,17 +1,16 @@
-//! A job on a remote host, reached by SSH. The remote side mirrors the local state root's
-//! layout under its own root (`PIKACI_REMOTE_STATE_ROOT`, default `/var/tmp/pikaci`).
-//! Payload bytes never cross the wire: the `.drv` closure is copied there and the payloads
-//! are built there, rooted in the remote job directory. What crosses is the source
-//! snapshot (once per content), the commands, the logs, and the artifacts coming back.
+//! A host reached by SSH. The remote side mirrors the local state root's layout under its
+//! own root (`PIKACI_REMOTE_STATE_ROOT`, default `/var/tmp/pikaci`). Payload bytes never
+//! cross the wire: the `.drv` closure is copied there and the payloads are built there,
+//! rooted in the remote job directory. What crosses is the source snapshot (once per
+//! content), the commands, the logs, and the artifacts coming back.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::placement::RemoteHost;
-use crate::catalog::Payload;
-use crate::catalog::manifest::{MANIFEST_PATH, PayloadManifest, Probed, ResolvedMount};
-use crate::tools::command::{Cmd, HostLog};
+use super::{Probed, RemoteHost};
+use crate::tools::command::Cmd;
+use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
 use crate::tools::ssh::Ssh;
 
@@ -68,81 +67,45 @@ impl RemoteHost {
         Ok(())
     }
 
-    /// Build a payload on the remote host: copy its `.drv` closure there (`nix copy`), then
-    /// realize it there with every output rooted at the remote counterpart of `root`.
-    /// Returns the remote root links and the commands, for the job record.
-    pub fn realise(
-        &self,
-        nix: &Nix,
-        payload: &Payload,
-        root: &Path,
-        log: &HostLog,
-    ) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    /// Copy a `.drv` and its closure (input derivations and sources, not outputs) to
+    /// the host, so that it builds there. Returns the command, for `reproduce`.
+    pub fn send_derivation(&self, nix: &Nix, drv: &str, log: &HostLog) -> Result<String> {
         let ssh = self.ssh()?;
-        let remote_root = self.path_of(root)?;
-        let mut reproduce = Vec::new();
-        // `nix-store --realise` there, with the same argv as here but the remote root.
-        let realise = |path: &str, link: &Path, reproduce: &mut Vec<String>| -> Result<Vec<PathBuf>> {
-            let argv = nix.realise_cmd(path, link).argv();
-            let mut words: Vec<String> = vec!["nix-store".into()];
-            words.extend(argv[1..].iter().map(|a| a.to_string_lossy().into_owned()));
-            let cmd = ssh.command("ssh nix-store --realise", &words);
-            reproduce.push(cmd.display());
-            let out = cmd.run(Some(log))?;
-            Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
-        };
-        let roots = if Path::new(&payload.drv_path).exists() {
-            let to = format!("ssh://{}", self.host);
-            let copy = nix.copy_derivation_cmd(&payload.drv_path, &to).env("NIX_SSHOPTS", ssh.nix_sshopts());
-            reproduce.push(copy.display());
-            copy.run(Some(log)).with_context(|| format!("copy `{}` to `{}`", payload.drv_path, self.host))?;
-            realise(&payload.drv_path, &remote_root, &mut reproduce)?
-        } else {
-            // The .drv is gone here (a rerun of an old run): the outputs are still valid
-            // there while that run's remote roots hold them.
-            let mut roots = Vec::new();
-            for (output, path) in &payload.outputs {
-                let link = if output == "out" {
-                    remote_root.clone()
-                } else {
-                    PathBuf::from(format!("{}-{output}", remote_root.display()))
-                };
-                roots.extend(realise(path, &link, &mut reproduce)?);
-            }
-            roots
-        };
-        Ok((roots, reproduce))
+        let to = format!("ssh://{}", self.host);
+        let copy = nix.copy_derivation_cmd(drv, &to).env("NIX_SSHOPTS", ssh.nix_sshopts());
+        copy.run(Some(log)).with_context(|| format!("copy `{drv}` to `{}`", self.host))?;
+        Ok(copy.display())
     }
 
-    /// Read and validate a payload's manifest on the remote host. Extra mounts come back
-    /// under the local `link`, which placement maps to the remote job directory.
-    pub fn load_manifest(
-        &self,
-        root: &str,
-        link: &Path,
-        name: &str,
-        log: &HostLog,
-    ) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
-        let ssh = self.ssh()?;
-        let file = format!("{root}/{MANIFEST_PATH}");
-        let cat = ssh
-            .command("ssh cat", &["sh", "-c", r#"if [ -f "$1" ]; then cat "$1"; else exit 3; fi"#, "sh", &file])
+    /// The same command, run on the host through SSH: its program by its file name (the
+    /// host's own, on its PATH), its arguments as they are.
+    pub fn command_like(&self, cmd: &Cmd) -> Result<Cmd> {
+        let argv = cmd.argv();
+        let program = Path::new(&argv[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut words = vec![program];
+        words.extend(argv[1..].iter().map(|a| a.to_string_lossy().into_owned()));
+        Ok(self.ssh()?.command(&format!("ssh {}", cmd.label()), &words))
+    }
+
+    /// The content of a regular file on the host, or `None` when there is none.
+    pub fn read_file(&self, path: &str, log: &HostLog) -> Result<Option<Vec<u8>>> {
+        let cat = self
+            .ssh()?
+            .command("ssh cat", &["sh", "-c", r#"if [ -f "$1" ]; then cat "$1"; else exit 3; fi"#, "sh", path])
             .run_unchecked(Some(log))?;
         match cat.status.code() {
-            Some(0) => {}
-            Some(3) => return Ok(None),
-            _ => anyhow::bail!("read `{file}` on `{}`: {}", self.host, cat.stderr_str().trim()),
+            Some(0) => Ok(Some(cat.stdout)),
+            Some(3) => Ok(None),
+            _ => anyhow::bail!("read `{path}` on `{}`: {}", self.host, cat.stderr_str().trim()),
         }
-        let label = format!("{}:{file}", self.host);
-        let manifest = PayloadManifest::parse(&cat.stdout, name, &label)?;
-        let paths: Vec<String> = manifest.paths().iter().map(|rel| format!("{root}/{rel}")).collect();
-        let probed = if paths.is_empty() { Vec::new() } else { self.probe(&ssh, &paths, log)? };
-        let mounts = manifest.resolve(name, &label, Path::new(root), link, &probed)?;
-        Ok(Some((manifest, mounts)))
     }
 
     /// Canonical path and kind of each path, with one SSH call.
-    fn probe(&self, ssh: &Ssh, paths: &[String], log: &HostLog) -> Result<Vec<Probed>> {
+    pub fn probe(&self, paths: &[String], log: &HostLog) -> Result<Vec<Probed>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ssh = self.ssh()?;
         let script = r#"for p; do if r=$(readlink -e -- "$p"); then if [ -f "$r" ]; then echo "f $r"; else echo "d $r"; fi; else echo -; fi; done"#;
         let mut argv = vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
         argv.extend(paths.iter().cloned());

@@ -1,0 +1,274 @@
+//! One job's lifecycle: its directory and logs, the placement's preparation (snapshot,
+//! directories), prepare (payloads realized as GC roots), the hand-off to the runtime,
+//! the artifacts back, and its record. Every outcome, pikaci's own failures included,
+//! becomes the job's summary and its `job.json`: a job is never lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::Reporter;
+use super::setup::{RuntimeSlot, Setup};
+use crate::error;
+use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport};
+use crate::handoff::{self as guest, HostContext};
+use crate::plan::PlannedJob;
+use crate::prepare::{self, Prepared, PreparedPayload};
+use crate::state::events::Event;
+use crate::state::record::{JOB_SCHEMA_VERSION, JobSummary, LaneRecord, RealizedPayload};
+use crate::state::recorder::Recorder;
+use crate::state::{self, JobRecord, JobStatus};
+use crate::tools::command::is_interrupted;
+use crate::tools::log::HostLog;
+use crate::tools::nix;
+
+/// Why a job ended before its command did: the status it gets, and the error.
+struct JobError {
+    status: JobStatus,
+    error: anyhow::Error,
+}
+
+impl JobError {
+    /// pikaci or the host failed (an interruption stays an interruption).
+    fn infra(error: anyhow::Error) -> JobError {
+        let status = if is_interrupted(&error) { JobStatus::Interrupted } else { JobStatus::Error };
+        JobError { status, error }
+    }
+}
+
+/// The context one job runs in.
+struct JobScope<'a> {
+    setup: &'a Setup,
+    run_id: &'a str,
+    planned: &'a PlannedJob,
+    recorder: &'a Recorder,
+    reporter: &'a Arc<dyn Reporter>,
+    job_dir: PathBuf,
+}
+
+/// Prepare and run one job; return its summary (its `job.json` is written).
+pub fn run_job(
+    setup: &Setup,
+    run_id: &str,
+    planned: &PlannedJob,
+    recorder: &Recorder,
+    reporter: &Arc<dyn Reporter>,
+) -> JobSummary {
+    let started = Instant::now();
+    let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
+    let scope = JobScope { setup, run_id, planned, recorder, reporter, job_dir };
+    let mut job = new_record(setup, run_id, planned);
+    recorder.emit(Event::JobStarted {
+        run_id: run_id.to_string(),
+        job_id: planned.job_id.clone(),
+        at: state::now_rfc3339(),
+    });
+    recorder.set_job_status(&planned.job_id, JobStatus::Preparing);
+    #[cfg(debug_assertions)]
+    debug_panic_trigger(&planned.job_id);
+
+    let (status, exit_code, message) = match scope.run(&mut job) {
+        Ok(outcome) => judge(outcome, planned.lane.timeout_secs),
+        Err(JobError { status, error }) => (status, None, Some(one_line(&error))),
+    };
+    finish_record(&scope.job_dir, &mut job, status, exit_code, message, started.elapsed())
+}
+
+/// A test-only fault: with `PIKACI_DEBUG_PANIC_IN_JOB=<job id>`, a debug build panics in
+/// that job, so that the handling of a bug is tested for real. Release builds ignore it.
+#[cfg(debug_assertions)]
+fn debug_panic_trigger(job_id: &str) {
+    if std::env::var("PIKACI_DEBUG_PANIC_IN_JOB").is_ok_and(|j| j == job_id) {
+        panic!("test-only panic in job `{job_id}` (PIKACI_DEBUG_PANIC_IN_JOB)");
+    }
+}
+
+/// A job ended by a panic (a bug): recorded as `error` with the panic's message.
+pub fn record_bug(setup: &Setup, run_id: &str, planned: &PlannedJob, bug: &str) -> JobSummary {
+    let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
+    let mut job = JobRecord::read(&job_dir).unwrap_or_else(|_| new_record(setup, run_id, planned));
+    let message = Some(format!("internal error (a bug in pikaci): {bug}"));
+    finish_record(&job_dir, &mut job, JobStatus::Error, None, message, Duration::ZERO)
+}
+
+fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
+    JobRecord {
+        schema_version: JOB_SCHEMA_VERSION,
+        run_id: run_id.to_string(),
+        job_id: planned.job_id.clone(),
+        lane: LaneRecord::from(&planned.lane),
+        status: JobStatus::Preparing,
+        started_at: Some(state::now_rfc3339()),
+        finished_at: None,
+        duration_ms: None,
+        exit_code: None,
+        message: None,
+        runtime: setup.runtime.name(),
+        nix_version: setup.nix_version.clone(),
+        payloads: Vec::new(),
+        instance: None,
+        reproduce: Vec::new(),
+    }
+}
+
+fn finish_record(
+    job_dir: &Path,
+    job: &mut JobRecord,
+    status: JobStatus,
+    exit_code: Option<i32>,
+    message: Option<String>,
+    took: Duration,
+) -> JobSummary {
+    job.status = status;
+    job.exit_code = exit_code;
+    job.message = message.clone();
+    job.finished_at = Some(state::now_rfc3339());
+    let duration_ms = if took.is_zero() { job.duration_ms } else { Some(took.as_millis() as u64) };
+    job.duration_ms = duration_ms;
+    if let Err(e) = std::fs::create_dir_all(job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(job_dir)) {
+        eprintln!("pikaci: warning: could not write the record of job `{}`: {e:#}", job.job_id);
+    }
+    JobSummary { job_id: job.job_id.clone(), status, exit_code, duration_ms, message }
+}
+
+/// How the command's end maps to the job's status.
+fn judge(outcome: GuestOutcome, timeout_secs: u64) -> (JobStatus, Option<i32>, Option<String>) {
+    match outcome {
+        GuestOutcome::Exited(0) => (JobStatus::Passed, Some(0), None),
+        GuestOutcome::Exited(code) => (JobStatus::Failed, Some(code), Some(format!("command exited with {code}"))),
+        GuestOutcome::Signaled(sig) => (JobStatus::Failed, None, Some(format!("command was killed by signal {sig}"))),
+        GuestOutcome::TimedOut => (JobStatus::TimedOut, None, Some(format!("timed out after {timeout_secs}s"))),
+        GuestOutcome::Interrupted => (JobStatus::Interrupted, None, Some("interrupted".to_string())),
+    }
+}
+
+fn one_line(error: &anyhow::Error) -> String {
+    error::render(error).trim_start_matches("error: ").to_string()
+}
+
+impl JobScope<'_> {
+    fn run(&self, job: &mut JobRecord) -> Result<GuestOutcome, JobError> {
+        let artifacts_dir = self.job_dir.join("artifacts");
+        std::fs::create_dir_all(&artifacts_dir)
+            .with_context(|| format!("create `{}`", artifacts_dir.display()))
+            .map_err(JobError::infra)?;
+        let host_log = HostLog::create(&self.job_dir.join("host.log")).map_err(JobError::infra)?;
+        job.write(&self.job_dir).map_err(JobError::infra)?;
+        host_log
+            .line(&format!("job `{}` of run `{}`, lane `{}`", self.planned.job_id, self.run_id, self.planned.lane.id));
+        let runtime = match &self.setup.runtime {
+            RuntimeSlot::Ready(runtime) => runtime,
+            RuntimeSlot::Unavailable { why, .. } => {
+                host_log.line(&format!("runtime unavailable: {why}"));
+                return Err(JobError::infra(error::infra(why.clone()).into()));
+            }
+            RuntimeSlot::NotNeeded => unreachable!("a job that runs has a runtime slot"),
+        };
+        self.place(&artifacts_dir, &host_log).map_err(JobError::infra)?;
+        let prepared = self.prepare(&host_log)?;
+        job.payloads = prepared.payloads.iter().map(RealizedPayload::from).collect();
+        job.reproduce = prepared.reproduce.clone();
+        job.status = JobStatus::Running;
+        job.write(&self.job_dir).map_err(JobError::infra)?;
+        self.recorder.set_job_status(&self.planned.job_id, JobStatus::Running);
+
+        let ctx = self.host_context(prepared, artifacts_dir);
+        let io = JobIo {
+            host_log: host_log.clone(),
+            guest_log: self.job_dir.join("guest.log"),
+            output: self.reporter.clone() as Arc<dyn OutputSink>,
+        };
+        let mut report = RuntimeReport::default();
+        let outcome = runtime.run(&ctx, &io, &mut report);
+        job.instance = report.instance;
+        job.reproduce.extend(report.reproduce);
+        let outcome = outcome.map_err(|error| {
+            host_log.line(&format!("runtime failed: {error:#}"));
+            JobError::infra(error)
+        })?;
+        self.setup
+            .placement
+            .fetch_artifacts(&ctx.artifacts_dir, &host_log)
+            .map_err(|e| JobError::infra(e.context("the command ran, but its artifacts could not be fetched")))?;
+        Ok(outcome)
+    }
+
+    /// Get the job's host ready: the snapshot there (sent once per run), and the job's
+    /// directories created with one call.
+    fn place(&self, artifacts_dir: &Path, host_log: &HostLog) -> Result<()> {
+        let placement = &self.setup.placement;
+        if !placement.is_local() {
+            host_log.line(&format!(
+                "placement: `{}`, job directory `{}`",
+                placement.host_name(),
+                placement.host_path(&self.job_dir)?.display()
+            ));
+        }
+        let snapshot = &self.setup.choices.snapshot.dir;
+        let sent = self
+            .setup
+            .snapshot_sent
+            .get_or_init(|| placement.ensure_snapshot(snapshot, host_log).map_err(|e| format!("{e:#}")));
+        sent.clone().map_err(|e| anyhow::anyhow!(e))?;
+        let dirs = [self.job_dir.clone(), self.job_dir.join(prepare::STAGED_DIR), artifacts_dir.to_path_buf()];
+        placement.ensure_job_directories(&dirs, host_log)
+    }
+
+    fn prepare(&self, host_log: &HostLog) -> Result<Prepared, JobError> {
+        let on_realized = |p: &PreparedPayload| {
+            host_log.line(&format!("payload `{}` realized: {}", p.name, p.mounted));
+            self.recorder.emit(Event::PayloadRealized {
+                run_id: self.run_id.to_string(),
+                job_id: self.planned.job_id.clone(),
+                payload: p.name.clone(),
+                store_path: p.mounted.clone(),
+                outputs: p.outputs.clone(),
+                duration_ms: p.duration_ms,
+                at: state::now_rfc3339(),
+            });
+        };
+        let setup = self.setup;
+        prepare::prepare(
+            &setup.nix,
+            &self.planned.lane,
+            &self.job_dir,
+            &setup.placement,
+            host_log,
+            &setup.shared_builds,
+            &on_realized,
+        )
+        .map_err(|error| {
+            host_log.line(&format!("prepare failed: {error:#}"));
+            let status = if is_interrupted(&error) {
+                JobStatus::Interrupted
+            } else if nix::is_build_failure(&error) || error::kind_of(&error) == error::ErrorKind::Config {
+                // The lane's own code or payload is broken (a compile error, a bad
+                // manifest): the job failed. Anything else is infrastructure.
+                JobStatus::Failed
+            } else {
+                JobStatus::Error
+            };
+            JobError { status, error }
+        })
+    }
+
+    fn host_context(&self, prepared: Prepared, artifacts_dir: PathBuf) -> HostContext {
+        let (planned, setup) = (self.planned, self.setup);
+        HostContext {
+            run_id: self.run_id.to_string(),
+            job_id: planned.job_id.clone(),
+            job_dir: self.job_dir.clone(),
+            snapshot_dir: setup.choices.snapshot.dir.clone(),
+            artifacts_dir,
+            command: planned.lane.command.clone(),
+            env: guest::environment(self.run_id, &planned.job_id, &planned.lane.env),
+            timeout: Duration::from_secs(planned.lane.timeout_secs),
+            image: planned.lane.image.clone().or_else(|| setup.choices.image.clone()),
+            staged_payload_mounts: prepared.mounts,
+            extra_mounts: prepared.extra_mounts,
+            placement: setup.placement.clone(),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! A run, end to end: snapshot -> catalog -> plan -> (per job) prepare -> hand-off ->
+//! runtime -> record. `run` and `rerun` each decide a [`Setup`] (what to run, where, on
+//! which runtime); [`scheduler`] runs its jobs on a pool of workers, and [`job`] is one
+//! job's lifecycle. Every step reports through events, which the reporter, the
+//! `events.jsonl` log and the run record all consume ([`crate::state::recorder`]).
+//!
+//! The catalog is evaluated from the snapshot, not from the work tree: a `path:` flake is
+//! copied whole into the store, so evaluating the work tree would copy the state root and
+//! build output too, and change the source hash (and so rebuild every payload) on every
+//! run. The snapshot holds exactly what the lane will see.
+
+mod job;
+mod records;
+mod scheduler;
+mod setup;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::catalog::{self, Catalog, FlakeSource};
+use crate::error;
+use crate::executor::{OutputSink, RuntimeChoice};
+use crate::plan::{self, ChangedFiles, PlannedJob, Selection};
+use crate::snapshot::{self, Snapshot};
+use crate::state::record::{RunSnapshot, RuntimeName};
+use crate::state::recorder::EventSink;
+use crate::state::{RunRecord, StateRoot};
+use crate::tools::git;
+use crate::tools::nix::Nix;
+
+use setup::Setup;
+
+/// Receives every event of a run, and the guest output.
+pub trait Reporter: OutputSink + EventSink {}
+
+impl<T: OutputSink + EventSink> Reporter for T {}
+
+/// What `pikaci run` asks for.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub flake: FlakeSource,
+    pub state: StateRoot,
+    pub selection: Selection,
+    pub changed_since: Option<String>,
+    pub runtime: RuntimeChoice,
+    pub remote: Option<String>,
+    pub image: Option<String>,
+    pub parallelism: usize,
+}
+
+/// What `pikaci rerun` asks for.
+#[derive(Clone, Debug)]
+pub struct RerunRequest {
+    pub state: StateRoot,
+    pub run_id: String,
+    pub failed_only: bool,
+    /// Overrides of the recorded choices.
+    pub runtime: Option<RuntimeChoice>,
+    pub parallelism: Option<usize>,
+}
+
+/// Take (or reuse) the snapshot of a flake's source, holding the state root's shared lock
+/// so that `gc` cannot remove it before a run refers to it. The lock is returned.
+pub fn take_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<(Snapshot, File)> {
+    state.ensure()?;
+    let guard = state.lock_shared()?;
+    let exclude: Vec<PathBuf> =
+        state.root.strip_prefix(&flake.dir).map(|rel| vec![rel.to_path_buf()]).unwrap_or_default();
+    let snap = snapshot::take(&flake.dir, &state.snapshots_dir(), &state.snapshot_cache(), &exclude)
+        .with_context(|| format!("take a snapshot of `{}`", flake.dir.display()))?;
+    Ok((snap, guard))
+}
+
+/// Load the catalog of a flake (through its snapshot).
+pub fn load_catalog(flake: &FlakeSource, state: &StateRoot) -> Result<Catalog> {
+    let nix = Nix::locate()?;
+    let (snap, _guard) = take_snapshot(flake, state)?;
+    Catalog::load(&nix, &snap.dir, &catalog::current_system(), &flake.label)
+}
+
+pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
+    let nix = Nix::locate()?;
+    let version = setup::read_version_meanwhile(&nix, &req.state);
+    let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
+    let catalog = Catalog::load(&nix, &snap.dir, &catalog::current_system(), &req.flake.label)?;
+    let changed = match &req.changed_since {
+        Some(rev) => Some(changed_files(&req.flake, rev)?),
+        None => None,
+    };
+    let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
+    let setup = Setup::new(
+        setup::Choices {
+            state: req.state,
+            flake_label: req.flake.label,
+            source_dir: req.flake.dir,
+            snapshot: RunSnapshot { id: snap.id, dir: snap.dir, files: snap.files },
+            changed,
+            runtime: req.runtime,
+            remote: req.remote,
+            image: req.image,
+            parallelism: req.parallelism,
+            rerun_of: None,
+        },
+        nix,
+        plan,
+        version,
+    )?;
+    scheduler::execute(setup, guard, reporter)
+}
+
+fn changed_files(flake: &FlakeSource, rev: &str) -> Result<ChangedFiles> {
+    if !git::is_work_tree(&flake.dir) {
+        return Err(error::usage(format!(
+            "`--changed-since {rev}` needs a git work tree; `{}` is not in one",
+            flake.dir.display()
+        ))
+        .into());
+    }
+    Ok(ChangedFiles { since: rev.to_string(), files: git::changed_files(&flake.dir, rev)? })
+}
+
+pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
+    let nix = Nix::locate()?;
+    let version = setup::read_version_meanwhile(&nix, &req.state);
+    // Read as it is now: the jobs of a run whose process died are interrupted, and so
+    // among the failed ones.
+    let old = RunRecord::read(&req.state.run_dir(&req.run_id))?.effective(&req.state);
+    req.state.ensure()?;
+    let guard = req.state.lock_shared()?;
+    if !old.snapshot.dir.is_dir() {
+        return Err(error::config(format!(
+            "run `{}` cannot be replayed: its snapshot `{}` is gone",
+            old.run_id,
+            old.snapshot.dir.display()
+        ))
+        .hint("start a new run with `pikaci run`")
+        .into());
+    }
+    let plan: Vec<PlannedJob> = if req.failed_only {
+        old.jobs_to_rerun().into_iter().map(PlannedJob::from).collect()
+    } else {
+        old.plan.iter().map(PlannedJob::from).collect()
+    };
+    if plan.is_empty() {
+        return Err(error::usage(format!("run `{}` has no failed jobs to rerun", old.run_id))
+            .hint(format!("`pikaci rerun {}` replays all of its jobs", old.run_id))
+            .into());
+    }
+    let runtime = req.runtime.unwrap_or(match old.runtime {
+        RuntimeName::Incus => RuntimeChoice::Incus,
+        RuntimeName::Bwrap => RuntimeChoice::Bwrap,
+        RuntimeName::Auto | RuntimeName::None | RuntimeName::Unknown => RuntimeChoice::Auto,
+    });
+    let setup = Setup::new(
+        setup::Choices {
+            state: req.state,
+            flake_label: old.flake.clone(),
+            source_dir: old.source_dir.clone(),
+            snapshot: old.snapshot.clone(),
+            changed: old.changed.as_ref().map(ChangedFiles::from),
+            runtime,
+            remote: old.remote.clone(),
+            image: old.image.clone(),
+            parallelism: req.parallelism.unwrap_or(old.parallelism),
+            rerun_of: Some(old.run_id.clone()),
+        },
+        nix,
+        plan,
+        version,
+    )?;
+    scheduler::execute(setup, guard, reporter)
+}
