@@ -140,7 +140,7 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     // Runs on other hosts may have left instances there, too.
     for host in remote_leftovers.keys() {
         let placement = Placement::new(Some(host), &state.root, &remote_state_root());
-        let reaped = Incus::locate(&placement).and_then(|incus| incus::reap_orphans_with(&incus, state));
+        let reaped = Incus::locate(placement.ssh_host()).and_then(|incus| incus::reap_orphans_with(&incus, state));
         match reaped {
             Ok(Some(reaped)) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
             Ok(None) if died_on_incus.contains(&Some(host.clone())) => report.warnings.push(format!(

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::executor::Placement;
-
 /// One realized payload, as the runtime receives it: the job-directory link that holds
 /// the payload (a GC root) and the name it is exposed under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +60,6 @@ pub struct HostContext {
     pub staged_payload_mounts: Vec<StagedPayloadMount>,
     /// Sub-paths of the staged payloads that their manifests expose elsewhere.
     pub extra_mounts: Vec<ExtraMount>,
-    pub placement: Placement,
 }
 
 pub const WORKSPACE: &str = "/workspace";

@@ -666,7 +666,6 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
                 device_prefix: "workspace-build".into(),
             }],
             extra_mounts: vec![],
-            placement: Placement::Local,
         }
     };
     let runtime = IncusRuntime::connect(&Placement::Local, None, &root).unwrap();
@@ -730,7 +729,6 @@ fn a_panic_after_create_still_deletes_the_instance() {
         image: None,
         staged_payload_mounts: vec![],
         extra_mounts: vec![],
-        placement: Placement::Local,
     };
     let runtime = Arc::new(IncusRuntime::connect(&Placement::Local, None, &work.path().join("state")).unwrap());
     let plan = runtime.plan(&ctx).unwrap();

@@ -268,7 +268,6 @@ impl JobScope<'_> {
             image: planned.lane.image.clone().or_else(|| setup.choices.image.clone()),
             staged_payload_mounts: prepared.mounts,
             extra_mounts: prepared.extra_mounts,
-            placement: setup.placement.clone(),
         }
     }
 }

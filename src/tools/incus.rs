@@ -19,7 +19,6 @@ use super::command::{Cmd, CmdOutput, CommandFailed, TimeLimitExceeded};
 use super::log::HostLog;
 use super::ssh::Ssh;
 use crate::error;
-use crate::executor::Placement;
 
 /// How long a probe of the daemon may take before the daemon counts as not answering.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,11 +82,11 @@ impl InstanceSpec {
 }
 
 impl Incus {
-    /// The client for a placement: `incus` on PATH here, or `ssh HOST -- incus ...`.
-    pub fn locate(placement: &Placement) -> Result<Incus> {
-        match placement {
-            Placement::Local => Incus::local(),
-            Placement::Remote(remote) => Ok(Incus::via_ssh(Ssh::new(&remote.host)?, &remote.host)),
+    /// The client for a host: `incus` on PATH here (no host), or `ssh HOST -- incus ...`.
+    pub fn locate(ssh_host: Option<&str>) -> Result<Incus> {
+        match ssh_host {
+            None => Incus::local(),
+            Some(host) => Ok(Incus::via_ssh(Ssh::new(host)?, host)),
         }
     }
 

@@ -77,6 +77,26 @@ impl Placement {
         }
     }
 
+    /// What a device or bind mount names for a local job path, on the host that runs the
+    /// job. Here: the path resolved (a GC-root link to its store path; a bind or disk
+    /// device must name the real directory). On an SSH host: the same path under the
+    /// remote state root, not resolved here, since it exists only there. The one place
+    /// this rule lives.
+    pub fn device_source(&self, local: &Path) -> Result<PathBuf> {
+        match self {
+            Placement::Local => local.canonicalize().with_context(|| format!("`{}` does not exist", local.display())),
+            Placement::Remote(remote) => remote.path_of(local),
+        }
+    }
+
+    /// The SSH destination, or `None` for this machine.
+    pub fn ssh_host(&self) -> Option<&str> {
+        match self {
+            Placement::Local => None,
+            Placement::Remote(remote) => Some(&remote.host),
+        }
+    }
+
     /// The host's name for messages and records: `localhost`, or the SSH destination.
     pub fn host_name(&self) -> &str {
         match self {
@@ -168,18 +188,12 @@ impl Placement {
 /// regular file; `None` when it does not exist.
 pub type Probed = Option<(PathBuf, bool)>;
 
-/// The source of a payload's mount on the host that runs the job. On this machine: the
-/// job-directory link resolved to the store path it roots (a bind or disk device must
-/// name the real directory). On a remote host: the same link under the remote job
-/// directory, which the remote `nix-store --realise` filled; it is not resolved here,
-/// since it exists only there.
+/// The source of a payload's mount on the host that runs the job: see
+/// [`Placement::device_source`].
 pub fn staged_payload_source_root(mount: &StagedPayloadMount, placement: &Placement) -> Result<PathBuf> {
-    match placement {
-        Placement::Local => mount.local_mount_path.canonicalize().with_context(|| {
-            format!("resolve staged payload `{}` at `{}`", mount.device_prefix, mount.local_mount_path.display())
-        }),
-        Placement::Remote(_) => placement.host_path(&mount.local_mount_path),
-    }
+    placement.device_source(&mount.local_mount_path).with_context(|| {
+        format!("resolve staged payload `{}` at `{}`", mount.device_prefix, mount.local_mount_path.display())
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::{GuestOutcome, JobIo, Runtime, RuntimeReport, process};
 use crate::error;
+use crate::executor::Placement;
 use crate::executor::placement::staged_payload_source_root;
 use crate::handoff::{self as guest, HostContext};
 use crate::tools::command::Cmd;
@@ -79,7 +80,7 @@ impl BwrapRuntime {
         }
         cmd = cmd.arg("--ro-bind").arg(&ctx.snapshot_dir).arg(guest::WORKSPACE);
         for mount in &ctx.staged_payload_mounts {
-            let source = staged_payload_source_root(mount, &ctx.placement)?;
+            let source = staged_payload_source_root(mount, &Placement::Local)?;
             cmd = cmd.arg("--ro-bind").arg(source).arg(guest::payload_path(&mount.device_prefix));
         }
         for extra in &ctx.extra_mounts {

@@ -48,6 +48,7 @@ pub struct IncusRuntime {
     /// The state root the run belongs to, as instances' `user.pikaci.state_root` tag
     /// names it (`pikaci gc` reaps by it).
     state_root_tag: String,
+    placement: Placement,
 }
 
 impl IncusRuntime {
@@ -55,13 +56,14 @@ impl IncusRuntime {
     /// daemon answers, within a few seconds. `--runtime auto` falls back to bubblewrap
     /// when this fails, so it fails fast.
     pub fn connect(placement: &Placement, image: Option<&str>, state_root: &Path) -> Result<IncusRuntime> {
-        let incus = Incus::locate(placement)?;
+        let incus = Incus::locate(placement.ssh_host())?;
         incus.server().map_err(|e| daemon_error(&incus, e))?;
         let state_root_tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
         Ok(IncusRuntime {
             incus,
             default_image: image.unwrap_or(DEFAULT_IMAGE).to_string(),
             state_root_tag: state_root_tag.to_string_lossy().into_owned(),
+            placement: placement.clone(),
         })
     }
 
@@ -73,7 +75,7 @@ impl IncusRuntime {
     /// source first, so a payload that vanished fails here, before Incus is called.
     pub fn plan(&self, ctx: &HostContext) -> Result<InstancePlan> {
         let image = ctx.image.as_deref().unwrap_or(&self.default_image);
-        InstancePlan::new(ctx, image, &self.state_root_tag)
+        InstancePlan::new(ctx, &self.placement, image, &self.state_root_tag)
     }
 
     /// `incus init`: the instance exists, stopped, with its devices, when this returns

@@ -2,7 +2,7 @@
 //! devices (the guest view of [`crate::executor::guest`]), and the command `incus exec`
 //! runs. Pure apart from resolving the device sources on the host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -46,7 +46,7 @@ pub struct InstancePlan {
 }
 
 impl InstancePlan {
-    pub fn new(ctx: &HostContext, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
+    pub fn new(ctx: &HostContext, placement: &Placement, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
         let name = naming::instance_name(&ctx.run_id, &ctx.job_id);
         let mut spec = InstanceSpec {
             description: format!("pikaci job `{}` of run `{}`", ctx.job_id, ctx.run_id),
@@ -56,8 +56,7 @@ impl InstancePlan {
         spec.config.insert(TAG_JOB.into(), ctx.job_id.clone());
         spec.config.insert(TAG_STATE_ROOT.into(), state_root_tag.to_string());
 
-        let placement = &ctx.placement;
-        let workspace = host_source(placement, &ctx.snapshot_dir).context("resolve the snapshot")?;
+        let workspace = placement.device_source(&ctx.snapshot_dir).context("resolve the snapshot")?;
         add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);
         // The host store: payloads are store paths whose runtime closure lives there, so a
         // Nix-built binary runs in an image that does not contain it.
@@ -75,7 +74,7 @@ impl InstancePlan {
             let source = placement.host_path(&extra.source)?;
             add_disk(&mut spec, &naming::extra_device(i, &extra.guest_path), &source, &extra.guest_path, true);
         }
-        let artifacts = host_source(placement, &ctx.artifacts_dir).context("resolve the artifacts directory")?;
+        let artifacts = placement.device_source(&ctx.artifacts_dir).context("resolve the artifacts directory")?;
         add_disk(&mut spec, DEVICE_ARTIFACTS, &artifacts, guest::ARTIFACTS, false);
 
         let mut exec_argv = vec!["/bin/sh".to_string(), "-c".to_string(), guest_prelude(&ctx.env), "sh".to_string()];
@@ -119,23 +118,18 @@ fn add_disk(spec: &mut InstanceSpec, device: &str, source: &Path, path: &str, re
 
 /// A job-directory path as the daemon's host sees it: canonical here, mapped under the
 /// remote state root there.
-fn host_source(placement: &Placement, local: &Path) -> Result<PathBuf> {
-    match placement {
-        Placement::Local => local.canonicalize().with_context(|| format!("`{}` does not exist", local.display())),
-        Placement::Remote(_) => placement.host_path(local),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::handoff::{ExtraMount, StagedPayloadMount};
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     struct Fixture {
         _dir: tempfile::TempDir,
         ctx: HostContext,
+        placement: Placement,
         store_a: PathBuf,
     }
 
@@ -178,15 +172,14 @@ mod tests {
                 source: staged.join("workspace-build/share/assets"),
                 guest_path: "/opt/assets".into(),
             }],
-            placement,
         };
-        Fixture { _dir: dir, ctx, store_a }
+        Fixture { _dir: dir, ctx, placement, store_a }
     }
 
     #[test]
     fn local_plan_has_the_whole_guest_view() {
         let f = fixture(false);
-        let plan = InstancePlan::new(&f.ctx, "pikaci/busybox", "/state").unwrap();
+        let plan = InstancePlan::new(&f.ctx, &f.placement, "pikaci/busybox", "/state").unwrap();
         assert_eq!(plan.name, "pikaci-r1-unit");
         let d = &plan.spec.devices;
         let names: Vec<&str> = d.keys().map(String::as_str).collect();
@@ -221,7 +214,7 @@ mod tests {
     #[test]
     fn remote_plan_names_paths_under_the_remote_state_root() {
         let f = fixture(true);
-        let plan = InstancePlan::new(&f.ctx, "pikaci/busybox", "/state").unwrap();
+        let plan = InstancePlan::new(&f.ctx, &f.placement, "pikaci/busybox", "/state").unwrap();
         let d = &plan.spec.devices;
         assert_eq!(
             d["payload-workspace-deps"]["source"],
@@ -240,14 +233,14 @@ mod tests {
     fn a_vanished_payload_fails_the_plan_naming_it() {
         let f = fixture(false);
         std::fs::remove_dir_all(&f.store_a).unwrap();
-        let err = InstancePlan::new(&f.ctx, "pikaci/busybox", "/state").unwrap_err();
+        let err = InstancePlan::new(&f.ctx, &f.placement, "pikaci/busybox", "/state").unwrap_err();
         assert!(format!("{err:#}").contains("resolve staged payload `workspace-build`"), "{err:#}");
     }
 
     #[test]
     fn reproduce_lines_paste_into_a_shell() {
         let f = fixture(false);
-        let plan = InstancePlan::new(&f.ctx, "pikaci/busybox", "/state").unwrap();
+        let plan = InstancePlan::new(&f.ctx, &f.placement, "pikaci/busybox", "/state").unwrap();
         let lines = plan.reproduce(&Incus::with_program("incus"), &f.ctx);
         assert!(
             lines[0].starts_with("incus init pikaci/busybox pikaci-r1-unit --ephemeral --quiet <<'EOF'\n{"),
