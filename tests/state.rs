@@ -252,3 +252,150 @@ fn rerun_replays_the_recorded_plan_on_the_recorded_snapshot() {
     let none = run_in(dir.path(), &["rerun", "nope"]);
     assert_eq!(none.code, 2);
 }
+
+#[test]
+fn rerun_failed_of_a_run_whose_process_died_reruns_its_interrupted_jobs() {
+    let dir = fixture();
+    let mut child = spawn_run(dir.path(), &["slow", "view"]);
+    let run = wait_until_slow_runs(dir.path());
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    let first = run.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(read_json(&run.join("run.json"))["status"], "running", "the record was left as the process died");
+
+    // `slow` was interrupted when pikaci died: it is a job to rerun. (It sleeps for
+    // minutes, so the rerun is stopped as soon as it has started it.)
+    let mut rerun = pikaci()
+        .args(["rerun", &first, "--failed", "--output", "jsonl", "--flake"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let newer: Vec<String> = runs(dir.path()).into_iter().filter(|r| *r != first).collect();
+        if let Some(r) = newer.first()
+            && std::fs::read_to_string(dir.path().join(".pikaci/runs").join(r).join("jobs/slow/guest.log"))
+                .is_ok_and(|l| l.contains("started"))
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "the rerun never started the interrupted job");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(&rerun, "-INT");
+    let out = rerun.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = read_json(&dir.path().join(".pikaci/runs").join(&second).join("run.json"));
+    assert_eq!(record["rerun_of"], first.as_str());
+    let jobs: Vec<&str> = record["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    // `view` passed before pikaci was killed (or never started: then it is interrupted
+    // too, and rerun as well); `slow` is rerun in any case.
+    assert!(jobs.contains(&"slow"), "{jobs:?}");
+}
+
+#[test]
+fn a_panic_in_a_job_is_recorded_as_an_internal_error_with_its_message() {
+    let dir = fixture();
+    // A debug build honours this test-only trigger (tests run the debug binary).
+    let out: Run = pikaci()
+        .args(["run", "view", "fail", "--runtime", "bwrap", "--jobs", "1", "--flake"])
+        .arg(dir.path())
+        .env("PIKACI_DEBUG_PANIC_IN_JOB", "view")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 70, "a bug has its own exit code: {out:?}");
+    let bug_lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("bug in pikaci")).collect();
+    assert_eq!(bug_lines.len(), 2, "one error line and one line that says it is a bug: {}", out.stderr);
+    assert!(out.stderr.contains("test-only panic in job `view`"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked at"), "no Rust panic report reaches the user: {}", out.stderr);
+    let run = only_run(dir.path());
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["status"], "error", "the run is recorded, not left running");
+    assert!(record["message"].as_str().unwrap().contains("test-only panic in job `view`"), "{record}");
+    assert_eq!(job_status(&record, "view"), "error");
+    // The other job still ran to its own end.
+    assert_eq!(job_status(&record, "fail"), "failed");
+    let job = read_json(&run.join("jobs/view/job.json"));
+    assert_eq!(job["status"], "error");
+    assert!(job["message"].as_str().unwrap().starts_with("internal error (a bug in pikaci): test-only panic"), "{job}");
+    assert_eq!(run_in(dir.path(), &["status", "latest"]).code, 3);
+}
+
+/// The run recorded by the previous release (`tests/fixtures/state-v1`), put into a state
+/// root beside a copy of its flake.
+fn previous_release_state(dir: &Path) {
+    let fixture = fixture_path("state-v1");
+    let state = dir.join(".pikaci");
+    for sub in ["runs", "snapshots"] {
+        copy_tree(&fixture.join(sub), &state.join(sub));
+    }
+    let mut files = Vec::new();
+    collect_files(&state.join("runs"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text =
+            text.replace("@STATE_ROOT@", &state.display().to_string()).replace("@FLAKE@", &dir.display().to_string());
+        std::fs::write(&file, text).unwrap();
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn a_run_recorded_by_the_previous_release_is_listed_shown_and_rerun() {
+    let dir = fixture();
+    previous_release_state(dir.path());
+    let old = "20261126-201440-388-ec59";
+
+    let list = run_in(dir.path(), &["list", "--json"]).json();
+    assert_eq!(list[0]["run_id"], old);
+    assert_eq!(list[0]["status"], "failed");
+
+    let status = run_in(dir.path(), &["status", old, "--json"]);
+    assert_eq!(status.code, 1, "a failed run's status exits 1: {status:?}");
+    let status = status.json();
+    assert_eq!(status["runtime"], "bwrap");
+    assert_eq!(job_status(&status, "fail"), "failed");
+    assert_eq!(job_status(&status, "view"), "passed");
+    assert_eq!(status["plan"][0]["lane"]["id"], "fail");
+    let text = run_in(dir.path(), &["status", old]).stdout;
+    assert!(text.contains("runtime   bwrap"), "{text}");
+    let logs = run_in(dir.path(), &["logs", old, "--job", "view"]);
+    assert!(logs.stdout.contains("VIEW OK"), "{logs:?}");
+
+    // Replayed from the record: the recorded plan on the recorded snapshot. Its `.drv`
+    // files are made again from that snapshot (evaluation is deterministic), as on the
+    // machine that recorded it.
+    let snapshot = dir.path().join(".pikaci/snapshots/57b84cb37aa8c257c6685a7c7ec09fa8");
+    let scratch = tempfile::tempdir().unwrap();
+    let lanes: Run = pikaci()
+        .arg("lanes")
+        .arg("--flake")
+        .arg(&snapshot)
+        .arg("--state-root")
+        .arg(scratch.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(lanes.code, 0, "{lanes:?}");
+    let out = run_in(dir.path(), &["rerun", old, "--failed", "--output", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let again = out.json();
+    assert_eq!(again["rerun_of"], old);
+    assert_eq!(again["snapshot"]["id"], "57b84cb37aa8c257c6685a7c7ec09fa8");
+    let jobs: Vec<&str> = again["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(jobs, ["fail"]);
+    assert_eq!(job_status(&again, "fail"), "failed");
+}
