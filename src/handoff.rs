@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tools::log::HostLog;
+
 /// One realized payload, as the runtime receives it: the job-directory link that holds
 /// the payload (a GC root) and the name it is exposed under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,20 @@ pub struct StagedPayloadMount {
 pub struct ExtraMount {
     pub source: PathBuf,
     pub guest_path: String,
+}
+
+/// What is known of a job before its payloads are realized: enough for a runtime to get
+/// ready for it ahead of time (Incus starts its instance meanwhile).
+#[derive(Clone, Debug)]
+pub struct JobPreview {
+    pub run_id: String,
+    pub job_id: String,
+    pub job_dir: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+    pub image: Option<String>,
+    /// The job's `host.log`, which the runtime's work ahead of time goes to as well.
+    pub host_log: HostLog,
 }
 
 /// Everything a runtime needs to run one job. Payloads reach a runtime only through

@@ -265,7 +265,7 @@ fn rerun_failed_of_a_run_whose_process_died_reruns_its_interrupted_jobs() {
 
     // `slow` was interrupted when pikaci died: it is a job to rerun. (It sleeps for
     // minutes, so the rerun is stopped as soon as it has started it.)
-    let mut rerun = pikaci()
+    let rerun = pikaci()
         .args(["rerun", &first, "--failed", "--output", "jsonl", "--flake"])
         .arg(dir.path())
         .stdout(Stdio::piped())

@@ -13,7 +13,7 @@ use super::Reporter;
 use super::setup::{RuntimeSlot, Setup};
 use crate::error;
 use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport};
-use crate::handoff::{self as guest, HostContext};
+use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::plan::PlannedJob;
 use crate::prepare::{self, Prepared, PreparedPayload};
 use crate::state::events::Event;
@@ -46,6 +46,8 @@ struct JobScope<'a> {
     recorder: &'a Recorder,
     reporter: &'a Arc<dyn Reporter>,
     job_dir: PathBuf,
+    /// The job's directory and `host.log`, made when the job was warmed or now.
+    preview: Result<&'a JobPreview, String>,
 }
 
 /// Prepare and run one job; return its summary (its `job.json` is written).
@@ -53,12 +55,13 @@ pub fn run_job(
     setup: &Setup,
     run_id: &str,
     planned: &PlannedJob,
+    preview: Result<&JobPreview, String>,
     recorder: &Recorder,
     reporter: &Arc<dyn Reporter>,
 ) -> JobSummary {
     let started = Instant::now();
     let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
-    let scope = JobScope { setup, run_id, planned, recorder, reporter, job_dir };
+    let scope = JobScope { setup, run_id, planned, recorder, reporter, job_dir, preview };
     let mut job = new_record(setup, run_id, planned);
     recorder.emit(Event::JobStarted {
         run_id: run_id.to_string(),
@@ -83,6 +86,23 @@ fn debug_panic_trigger(job_id: &str) {
     if std::env::var("PIKACI_DEBUG_PANIC_IN_JOB").is_ok_and(|j| j == job_id) {
         panic!("test-only panic in job `{job_id}` (PIKACI_DEBUG_PANIC_IN_JOB)");
     }
+}
+
+/// What is known of a job before it runs, with its directory and `host.log` made: the
+/// runtime may get ready for it ahead of time.
+pub fn preview(setup: &Setup, run_id: &str, planned: &PlannedJob) -> Result<JobPreview> {
+    let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
+    let artifacts_dir = job_dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts_dir).with_context(|| format!("create `{}`", artifacts_dir.display()))?;
+    Ok(JobPreview {
+        run_id: run_id.to_string(),
+        job_id: planned.job_id.clone(),
+        host_log: HostLog::create(&job_dir.join("host.log"))?,
+        job_dir,
+        snapshot_dir: setup.choices.snapshot.dir.clone(),
+        artifacts_dir,
+        image: planned.lane.image.clone().or_else(|| setup.choices.image.clone()),
+    })
 }
 
 /// A job ended by a panic (a bug): recorded as `error` with the panic's message.
@@ -150,11 +170,8 @@ fn one_line(error: &anyhow::Error) -> String {
 
 impl JobScope<'_> {
     fn run(&self, job: &mut JobRecord) -> Result<GuestOutcome, JobError> {
-        let artifacts_dir = self.job_dir.join("artifacts");
-        std::fs::create_dir_all(&artifacts_dir)
-            .with_context(|| format!("create `{}`", artifacts_dir.display()))
-            .map_err(JobError::infra)?;
-        let host_log = HostLog::create(&self.job_dir.join("host.log")).map_err(JobError::infra)?;
+        let preview = self.preview.clone().map_err(|e| JobError::infra(anyhow::anyhow!(e)))?;
+        let (artifacts_dir, host_log) = (preview.artifacts_dir.clone(), preview.host_log.clone());
         job.write(&self.job_dir).map_err(JobError::infra)?;
         host_log
             .line(&format!("job `{}` of run `{}`, lane `{}`", self.planned.job_id, self.run_id, self.planned.lane.id));
@@ -166,8 +183,11 @@ impl JobScope<'_> {
             }
             RuntimeSlot::NotNeeded => unreachable!("a job that runs has a runtime slot"),
         };
-        self.place(&artifacts_dir, &host_log).map_err(JobError::infra)?;
-        let prepared = self.prepare(&host_log)?;
+        let prepared = self
+            .place(&artifacts_dir, &host_log)
+            .map_err(JobError::infra)
+            .and_then(|()| self.prepare(&host_log))
+            .map_err(|e| self.abandon(runtime.as_ref(), e))?;
         job.payloads = prepared.payloads.iter().map(RealizedPayload::from).collect();
         job.reproduce = prepared.reproduce.clone();
         job.status = JobStatus::Running;
@@ -214,6 +234,16 @@ impl JobScope<'_> {
         sent.clone().map_err(|e| anyhow::anyhow!(e))?;
         let dirs = [self.job_dir.clone(), self.job_dir.join(prepare::STAGED_DIR), artifacts_dir.to_path_buf()];
         placement.ensure_job_directories(&dirs, host_log)
+    }
+
+    /// The job will not reach its runtime: let the runtime drop what it got ready for it.
+    /// An interruption the runtime saw while getting ready says more (it names the
+    /// instance) than the job's own.
+    fn abandon(&self, runtime: &dyn crate::executor::Runtime, error: JobError) -> JobError {
+        match self.preview.as_ref().ok().and_then(|p| runtime.abandon(p)) {
+            Some(warm) if error.status == JobStatus::Interrupted => JobError::infra(warm),
+            _ => error,
+        }
     }
 
     fn prepare(&self, host_log: &HostLog) -> Result<Prepared, JobError> {

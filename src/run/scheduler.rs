@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -17,6 +17,7 @@ use super::job;
 use super::setup::Setup;
 use crate::catalog;
 use crate::error;
+use crate::handoff::JobPreview;
 use crate::plan::PlannedJob;
 use crate::signals;
 use crate::state::events::Event;
@@ -40,6 +41,10 @@ pub fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
     announce(&setup, &recorder, &run_id);
 
     let bugs = run_jobs(&setup, &run_id, &recorder, &reporter);
+    // Instances still being deleted, or warmed for jobs that never ran.
+    if let Some(runtime) = setup.runtime.ready() {
+        runtime.finish();
+    }
 
     let jobs = recorder.record().jobs;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -135,15 +140,33 @@ fn run_jobs(setup: &Setup, run_id: &str, recorder: &Recorder, reporter: &Arc<dyn
     let next = AtomicUsize::new(0);
     let bugs = Mutex::new(Vec::new());
     let workers = setup.choices.parallelism.min(queue.len()).max(1);
+    // Each job's directory and host log, made once: when the runtime gets ready for it
+    // ahead of time (the next job of each worker), or when it starts.
+    let previews: Vec<OnceLock<Result<JobPreview, String>>> = queue.iter().map(|_| OnceLock::new()).collect();
+    let preview = |i: usize| {
+        previews[i].get_or_init(|| job::preview(setup, run_id, queue[i]).map_err(|e| format!("{e:#}"))).as_ref()
+    };
+    let warm = |i: usize| {
+        if let (Some(runtime), true) = (setup.runtime.ready(), i < queue.len())
+            && !signals::interrupted()
+            && let Ok(job) = preview(i)
+        {
+            runtime.warm(job);
+        }
+    };
+    (0..workers).for_each(warm);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                while let Some(planned) = queue.get(next.fetch_add(1, Ordering::SeqCst)) {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(planned) = queue.get(i) else { break };
+                    warm(i + workers);
                     let summary = if signals::interrupted() {
                         not_started(planned)
                     } else {
                         let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            job::run_job(setup, run_id, planned, recorder, reporter)
+                            job::run_job(setup, run_id, planned, preview(i).map_err(Clone::clone), recorder, reporter)
                         }));
                         attempt.unwrap_or_else(|payload| {
                             let bug = error::panic_message(payload.as_ref());

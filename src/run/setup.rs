@@ -41,6 +41,13 @@ pub enum RuntimeSlot {
 }
 
 impl RuntimeSlot {
+    pub fn ready(&self) -> Option<&dyn Runtime> {
+        match self {
+            RuntimeSlot::Ready(runtime) => Some(runtime.as_ref()),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> RuntimeName {
         match self {
             RuntimeSlot::Ready(runtime) => RuntimeName::parse(runtime.name()),

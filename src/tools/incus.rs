@@ -149,6 +149,14 @@ impl Incus {
         self.command("incus init", &["init", image, name, "--ephemeral", "--quiet"]).stdin_bytes(spec.to_json())
     }
 
+    /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all to a
+    /// running instance (disks are mounted, idmapped, at once).
+    pub fn add_devices_cmd(&self, name: &str, devices: &BTreeMap<String, BTreeMap<String, String>>) -> Cmd {
+        let body = serde_json::json!({ "devices": devices }).to_string();
+        let path = format!("/1.0/instances/{}", url_segment(name));
+        self.command("incus query -X PATCH", &["query", "-X", "PATCH", &path, "--data", &body])
+    }
+
     pub fn start_cmd(&self, name: &str) -> Cmd {
         self.command("incus start", &["start", name, "--quiet"])
     }

@@ -17,7 +17,7 @@ use crate::error;
 use crate::tools::log::HostLog;
 
 use super::Placement;
-use crate::handoff::HostContext;
+use crate::handoff::{HostContext, JobPreview};
 
 /// How the lane's command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,17 @@ pub trait Runtime: Send + Sync {
         None
     }
     fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome>;
+    /// Get ready, in the background, for a job that will run soon (Incus creates and
+    /// starts its instance while the payloads are realized). Nothing by default.
+    fn warm(&self, _job: &JobPreview) {}
+    /// Why the job's warm-up failed, if it was interrupted: the job that could not reach
+    /// [`Runtime::run`] (its prepare was interrupted too) reports this instead.
+    fn abandon(&self, _job: &JobPreview) -> Option<anyhow::Error> {
+        None
+    }
+    /// The run is over: wait for the work left in the background (deleting instances)
+    /// and remove what was warmed for jobs that never ran.
+    fn finish(&self) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -19,6 +19,7 @@ mod image;
 pub mod naming;
 mod reap;
 pub mod spec;
+mod warm;
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use anyhow::Result;
 
 use super::{GuestOutcome, JobIo, Placement, Runtime, RuntimeReport, process};
 use crate::error;
-use crate::handoff::{self as guest, HostContext};
+use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::signals;
 use crate::tools::command::{CommandFailed, Interrupted, is_interrupted};
 use crate::tools::incus::{Incus, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait, is_not_found};
@@ -49,6 +50,8 @@ pub struct IncusRuntime {
     /// names it (`pikaci gc` reaps by it).
     state_root_tag: String,
     placement: Placement,
+    /// Instances started ahead of their jobs, and deletions under way.
+    warmed: warm::Warmed,
 }
 
 impl IncusRuntime {
@@ -64,6 +67,7 @@ impl IncusRuntime {
             default_image: image.unwrap_or(DEFAULT_IMAGE).to_string(),
             state_root_tag: state_root_tag.to_string_lossy().into_owned(),
             placement: placement.clone(),
+            warmed: warm::Warmed::default(),
         })
     }
 
@@ -80,28 +84,8 @@ impl IncusRuntime {
 
     /// `incus init`: the instance exists, stopped, with its devices, when this returns
     /// `Ok`. On failure nothing is left behind.
-    pub fn create<'a>(&'a self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance<'a>> {
-        let cmd = self.incus.init_cmd(&plan.image, &plan.name, &plan.spec);
-        log.line(&format!(
-            "instance `{}` config and devices (stdin of `incus init`): {}",
-            plan.name,
-            compact_json(&plan.spec.to_json())
-        ));
-        match self.incus.run(&cmd, Some(log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
-            Ok(_) => Ok(JobInstance { incus: &self.incus, name: plan.name.clone(), log: log.clone(), live: true }),
-            Err(e) => {
-                // A failed create leaves nothing, unless the daemon failed halfway: check.
-                let partial =
-                    JobInstance { incus: &self.incus, name: plan.name.clone(), log: log.clone(), live: false };
-                if matches!(
-                    self.incus.query(&instance_path(&plan.name), Some(log), Wait::ToCompletion(QUERY_TIMEOUT)),
-                    Ok(Some(_))
-                ) {
-                    let _ = partial.delete_now();
-                }
-                Err(create_error(&self.incus, plan, e))
-            }
-        }
+    pub fn create(&self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
+        JobInstance::create(&self.incus, plan, log)
     }
 }
 
@@ -110,6 +94,10 @@ impl Runtime for IncusRuntime {
         "incus"
     }
 
+    /// The instance comes from [`IncusRuntime::warm`] when the job was warmed (its
+    /// payload devices are then added in one call), else it is created and started now.
+    /// The command's outcome is returned as soon as it is known: the instance is deleted
+    /// in the background ([`Runtime::finish`] waits for that).
     fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome> {
         let plan = self.plan(ctx)?;
         report.instance = Some(plan.name.clone());
@@ -120,38 +108,97 @@ impl Runtime for IncusRuntime {
             plan.image,
             self.incus.location()
         ));
-        check_interrupted(&plan.name, "before the creation of")?;
-        let instance = self.create(&plan, &io.host_log)?;
-        let outcome = (|| {
-            check_interrupted(&plan.name, "before the start of")?;
-            instance.start()?;
-            check_interrupted(&plan.name, "before the command ran in")?;
-            instance.exec(&plan, ctx, io)
-        })();
-        let deleted = instance.delete();
-        match (outcome, deleted) {
-            (Ok(outcome), Ok(())) => Ok(outcome),
-            (Err(e), Ok(())) => Err(e),
-            (Ok(outcome), Err(d)) => Err(d.context(format!("the command ended ({}), then", describe_outcome(outcome)))),
-            (Err(e), Err(d)) => {
-                io.host_log.line(&format!("also: {d:#}"));
-                Err(e)
+        let instance = match self.warmed.take(&plan.name) {
+            Some(warm) => warm.ready(&plan, &io.host_log)?,
+            None => {
+                check_interrupted(&plan.name, "before the creation of")?;
+                let instance = self.create(&plan, &io.host_log)?;
+                check_interrupted(&plan.name, "before the start of")?;
+                instance.start()?;
+                instance
             }
+        };
+        let outcome =
+            check_interrupted(&plan.name, "before the command ran in").and_then(|()| instance.exec(&plan, ctx, io));
+        self.warmed.delete_in_background(instance);
+        outcome
+    }
+
+    fn warm(&self, job: &JobPreview) {
+        if !self.placement.is_local() {
+            // A remote job's directories exist there only once the job has made them.
+            return;
         }
+        let image = job.image.as_deref().unwrap_or(&self.default_image);
+        // A plan that cannot be made is reported by the job itself, when it gets there.
+        if let Ok(plan) = InstancePlan::base(job, &self.placement, image, &self.state_root_tag) {
+            self.warmed.start(&self.incus, plan, &job.host_log);
+        }
+    }
+
+    fn abandon(&self, job: &JobPreview) -> Option<anyhow::Error> {
+        let warm = self.warmed.take(&naming::instance_name(&job.run_id, &job.job_id))?;
+        warm.abandon()
+    }
+
+    fn finish(&self) {
+        self.warmed.finish();
     }
 }
 
 /// A job's instance while it exists. Deleted by [`JobInstance::delete`], or on drop.
-pub struct JobInstance<'a> {
-    incus: &'a Incus,
+pub struct JobInstance {
+    incus: Incus,
     name: String,
-    log: HostLog,
+    pub(super) log: HostLog,
     live: bool,
 }
 
-impl JobInstance<'_> {
+impl JobInstance {
+    /// `incus init`: the instance exists, stopped, with its devices, when this returns
+    /// `Ok`. On failure nothing is left behind.
+    pub fn create(incus: &Incus, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
+        let cmd = incus.init_cmd(&plan.image, &plan.name, &plan.spec);
+        log.line(&format!(
+            "instance `{}` config and devices (stdin of `incus init`): {}",
+            plan.name,
+            compact_json(&plan.spec.to_json())
+        ));
+        let mut instance = JobInstance { incus: incus.clone(), name: plan.name.clone(), log: log.clone(), live: false };
+        match incus.run(&cmd, Some(log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
+            Ok(_) => {
+                instance.live = true;
+                Ok(instance)
+            }
+            Err(e) => {
+                // A failed create leaves nothing, unless the daemon failed halfway: check.
+                if matches!(
+                    incus.query(&instance_path(&plan.name), Some(log), Wait::ToCompletion(QUERY_TIMEOUT)),
+                    Ok(Some(_))
+                ) {
+                    let _ = instance.delete_now();
+                }
+                Err(create_error(incus, plan, e))
+            }
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Add the devices the plan has and a warmed instance lacks, in one call.
+    pub fn add_devices(&self, plan: &InstancePlan) -> Result<()> {
+        let devices = plan.later_devices();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let cmd = self.incus.add_devices_cmd(&self.name, &devices);
+        self.incus.run(&cmd, Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)).map(drop).map_err(|e| {
+            let what = incus_failure(&e);
+            let err = error::infra(format!("could not add the payloads to instance `{}`: {what}", self.name));
+            if what.contains("Missing source path") { err.hint(VANISHED_HINT) } else { err }.into()
+        })
     }
 
     /// `incus start`. On failure, the container's own log goes to `host.log` (the
@@ -270,7 +317,7 @@ impl JobInstance<'_> {
     }
 }
 
-impl Drop for JobInstance<'_> {
+impl Drop for JobInstance {
     fn drop(&mut self) {
         if self.live {
             self.live = false;
@@ -286,20 +333,11 @@ fn instance_path(name: &str) -> String {
     format!("/1.0/instances/{}", crate::tools::incus::url_segment(name))
 }
 
-fn check_interrupted(name: &str, when: &str) -> Result<()> {
+pub(super) fn check_interrupted(name: &str, when: &str) -> Result<()> {
     if signals::interrupted() {
         return Err(anyhow::Error::new(Interrupted).context(format!("interrupted {when} instance `{name}`")));
     }
     Ok(())
-}
-
-fn describe_outcome(outcome: GuestOutcome) -> String {
-    match outcome {
-        GuestOutcome::Exited(code) => format!("exit {code}"),
-        GuestOutcome::Signaled(sig) => format!("signal {sig}"),
-        GuestOutcome::TimedOut => "timed out".into(),
-        GuestOutcome::Interrupted => "interrupted".into(),
-    }
 }
 
 /// Why the daemon does not answer, and what to do about it.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use super::naming::{self, DEVICE_ARTIFACTS, DEVICE_NIX_STORE, DEVICE_WORKSPACE, TAG_JOB, TAG_RUN, TAG_STATE_ROOT};
 use crate::executor::Placement;
 use crate::executor::placement::staged_payload_source_root;
-use crate::handoff::{self as guest, HostContext};
+use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::tools::incus::{Incus, InstanceSpec};
 
 /// Runs before the lane's command, in the guest: `$HOME` (`/pikaci/home`) is not part
@@ -45,7 +45,40 @@ pub struct InstancePlan {
     pub exec_argv: Vec<String>,
 }
 
+/// The devices an instance is created with when it is started ahead of its job (their
+/// sources exist before the payloads do); the others are added in one call later.
+pub const BASE_DEVICES: [&str; 2] = [DEVICE_WORKSPACE, DEVICE_ARTIFACTS];
+
 impl InstancePlan {
+    /// The instance of a job whose payloads are not realized yet: its tags and the
+    /// [`BASE_DEVICES`]. [`InstancePlan::new`] of the same job names the same instance.
+    pub fn base(job: &JobPreview, placement: &Placement, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
+        let name = naming::instance_name(&job.run_id, &job.job_id);
+        let mut spec = InstanceSpec {
+            description: format!("pikaci job `{}` of run `{}`", job.job_id, job.run_id),
+            ..Default::default()
+        };
+        spec.config.insert(TAG_RUN.into(), job.run_id.clone());
+        spec.config.insert(TAG_JOB.into(), job.job_id.clone());
+        spec.config.insert(TAG_STATE_ROOT.into(), state_root_tag.to_string());
+        let workspace = placement.device_source(&job.snapshot_dir).context("resolve the snapshot")?;
+        add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);
+        let artifacts = placement.device_source(&job.artifacts_dir).context("resolve the artifacts directory")?;
+        add_disk(&mut spec, DEVICE_ARTIFACTS, &artifacts, guest::ARTIFACTS, false);
+        Ok(InstancePlan { name, image: image.to_string(), spec, exec_argv: Vec::new() })
+    }
+
+    /// The devices of this plan that an instance started from [`InstancePlan::base`]
+    /// lacks.
+    pub fn later_devices(&self) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+        self.spec
+            .devices
+            .iter()
+            .filter(|(k, _)| !BASE_DEVICES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn new(ctx: &HostContext, placement: &Placement, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
         let name = naming::instance_name(&ctx.run_id, &ctx.job_id);
         let mut spec = InstanceSpec {

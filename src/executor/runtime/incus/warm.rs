@@ -1,0 +1,121 @@
+//! Instances started ahead of their jobs, and deleted after them, in the background.
+//!
+//! A job's instance is created and started (with the devices whose sources exist before
+//! its payloads do) while the payloads are realized; the job then adds its payload
+//! devices in one call and runs its command at once. After the command, the job's
+//! result is recorded and printed while its instance is deleted (`incus delete --force`
+//! costs about half a second, most of it lxcfs' stop hook). [`Warmed::finish`] waits
+//! for every deletion and removes what was warmed for jobs that never ran; `pikaci gc`
+//! reaps what a killed pikaci leaves, by its tags.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use anyhow::Result;
+
+use super::{InstancePlan, JobInstance, check_interrupted};
+use crate::tools::command::is_interrupted;
+use crate::tools::incus::Incus;
+use crate::tools::log::HostLog;
+
+#[derive(Default)]
+pub struct Warmed {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// By instance name.
+    starting: HashMap<String, JoinHandle<Result<JobInstance>>>,
+    deleting: Vec<JoinHandle<()>>,
+}
+
+/// An instance being started for a job.
+pub struct Warm(JoinHandle<Result<JobInstance>>);
+
+impl Warmed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create and start the instance of `plan` in the background. Its calls go to the
+    /// job's `host.log`, like every other of the job's calls.
+    pub fn start(&self, incus: &Incus, plan: InstancePlan, log: &HostLog) {
+        let log = log.clone();
+        let incus = incus.clone();
+        let name = plan.name.clone();
+        let handle = std::thread::spawn(move || {
+            log.line(&format!("incus: starting instance `{}` while the job's payloads are realized", plan.name));
+            check_interrupted(&plan.name, "before the creation of")?;
+            let instance = JobInstance::create(&incus, &plan, &log)?;
+            // An early return drops the instance, which deletes it.
+            check_interrupted(&plan.name, "before the start of")?;
+            instance.start()?;
+            Ok(instance)
+        });
+        self.lock().starting.insert(name, handle);
+    }
+
+    pub fn take(&self, name: &str) -> Option<Warm> {
+        self.lock().starting.remove(name).map(Warm)
+    }
+
+    /// Delete the instance without waiting for it.
+    pub fn delete_in_background(&self, instance: JobInstance) {
+        let handle = std::thread::spawn(move || {
+            let log = instance.log.clone();
+            if let Err(e) = instance.delete() {
+                log.line(&format!("{e:#}"));
+            }
+        });
+        self.lock().deleting.push(handle);
+    }
+
+    /// Wait for every deletion; delete the instances warmed for jobs that never ran.
+    pub fn finish(&self) {
+        let (starting, deleting) = {
+            let mut inner = self.lock();
+            (std::mem::take(&mut inner.starting), std::mem::take(&mut inner.deleting))
+        };
+        for (_, handle) in starting {
+            let _ = Warm(handle).abandon();
+        }
+        for handle in deleting {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Warm {
+    fn join(self) -> Result<JobInstance> {
+        self.0.join().unwrap_or_else(|payload| {
+            Err(crate::error::internal(format!(
+                "starting an instance ahead of its job panicked: {}",
+                crate::error::panic_message(payload.as_ref())
+            ))
+            .into())
+        })
+    }
+
+    /// The started instance, with the job's other devices added.
+    pub fn ready(self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
+        let instance = self.join()?;
+        log.line(&format!("incus: instance `{}` was started ahead; adding the job's devices", plan.name));
+        instance.add_devices(plan)?;
+        Ok(instance)
+    }
+
+    /// The job will not run: delete the instance. Returns the warm-up's error when it
+    /// was interrupted, which says more than the job's own interruption.
+    pub fn abandon(self) -> Option<anyhow::Error> {
+        match self.join() {
+            Ok(instance) => {
+                drop(instance);
+                None
+            }
+            Err(e) if is_interrupted(&e) => Some(e),
+            Err(_) => None,
+        }
+    }
+}
