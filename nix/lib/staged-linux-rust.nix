@@ -111,7 +111,7 @@ let
   '';
 
   build = craneLib.mkCargoDerivation (
-    util.withoutCallerHooks common
+    common
     // {
       pnameSuffix = "-tests";
       cargoArtifacts = deps;

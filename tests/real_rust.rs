@@ -1,0 +1,156 @@
+//! The lane library on a real Rust workspace (tests/fixtures/rust-workspace: a proc-macro
+//! crate, a build script, an integration test reading a fixture file, a failing, an
+//! ignored and a flaky test), compiled by the host's real cargo through a crane-shaped
+//! stand-in (tests/fixtures/real-rust), run by pikaci with the real cargo-nextest on
+//! bubblewrap and Incus, and compared with `cargo test` on the same source.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use common::*;
+use pikaci::results::{TestResults, read_junit_dir};
+
+const SYSTEM: &str = "x86_64-linux";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn nix(args: &[&str]) -> Output {
+    Command::new("nix").args(["--extra-experimental-features", "nix-command flakes"]).args(args).output().unwrap()
+}
+
+fn nix_ok(args: &[&str]) -> String {
+    let out = nix(args);
+    assert!(out.status.success(), "`nix {}` failed:\n{}", args.join(" "), text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+fn attr(dir: &Path, a: &str) -> String {
+    format!("path:{}#{a}", dir.display())
+}
+
+fn fixture() -> tempfile::TempDir {
+    require_nix();
+    let tools = host_rust::host_tools_json();
+    let dir = copy_fixture(&fixture_path("real-rust"));
+    copy_tree(&fixture_path("rust-workspace"), &dir.path().join("ws"));
+    copy_tree(&repo_root().join("nix"), &dir.path().join("nix"));
+    std::fs::write(dir.path().join("host-tools.json"), tools).unwrap();
+    dir
+}
+
+/// Build a lane's payload; its store path and the seconds the build took.
+fn build_payload(dir: &Path, lane: &str, payload: &str) -> (PathBuf, f64) {
+    let a = attr(dir, &format!("pikaci.{SYSTEM}.lanes.{lane}.payloads.{payload}"));
+    let start = Instant::now();
+    let out = nix_ok(&["build", "--no-link", "--print-out-paths", &a]);
+    (PathBuf::from(out.lines().last().unwrap()), start.elapsed().as_secs_f64())
+}
+
+/// Outcome of every test under `cargo test` on the fixture workspace (fresh target dir and
+/// TMPDIR): "ok", "FAILED" or "ignored", by `<suite> <name>` as nextest names them.
+fn cargo_test_outcomes(ws: &Path) -> BTreeMap<String, String> {
+    let target = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("cargo")
+        .args(["test", "--workspace", "--no-fail-fast", "--offline"])
+        .current_dir(ws)
+        .env("CARGO_TARGET_DIR", target.path())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let mut suite = String::new();
+    let mut outcomes = BTreeMap::new();
+    // stderr names each binary ("Running unittests src/lib.rs (.../alpha-...)"), stdout its tests.
+    let suites: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Running "))
+        .map(|l| {
+            let (src, exe) = l.split_once(" (").unwrap();
+            let bin = exe.rsplit('/').next().unwrap().rsplit_once('-').unwrap().0.replace('_', "-");
+            if src.starts_with("unittests") { bin } else { format!("beta::{}", bin.replace('-', "_")) }
+        })
+        .collect();
+    let mut next = suites.iter();
+    for line in stdout.lines() {
+        if line.starts_with("running ") {
+            suite = next.next().cloned().unwrap_or_default();
+        }
+        if let Some(rest) = line.strip_prefix("test ") {
+            if let Some((name, outcome)) = rest.split_once(" ... ") {
+                let outcome = outcome.split_whitespace().next().unwrap_or("").trim_end_matches(',').to_string();
+                outcomes.insert(format!("{suite} {name}"), outcome);
+            }
+        }
+    }
+    assert!(!out.status.success(), "the fixture has a failing test: cargo test must fail");
+    outcomes
+}
+
+fn results_of(junit: &Path) -> TestResults {
+    let report = read_junit_dir(junit);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    report.results.unwrap_or_else(|| panic!("no JUnit results in {}", junit.display()))
+}
+
+fn failed_names(r: &TestResults) -> Vec<String> {
+    let mut v: Vec<String> = r.failures.iter().map(|f| format!("{} {}", f.suite, f.name)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
+    require_bwrap();
+    let dir = fixture();
+    let d = dir.path();
+
+    // The payloads, built for real (timed: deps, then the test archive on them).
+    let (deps, deps_secs) = build_payload(d, "unit", "workspace-deps");
+    let (build, build_secs) = build_payload(d, "unit", "workspace-build");
+    eprintln!("measured: workspace-deps built in {deps_secs:.1} s, workspace-build in {build_secs:.1} s");
+    assert!(deps.join("target").is_dir());
+    assert!(build.join("share/pikaci/tests.tar.zst").is_file());
+    let binaries = std::fs::read_to_string(build.join("share/pikaci/tests.txt")).unwrap();
+    assert_eq!(binaries.lines().count(), 4, "{binaries}");
+    // The caller's postInstall runs on the build, not on crane's deps build.
+    assert!(build.join("share/pikaci/caller-post-install").is_file());
+    assert!(!deps.join("share/pikaci/caller-post-install").exists());
+    // The payload's closure: the C library and nextest the binaries need, not the toolchain.
+    let closure = Command::new("nix-store").arg("-qR").arg(&build).output().unwrap();
+    let closure = text(&closure.stdout);
+    let toolchain = nix_ok(&["eval", "--raw", &attr(d, "toolchain.outPath")]);
+    let glibc = nix_ok(&["eval", "--raw", &attr(d, "glibc.outPath")]);
+    assert!(closure.lines().any(|l| l == glibc), "{closure}");
+    assert!(closure.contains("-cargo-nextest-host"), "{closure}");
+    assert!(!closure.lines().any(|l| l == toolchain), "the toolchain is a runtime reference:\n{closure}");
+
+    // `cargo test` on the same source.
+    let cargo = cargo_test_outcomes(&d.join("ws"));
+    let by = |o: &str| -> Vec<String> { cargo.iter().filter(|(_, v)| v.as_str() == o).map(|(k, _)| k.clone()).collect() };
+    assert_eq!(by("FAILED"), ["alpha tests::fails_one", "alpha tests::flaky_one"], "{cargo:?}");
+    assert_eq!(by("ignored"), ["alpha tests::ignored_one"], "{cargo:?}");
+    assert_eq!(by("ok").len(), 6, "{cargo:?}");
+
+    // pikaci on bwrap: `no-retries` matches cargo test; `unit` retries the flaky test.
+    let out = run_in(d, &["run", "unit", "no-retries", "--runtime", "bwrap", "--jobs", "1"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let run = only_run(d);
+    let unit = results_of(&run.join("jobs/unit/artifacts/junit"));
+    let plain = results_of(&run.join("jobs/no-retries/artifacts/junit"));
+    assert_eq!((plain.passed, plain.failed, plain.skipped, plain.flaky), (6, 2, 1, 0));
+    assert_eq!(failed_names(&plain), by("FAILED"));
+    assert_eq!((unit.passed, unit.failed, unit.skipped, unit.flaky), (7, 1, 1, 1));
+    assert_eq!(failed_names(&unit), ["alpha tests::fails_one"]);
+    assert_eq!(unit.flaky_tests, [("alpha".to_string(), "tests::flaky_one".to_string())]);
+    let guest = std::fs::read_to_string(run.join("jobs/unit/guest.log")).unwrap();
+    assert!(guest.contains("8 tests run: 7 passed (1 flaky), 1 failed, 1 skipped"), "{guest}");
+    assert!(guest.contains("PASS") && guest.contains("answer-macro tests::upper_trims_and_capitalises"), "{guest}");
+}
