@@ -94,10 +94,14 @@ fn cargo_test_outcomes(ws: &Path) -> BTreeMap<String, String> {
     outcomes
 }
 
-fn results_of(junit: &Path) -> TestResults {
-    let report = read_junit_dir(junit);
+/// The results a job's JUnit files give (its guest.log in the message when there are none).
+fn results_of(job: &Path) -> TestResults {
+    let report = read_junit_dir(&job.join("artifacts/junit"));
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-    report.results.unwrap_or_else(|| panic!("no JUnit results in {}", junit.display()))
+    report.results.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(job.join("guest.log")).unwrap_or_default();
+        panic!("no JUnit results in {}/artifacts/junit; guest.log:\n{log}", job.display())
+    })
 }
 
 fn failed_names(r: &TestResults) -> Vec<String> {
@@ -143,8 +147,8 @@ fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
     let out = run_in(d, &["run", "unit", "no-retries", "--runtime", "bwrap", "--jobs", "1"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     let run = only_run(d);
-    let unit = results_of(&run.join("jobs/unit/artifacts/junit"));
-    let plain = results_of(&run.join("jobs/no-retries/artifacts/junit"));
+    let unit = results_of(&run.join("jobs/unit"));
+    let plain = results_of(&run.join("jobs/no-retries"));
     assert_eq!((plain.passed, plain.failed, plain.skipped, plain.flaky), (6, 2, 1, 0));
     assert_eq!(failed_names(&plain), by("FAILED"));
     assert_eq!((unit.passed, unit.failed, unit.skipped, unit.flaky), (7, 1, 1, 1));
@@ -153,4 +157,86 @@ fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
     let guest = std::fs::read_to_string(run.join("jobs/unit/guest.log")).unwrap();
     assert!(guest.contains("8 tests run: 7 passed (1 flaky), 1 failed, 1 skipped"), "{guest}");
     assert!(guest.contains("PASS") && guest.contains("answer-macro tests::upper_trims_and_capitalises"), "{guest}");
+}
+
+/// The lane on Incus (the busybox image: no C library, no toolchain in the guest).
+#[test]
+fn real_workspace_lane_runs_on_incus_with_the_same_results() {
+    require_incus();
+    let dir = fixture();
+    let d = dir.path();
+    let start = Instant::now();
+    let out = run_in(d, &["run", "unit", "--runtime", "incus"]);
+    eprintln!("measured: `pikaci run unit --runtime incus` took {:.1} s (payloads built or cached)", start.elapsed().as_secs_f64());
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let run = only_run(d);
+    let unit = results_of(&run.join("jobs/unit"));
+    assert_eq!((unit.passed, unit.failed, unit.skipped, unit.flaky), (7, 1, 1, 1));
+    assert_eq!(failed_names(&unit), ["alpha tests::fails_one"]);
+    let guest = std::fs::read_to_string(run.join("jobs/unit/guest.log")).unwrap();
+    assert!(guest.contains("beta::fixture_file reads_the_fixture_file"), "{guest}");
+}
+
+/// Run a lane's `bin/run-tests` on the host as the guest would, with `env` and `args`;
+/// its output and the results of the JUnit files it wrote.
+fn run_tests(d: &Path, build: &Path, env: &[(&str, &str)], args: &[String]) -> (String, TestResults) {
+    let artifacts = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(build.join("bin/run-tests"))
+        .args(args)
+        .env("PIKACI_WORKSPACE", d)
+        .env("PIKACI_ARTIFACTS", artifacts.path())
+        .env("TMPDIR", tmp.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let report = read_junit_dir(&artifacts.path().join("junit"));
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    (log.clone(), report.results.unwrap_or_else(|| panic!("no results:\n{log}")))
+}
+
+/// `PIKACI_SHARD=k/N` partitions the tests (the shards add up to the whole), and the
+/// lane's `testFilterArgs`, evaluated as a rerun evaluates it, runs only the named tests.
+#[test]
+fn shards_add_up_and_the_filter_runs_only_the_named_tests() {
+    let dir = fixture();
+    let d = dir.path();
+    let (build, _) = build_payload(d, "unit", "workspace-build");
+
+    let (_, whole) = run_tests(d, &build, &[], &[]);
+    let (log1, one) = run_tests(d, &build, &[("PIKACI_SHARD", "1/2")], &[]);
+    let (log2, two) = run_tests(d, &build, &[("PIKACI_SHARD", "2/2")], &[]);
+    assert!(one.total() > 0 && two.total() > 0, "{log1}\n{log2}");
+    let mut sum = one.clone();
+    sum.merge(two);
+    assert_eq!(
+        (sum.passed, sum.failed, sum.skipped, sum.flaky),
+        (whole.passed, whole.failed, whole.skipped, whole.flaky),
+        "{log1}\n{log2}"
+    );
+    assert_eq!((whole.passed, whole.failed, whole.skipped, whole.flaky), (7, 1, 1, 1));
+    let (bad, _) = {
+        let out = Command::new(build.join("bin/run-tests")).env("PIKACI_SHARD", "1-2").output().unwrap();
+        (text(&out.stderr), out.status.code())
+    };
+    assert!(bad.contains("PIKACI_SHARD=1-2 is not k/N"), "{bad}");
+
+    // The filter, from the lane's own `testFilterArgs`, evaluated as a rerun does (with a
+    // name that Nix must not misread as the end of a string or an interpolation).
+    let lane = attr(d, &format!("pikaci.{SYSTEM}.lanes.unit"));
+    let filter_args = |names: &[&str]| -> Vec<String> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let expr = pikaci::catalog::filter::apply_expression(&names);
+        let words = nix_ok(&["eval", "--json", &lane, "--apply", &expr]);
+        pikaci::catalog::filter::parse_args("unit", &serde_json::from_str(&words).unwrap()).unwrap()
+    };
+    assert_eq!(
+        filter_args(&["tests::a", "no \"such\" ${test} \\"]),
+        ["-E", "test(=tests::a) | test(=no \"such\" ${test} \\)"]
+    );
+    let words = filter_args(&["tests::fails_one"]);
+    let (log, only_failed) = run_tests(d, &build, &[], &words);
+    assert_eq!((only_failed.passed, only_failed.failed, only_failed.skipped), (0, 1, 0), "{log}");
+    assert!(log.contains("1 test run: 0 passed, 1 failed"), "{log}");
 }

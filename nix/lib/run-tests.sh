@@ -27,7 +27,11 @@ toml_string() {
 
 # A tool config file: below the workspace's own `.config/nextest.toml`, so the
 # project's settings for the profile win, except where it leaves the JUnit path unset.
+# nextest's store (by default in the workspace's target/, read-only here) goes to scratch.
 cat > "$scratch/nextest.toml" <<EOF
+[store]
+dir = $(toml_string "$scratch/store")
+
 [profile.$profile]
 fail-fast = false
 
