@@ -138,12 +138,12 @@ let
     if v == null || (builtins.isInt v && v >= min) then
       true
     else
-      throw "mkStagedLinuxRustLane: `${name}` must be a whole number >= ${toString min}, got ${builtins.toJSON v}";
+      throw "pikaci lane: mkStagedLinuxRustLane: `${name}` must be a whole number >= ${toString min}, got ${builtins.toJSON v}";
 in
 if misplaced != [ ] then
-  throw "mkStagedLinuxRustLane: `craneArgs.${builtins.head misplaced}` is not used by this lane: ${refused.${builtins.head misplaced}}"
+  throw "pikaci lane: mkStagedLinuxRustLane: `craneArgs.${builtins.head misplaced}` is not used by this lane: ${refused.${builtins.head misplaced}}"
 else if topRefused != [ ] then
-  throw "mkStagedLinuxRustLane: `${builtins.head topRefused}` is not an option: ${refused.${builtins.head topRefused}}"
+  throw "pikaci lane: mkStagedLinuxRustLane: `${builtins.head topRefused}` is not an option: ${refused.${builtins.head topRefused}}"
 else
   assert checkInt "retries" retries 0;
   assert checkInt "testThreads" testThreads 1;
