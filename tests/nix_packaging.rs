@@ -375,13 +375,22 @@ fn the_lane_library_rejects_bad_lanes_with_the_rule() {
             r#"lib.mkStagedLinuxRustLane { craneLib = { }; src = ./.; cargoClippyExtraArgs = "--x"; }"#,
             "`cargoClippyExtraArgs` is not an option: this lane runs tests; `mkClippyLane` takes `clippyArgs`",
         ),
-        (r#"lib.mkStagedLinuxRustLane { craneLib = { }; src = ./.; retries = -1; }"#, "`retries` must be a whole number >= 0"),
-        (r#"lib.mkStagedLinuxRustLane { craneLib = { }; src = ./.; shards = 0; }"#, "`shards` must be a whole number >= 1"),
+        (
+            r#"lib.mkStagedLinuxRustLane { craneLib = { }; src = ./.; retries = -1; }"#,
+            "`retries` must be a whole number >= 0",
+        ),
+        (
+            r#"lib.mkStagedLinuxRustLane { craneLib = { }; src = ./.; shards = 0; }"#,
+            "`shards` must be a whole number >= 1",
+        ),
         (
             r#"lib.mkClippyLane { craneLib = { }; src = ./.; cargoClippyExtraArgs = "--x"; }"#,
             "mkClippyLane: `cargoClippyExtraArgs` is not used by this lane: use `clippyArgs`",
         ),
-        (r#"lib.mkLane { description = "d"; payloads = p; command = c; testFilterArgs = [ ]; }"#, "`testFilterArgs` must be a function"),
+        (
+            r#"lib.mkLane { description = "d"; payloads = p; command = c; testFilterArgs = [ ]; }"#,
+            "`testFilterArgs` must be a function",
+        ),
     ];
     for (expr, message) in cases.into_iter().chain(refused) {
         let full = format!(

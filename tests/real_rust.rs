@@ -93,11 +93,9 @@ fn cargo_test_outcomes(ws: &Path) -> BTreeMap<String, String> {
         if line.starts_with("running ") {
             suite = next.next().cloned().unwrap_or_default();
         }
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, outcome)) = rest.split_once(" ... ") {
-                let outcome = outcome.split_whitespace().next().unwrap_or("").trim_end_matches(',').to_string();
-                outcomes.insert(format!("{suite} {name}"), outcome);
-            }
+        if let Some((name, outcome)) = line.strip_prefix("test ").and_then(|rest| rest.split_once(" ... ")) {
+            let outcome = outcome.split_whitespace().next().unwrap_or("").trim_end_matches(',').to_string();
+            outcomes.insert(format!("{suite} {name}"), outcome);
         }
     }
     assert!(!out.status.success(), "the fixture has a failing test: cargo test must fail");
@@ -148,7 +146,8 @@ fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
 
     // `cargo test` on the same source.
     let cargo = cargo_test_outcomes(&d.join("ws"));
-    let by = |o: &str| -> Vec<String> { cargo.iter().filter(|(_, v)| v.as_str() == o).map(|(k, _)| k.clone()).collect() };
+    let by =
+        |o: &str| -> Vec<String> { cargo.iter().filter(|(_, v)| v.as_str() == o).map(|(k, _)| k.clone()).collect() };
     assert_eq!(by("FAILED"), ["alpha tests::fails_one", "alpha tests::flaky_one"], "{cargo:?}");
     assert_eq!(by("ignored"), ["alpha tests::ignored_one"], "{cargo:?}");
     assert_eq!(by("ok").len(), 6, "{cargo:?}");
@@ -157,7 +156,10 @@ fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
     build_payload(d, "no-retries", "workspace-build");
     let start = Instant::now();
     let out = run_in(d, &["run", "unit", "no-retries", "--runtime", "bwrap", "--jobs", "1"]);
-    eprintln!("measured: `pikaci run unit no-retries --runtime bwrap --jobs 1` took {:.1} s (payloads built)", start.elapsed().as_secs_f64());
+    eprintln!(
+        "measured: `pikaci run unit no-retries --runtime bwrap --jobs 1` took {:.1} s (payloads built)",
+        start.elapsed().as_secs_f64()
+    );
     assert_eq!(out.code, 1, "{}", out.stderr);
     let run = only_run(d);
     let unit = results_of(&run.join("jobs/unit"));
@@ -182,7 +184,10 @@ fn real_workspace_lane_runs_on_incus_with_the_same_results() {
     build_payload(d, "unit", "workspace-build");
     let start = Instant::now();
     let out = run_in(d, &["run", "unit", "--runtime", "incus"]);
-    eprintln!("measured: `pikaci run unit --runtime incus` took {:.1} s (payloads built)", start.elapsed().as_secs_f64());
+    eprintln!(
+        "measured: `pikaci run unit --runtime incus` took {:.1} s (payloads built)",
+        start.elapsed().as_secs_f64()
+    );
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let run = only_run(d);
     let unit = results_of(&run.join("jobs/unit"));
@@ -253,7 +258,10 @@ fn shards_add_up_and_the_filter_runs_only_the_named_tests() {
     // mkLaneChecks runs the same command in a Nix build: it fails on the failing test.
     let check = nix(&["build", "--no-link", "-L", &attr(d, &format!("checks.{SYSTEM}.lane-unit"))]);
     let log = text(&check.stderr);
-    assert!(!check.status.success() && log.contains("Extracted 8 files") && log.contains("error: test run failed"), "{log}");
+    assert!(
+        !check.status.success() && log.contains("Extracted 8 files") && log.contains("error: test run failed"),
+        "{log}"
+    );
 
     let words = filter_args(&["tests::fails_one"]);
     let (log, only_failed) = run_tests(d, &build, &[], &words);

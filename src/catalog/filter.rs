@@ -50,10 +50,7 @@ mod tests {
     #[test]
     fn names_are_quoted_for_nix() {
         let e = apply_expression(&["tests::a".into(), r#"we"ird ${x} \n"#.into()]);
-        assert_eq!(
-            e,
-            r#"lane: lane.testFilterArgs (builtins.fromJSON "[\"tests::a\",\"we\\\"ird \${x} \\\\n\"]")"#
-        );
+        assert_eq!(e, r#"lane: lane.testFilterArgs (builtins.fromJSON "[\"tests::a\",\"we\\\"ird \${x} \\\\n\"]")"#);
     }
 
     #[test]

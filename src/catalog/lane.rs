@@ -451,7 +451,10 @@ mod tests {
         );
         v["shards"] = json!("2");
         let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
-        assert!(all.iter().any(|e| e.ends_with("`shards` must be a whole number from 1 to 64, got a string")), "{all:?}");
+        assert!(
+            all.iter().any(|e| e.ends_with("`shards` must be a whole number from 1 to 64, got a string")),
+            "{all:?}"
+        );
     }
 
     #[test]

@@ -93,9 +93,8 @@ pub fn parse_junit(xml: &str) -> Result<TestResults, String> {
     let mut parser = Parser::default();
     let mut reader = Reader::from_str(xml);
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| format!("not well-formed XML at byte {}: {e}", reader.error_position()))?;
+        let event =
+            reader.read_event().map_err(|e| format!("not well-formed XML at byte {}: {e}", reader.error_position()))?;
         match event {
             Event::Start(e) => parser.open(&e, false)?,
             Event::Empty(e) => parser.open(&e, true)?,
@@ -331,7 +330,9 @@ pub fn read_junit_dir(dir: &Path) -> JunitReport {
     match std::fs::symlink_metadata(dir) {
         Err(_) => return report,
         Ok(m) if m.file_type().is_symlink() => {
-            report.warnings.push(format!("{}: a symlink; JUnit files are read only from the job's own artifacts", dir.display()));
+            report
+                .warnings
+                .push(format!("{}: a symlink; JUnit files are read only from the job's own artifacts", dir.display()));
             return report;
         }
         Ok(m) if !m.is_dir() => {
@@ -351,14 +352,15 @@ pub fn read_junit_dir(dir: &Path) -> JunitReport {
             continue;
         }
         if len > MAX_FILE_BYTES {
-            report.warnings.push(format!("{}: {len} bytes, over the limit of {MAX_FILE_BYTES}; not read", path.display()));
+            report
+                .warnings
+                .push(format!("{}: {len} bytes, over the limit of {MAX_FILE_BYTES}; not read", path.display()));
             continue;
         }
         if total + len > MAX_TOTAL_BYTES {
-            report.warnings.push(format!(
-                "{}: left out, the JUnit files together exceed {MAX_TOTAL_BYTES} bytes",
-                path.display()
-            ));
+            report
+                .warnings
+                .push(format!("{}: left out, the JUnit files together exceed {MAX_TOTAL_BYTES} bytes", path.display()));
             continue;
         }
         total += len;

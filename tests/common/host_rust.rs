@@ -41,7 +41,11 @@ pub fn host_tools_json() -> String {
     if let Ok(json) = std::fs::read_to_string(&done) {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let valid = v["paths"].as_array().unwrap().iter().all(|p| {
-            Command::new("nix-store").arg("--check-validity").arg(p.as_str().unwrap()).status().is_ok_and(|s| s.success())
+            Command::new("nix-store")
+                .arg("--check-validity")
+                .arg(p.as_str().unwrap())
+                .status()
+                .is_ok_and(|s| s.success())
         });
         if valid {
             return serde_json::to_string(&v["tools"]).unwrap();

@@ -189,7 +189,11 @@ fn huge_files_are_not_read() {
     std::fs::write(dir.path().join("small.xml"), r#"<testsuite name="s"><testcase name="t"/></testsuite>"#).unwrap();
     let report = read_junit_dir(dir.path());
     assert_eq!(report.results.unwrap().passed, 1);
-    assert!(report.warnings[0].contains("huge.xml") && report.warnings[0].contains("over the limit"), "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("huge.xml") && report.warnings[0].contains("over the limit"),
+        "{:?}",
+        report.warnings
+    );
 }
 
 /// `cargo test --lib results::junit::tests::bench -- --ignored --nocapture`
