@@ -152,6 +152,19 @@ fn real_workspace_lanes_build_and_run_under_pikaci_like_cargo_test() {
     assert_eq!(by("ignored"), ["alpha tests::ignored_one"], "{cargo:?}");
     assert_eq!(by("ok").len(), 6, "{cargo:?}");
 
+    // The catalog reads the new lane attributes (testFilterArgs as "declared").
+    let listed = run_in(d, &["lanes", "--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let lanes: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let by_id = |id: &str| lanes.as_array().unwrap().iter().find(|l| l["id"] == id).unwrap().clone();
+    let fields = |id: &str| {
+        let l = by_id(id);
+        (l["retries"].as_u64(), l["shards"].as_u64(), l["test_filter"].as_bool())
+    };
+    assert_eq!(fields("unit"), (Some(1), Some(1), Some(true)));
+    assert_eq!(fields("no-retries"), (Some(0), Some(1), Some(true)));
+    assert_eq!(fields("sharded"), (Some(1), Some(2), Some(true)));
+
     // pikaci on bwrap: `no-retries` matches cargo test; `unit` retries the flaky test.
     build_payload(d, "no-retries", "workspace-build");
     let start = Instant::now();
