@@ -16,6 +16,7 @@ pub mod gc;
 pub mod handoff;
 pub mod plan;
 pub mod prepare;
+pub mod results;
 pub mod run;
 pub mod signals;
 pub mod snapshot;

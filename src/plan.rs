@@ -99,6 +99,9 @@ mod tests {
             timeout_secs: 10,
             env: BTreeMap::new(),
             image: None,
+            retries: 0,
+            shards: 1,
+            test_filter: false,
         }
     }
 

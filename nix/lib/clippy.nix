@@ -24,6 +24,11 @@
   ],
   # Not `test`: cargo would then check the crates in test mode only.
   profile ? "dev",
+  # crane's spelling, a string of shell words added to `cargo check` and `cargo clippy`.
+  cargoExtraArgs ? "",
+  # crane's, with no meaning here: refused with the option to use instead.
+  cargoClippyExtraArgs ? null,
+  cargoTestExtraArgs ? null,
   craneArgs ? { },
   workspaceDeps ? null,
   extraPayloads ? { },
@@ -33,6 +38,18 @@
   runtime ? null,
 }:
 let
+  refused = {
+    cargoClippyExtraArgs = "use `clippyArgs` (a list)";
+    cargoTestExtraArgs = "a clippy lane runs no tests";
+    cargoExtraArgs = "pass it as the lane's own `cargoExtraArgs`";
+  };
+  misplaced =
+    builtins.filter (n: craneArgs ? ${n}) (builtins.attrNames refused)
+    ++ builtins.filter (n: n != "cargoExtraArgs" && (if n == "cargoClippyExtraArgs" then cargoClippyExtraArgs else cargoTestExtraArgs) != null) (
+      builtins.attrNames refused
+    );
+  extra = if cargoExtraArgs == "" then "" else " " + cargoExtraArgs;
+
   selection =
     [ "--locked" ]
     ++ util.cargoSelectionArgs {
@@ -61,7 +78,7 @@ let
         # Named apart from a test lane's deps, which are built differently.
         extra.pname = "${pname}-clippy";
         # Clippy needs what `cargo check` produces, for every target (dev-dependencies too).
-        command = "cargoWithProfile check --all-targets ${util.escapeShellArgs selection}";
+        command = "cargoWithProfile check --all-targets ${util.escapeShellArgs selection}${extra}";
       };
 
   build = craneLib.mkCargoDerivation (
@@ -73,7 +90,7 @@ let
       doInstallCargoArtifacts = false;
       nativeBuildInputs = (craneArgs.nativeBuildInputs or [ ]) ++ [ clippy ];
       buildPhaseCargoCommand = ''
-        if cargoWithProfile clippy ${util.escapeShellArgs (selection ++ clippyArgs)} > pikaci-report.log 2>&1; then
+        if cargoWithProfile clippy ${util.escapeShellArgs selection}${extra} ${util.escapeShellArgs clippyArgs} > pikaci-report.log 2>&1; then
           pikaciStatus=0
         else
           pikaciStatus=$?
@@ -96,6 +113,9 @@ let
     }
   );
 in
+if misplaced != [ ] then
+  throw "pikaci lane: mkClippyLane: `${builtins.head misplaced}` is not used by this lane: ${refused.${builtins.head misplaced}}"
+else
 lane.mkLane {
   inherit
     description

@@ -24,6 +24,13 @@ let
       timeout ? 1800,
       env ? { },
       runtime ? null,
+      # The lane runs as this many jobs; each gets `PIKACI_SHARD=k/N` in its environment.
+      shards ? 1,
+      # Retries of a failed test (informational for pikaci; the command applies them).
+      retries ? 0,
+      # `names: [ words ]`: the arguments that make the command run only the named tests;
+      # null when the command cannot filter.
+      testFilterArgs ? null,
     }:
     let
       clashing = builtins.filter (n: extraPayloads ? ${n}) (builtins.attrNames payloads);
@@ -49,6 +56,12 @@ let
       fail "`timeout` must be a positive number of seconds"
     else if badEnv != [ ] then
       fail "`env.${builtins.head badEnv}` must be a string"
+    else if !(builtins.isInt shards) || shards < 1 then
+      fail "`shards` must be a whole number >= 1"
+    else if !(builtins.isInt retries) || retries < 0 then
+      fail "`retries` must be a whole number >= 0"
+    else if testFilterArgs != null && !builtins.isFunction testFilterArgs then
+      fail "`testFilterArgs` must be a function from a list of test names to a list of arguments"
     else
       {
         kind = "staged-linux-rust";
@@ -61,7 +74,10 @@ let
           env
           ;
       }
-      // (if runtime == null then { } else { inherit runtime; });
+      // (if runtime == null then { } else { inherit runtime; })
+      // (if shards == 1 then { } else { inherit shards; })
+      // (if retries == 0 then { } else { inherit retries; })
+      // (if testFilterArgs == null then { } else { inherit testFilterArgs; });
 in
 {
   inherit

@@ -32,19 +32,38 @@ rec {
       extra ? { },
     }:
     craneLib.buildDepsOnly (
-      common
+      withoutCallerHooks common
       // extra
       // {
         buildPhaseCargoCommand = command;
         doCheck = false;
-        postInstall =
-          (common.postInstall or "")
-          + writeManifestCommand {
-            schema_version = 1;
-            kind = "workspace-deps";
-          };
+        # The caller's install hooks are for the real sources, not crane's dummy ones (crane's
+        # buildPackage leaves them out of its deps build too).
+        postInstall = writeManifestCommand {
+          schema_version = 1;
+          kind = "workspace-deps";
+        };
       }
     );
+
+  # A caller's install hooks (`craneArgs.preInstall`/`postInstall`) are for the project's
+  # own outputs: the deps build and the test archive leave them out.
+  withoutCallerHooks =
+    args:
+    removeAttrs args [
+      "preInstall"
+      "postInstall"
+    ];
+
+  # crane's hooks that strip references to the Rust toolchain and to the vendored crate
+  # sources from an output (as its `buildPackage` adds them), when the crane passed in has
+  # them.
+  referenceHooks =
+    craneLib:
+    builtins.concatMap (n: if craneLib ? ${n} then [ craneLib.${n} ] else [ ]) [
+      "removeReferencesToRustToolchainHook"
+      "removeReferencesToVendoredSourcesHook"
+    ];
 
   # `share/pikaci/payload-manifest.json` of a payload whose content is known at evaluation.
   writeManifestCommand = manifest: ''

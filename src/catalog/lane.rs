@@ -27,7 +27,25 @@ pub struct Lane {
     /// `runtime.image`: the Incus image for this lane, if not the default.
     #[serde(default)]
     pub image: Option<String>,
+    /// `retries`: how many times the command retries a failed test (the lane library
+    /// passes it to nextest); informational for pikaci.
+    #[serde(default)]
+    pub retries: u32,
+    /// `shards`: the lane runs as this many jobs, each with `PIKACI_SHARD=k/N`.
+    #[serde(default = "one")]
+    pub shards: u32,
+    /// Whether the lane declares `testFilterArgs` (names -> arguments), so that a rerun can
+    /// run only the failed tests (`filter::apply_expression`).
+    #[serde(default)]
+    pub test_filter: bool,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The most shards a lane may ask for.
+pub const MAX_SHARDS: u64 = 64;
 
 /// One staged payload: a derivation that becomes one `StagedPayloadMount`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +108,7 @@ impl Lane {
         if let Some(Value::Array(unknown)) = fields.get("unknown") {
             for name in unknown.iter().filter_map(Value::as_str) {
                 err(format!(
-                    "unknown field `{name}` (the fields are description, kind, payloads, command, paths, timeout, env, runtime)"
+                    "unknown field `{name}` (the fields are description, kind, payloads, command, paths, timeout, env, runtime, retries, shards, testFilterArgs)"
                 ));
             }
         }
@@ -246,10 +264,55 @@ impl Lane {
             Some(other) => err(format!("`runtime` must be an attribute set, got a {}", type_name(other))),
         }
 
+        let retries = whole_number(field("retries"), 0, 0, 100).unwrap_or_else(|why| {
+            err(format!("`retries` {why}"));
+            0
+        });
+        let shards = whole_number(field("shards"), 1, 1, MAX_SHARDS).unwrap_or_else(|why| {
+            err(format!("`shards` {why}"));
+            1
+        });
+        let test_filter = match field("testFilterArgs") {
+            None => false,
+            Some(Value::String(t)) if t == "lambda" => true,
+            Some(other) => {
+                err(format!(
+                    "`testFilterArgs` must be a function from a list of test names to a list of arguments, got a {}",
+                    other.as_str().unwrap_or(type_name(other))
+                ));
+                false
+            }
+        };
+
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Lane { id: id.to_string(), description, kind, payloads, command, paths, timeout_secs, env, image })
+        Ok(Lane {
+            id: id.to_string(),
+            description,
+            kind,
+            payloads,
+            command,
+            paths,
+            timeout_secs,
+            env,
+            image,
+            retries,
+            shards,
+            test_filter,
+        })
+    }
+}
+
+/// An optional whole number in `min..=max`; `default` when absent.
+fn whole_number(value: Option<&Value>, default: u32, min: u64, max: u64) -> Result<u32, String> {
+    match value {
+        None => Ok(default),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (min..=max).contains(&v) => Ok(v as u32),
+            _ => Err(format!("must be a whole number from {min} to {max}, got {n}")),
+        },
+        Some(other) => Err(format!("must be a whole number from {min} to {max}, got a {}", type_name(other))),
     }
 }
 
@@ -361,6 +424,37 @@ mod tests {
             "{all:?}"
         );
         assert!(all.iter().any(|e| e.contains("payload `workspace-deps` is missing")), "{all:?}");
+    }
+
+    #[test]
+    fn retries_shards_and_test_filter() {
+        let lane = Lane::from_json("unit", &good()).unwrap();
+        assert_eq!((lane.retries, lane.shards, lane.test_filter), (0, 1, false));
+        let mut v = good();
+        v["retries"] = json!(2);
+        v["shards"] = json!(4);
+        v["testFilterArgs"] = json!("lambda");
+        let lane = Lane::from_json("unit", &v).unwrap();
+        assert_eq!((lane.retries, lane.shards, lane.test_filter), (2, 4, true));
+
+        v["retries"] = json!(-1);
+        v["shards"] = json!(0);
+        v["testFilterArgs"] = json!("list");
+        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            all,
+            [
+                "lane `unit`: `retries` must be a whole number from 0 to 100, got -1",
+                "lane `unit`: `shards` must be a whole number from 1 to 64, got 0",
+                "lane `unit`: `testFilterArgs` must be a function from a list of test names to a list of arguments, got a list",
+            ]
+        );
+        v["shards"] = json!("2");
+        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter().any(|e| e.ends_with("`shards` must be a whole number from 1 to 64, got a string")),
+            "{all:?}"
+        );
     }
 
     #[test]

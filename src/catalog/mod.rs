@@ -2,6 +2,7 @@
 //! `nix eval --json --apply` call (nothing is built), then validated in full so that every
 //! broken lane is reported at once.
 
+pub mod filter;
 pub mod glob;
 mod lane;
 
@@ -28,7 +29,7 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 /// and output paths, which instantiates them without building anything.
 const APPLY: &str = r#"lanes:
 let
-  known = [ "description" "kind" "payloads" "command" "paths" "timeout" "env" "runtime" ];
+  known = [ "description" "kind" "payloads" "command" "paths" "timeout" "env" "runtime" "retries" "shards" "testFilterArgs" ];
   payload = d:
     if builtins.isAttrs d && d ? drvPath then {
       drvPath = d.drvPath;
@@ -44,6 +45,11 @@ let
       timeout = l.timeout or null;
       env = l.env or null;
       runtime = l.runtime or null;
+      retries = l.retries or null;
+      shards = l.shards or null;
+      # A function cannot be returned as JSON: its type is (`lambda`), and pikaci calls it
+      # with a second evaluation when it needs the arguments (filter::apply_expression).
+      testFilterArgs = if l ? testFilterArgs then builtins.typeOf l.testFilterArgs else null;
       payloads =
         if builtins.isAttrs (l.payloads or null)
         then builtins.mapAttrs (_: payload) l.payloads

@@ -30,6 +30,9 @@ impl From<&Lane> for LaneRecord {
             timeout_secs: lane.timeout_secs,
             env: lane.env.clone(),
             image: lane.image.clone(),
+            retries: lane.retries,
+            shards: lane.shards,
+            test_filter: lane.test_filter,
         }
     }
 }
@@ -50,6 +53,9 @@ impl From<&LaneRecord> for Lane {
             timeout_secs: lane.timeout_secs,
             env: lane.env.clone(),
             image: lane.image.clone(),
+            retries: lane.retries,
+            shards: lane.shards,
+            test_filter: lane.test_filter,
         }
     }
 }

@@ -165,6 +165,17 @@ pub struct LaneRecord {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub image: Option<String>,
+    /// Added after version 1 was first written: absent in older records.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default = "one")]
+    pub shards: u32,
+    #[serde(default)]
+    pub test_filter: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

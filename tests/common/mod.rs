@@ -149,3 +149,10 @@ pub fn sandboxes_of(dir: &Path) -> Vec<String> {
         .filter(|c| c.contains("bwrap") && c.contains(&needle))
         .collect()
 }
+
+pub mod host_rust;
+
+/// A path as one word for `sh -c`.
+pub fn shell_quote_path(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
