@@ -473,7 +473,7 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     let image = c["services"]["pikaci"]["image"]["package"].as_str().unwrap();
     assert!(pikaci.ends_with("-pikaci-0.1.0") && image.ends_with("-pikaci-guest-image"), "{pikaci} {image}");
     assert_eq!(c["environment"]["systemPackages"], json!([pikaci]));
-    assert_eq!(c["nix"]["settings"]["experimental-features"], json!(["nix-command", "flakes"]));
+    assert_eq!(c["nix"]["settings"], json!({"extra-experimental-features": ["nix-command", "flakes"]}));
     assert_eq!(c["users"], json!({"groups": {"pikaci": {}}}));
     assert_eq!(c["systemd"]["tmpfiles"]["rules"], json!(["d /var/lib/pikaci 0750 root pikaci - -"]));
     assert_eq!(c["networking"], json!({"nftables": {"enable": true}}));
@@ -502,7 +502,7 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     assert_eq!(gc["environment"], json!({"PIKACI_STATE_ROOT": "/var/lib/pikaci"}));
     assert_eq!(c["systemd"]["timers"]["pikaci-gc"]["timerConfig"], json!({"OnCalendar": "daily", "Persistent": true}));
     assert_eq!(c["services"]["openssh"], Value::Null, "no SSH without the runner");
-    assert_eq!(c["nix"].get("gc"), None);
+    assert_eq!(c["nix"]["gc"], json!({"automatic": false, "dates": "03:15", "options": ""}), "NixOS's defaults");
 
     let r = host("runner");
     assert_eq!(r["failedAssertions"], json!([]));
@@ -558,6 +558,43 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     );
     let wrong = nix_fails(&["eval", "--json", &installable(d, "nixos.wrong-type")]);
     assert!(wrong.contains("`services.pikaci.gc.keep` is not of type int"), "{wrong}");
+}
+
+/// Settings hosts commonly write beside the module, in the forms NixOS accepts: each once
+/// failed to evaluate or silently lost a value (the stand-in merges as NixOS's types do;
+/// the same hosts were checked against nixpkgs' real `lib.evalModules`, docs/nixos.md).
+#[test]
+fn the_nixos_module_leaves_a_hosts_own_settings_alone() {
+    let dir = packaging_fixture();
+    let d = dir.path();
+    let host = |case: &str| eval_json(d, &format!("nixos.{case}"));
+
+    // The string form of `experimental-features` does not merge with a list.
+    let s = host("host-string-features");
+    assert_eq!(s["nix"]["settings"]["experimental-features"], "nix-command flakes");
+    assert_eq!(s["nix"]["settings"]["extra-experimental-features"], json!(["nix-command", "flakes"]));
+    let l = host("host-list-features");
+    assert_eq!(l["nix"]["settings"]["experimental-features"], json!(["ca-derivations"]));
+
+    // A host's own `nix.gc` schedule wins over `nixGc`'s defaults instead of conflicting.
+    let g = host("host-nix-gc");
+    assert_eq!(g["nix"]["gc"], json!({"automatic": true, "dates": "Sun 04:00", "options": "--delete-older-than 30d"}));
+    assert_eq!(g["systemd"]["services"]["nix-gc"]["after"], json!(["pikaci-gc.service"]));
+
+    // A host that preseeds Incus keeps its one `default` profile; pikaci adds its pool only.
+    let p = host("host-preseed");
+    let preseed = &p["virtualisation"]["incus"]["preseed"];
+    let profiles: Vec<&str> = preseed["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(profiles, ["default"], "{preseed:#}");
+    assert_eq!(preseed["profiles"][0]["devices"]["root"]["pool"], "default", "the host's profile: {preseed:#}");
+    let mut pools: Vec<&str> =
+        preseed["storage_pools"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    pools.sort();
+    assert_eq!(pools, ["default", "pikaci"]);
+
+    // Naming another profile was a trap (pikaci launches with `default`): the option is gone.
+    let err = nix_fails(&["eval", "--json", &installable(d, "nixos.profile-name")]);
+    assert!(err.contains("the option `services.pikaci.incus.profile.name` does not exist"), "{err}");
 }
 
 #[test]
