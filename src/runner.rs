@@ -31,7 +31,7 @@ use crate::state::record::{JobSummary, RunSnapshot, SCHEMA_VERSION};
 use crate::state::{self, JobRecord, JobStatus, RunRecord, RunStatus, StateRoot};
 use crate::tools::command::{HostLog, is_interrupted};
 use crate::tools::git;
-use crate::tools::nix::{self, Nix};
+use crate::tools::nix::{self, Nix, NixVersion};
 
 /// Receives every event of a run, and the guest output.
 pub trait Reporter: OutputSink {
@@ -78,7 +78,6 @@ struct Setup {
     parallelism: usize,
     rerun_of: Option<String>,
     shared_builds: prepare::SharedBuilds,
-    version_reader: Option<VersionReader>,
     nix_version: Option<String>,
     /// On a remote placement, the first job sends the snapshot; the others wait for it.
     snapshot_sent: std::sync::OnceLock<Result<(), String>>,
@@ -99,7 +98,9 @@ pub fn take_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<(Snapshot
 /// Load the catalog of a flake (through its snapshot).
 pub fn load_catalog(flake: &FlakeSource, state: &StateRoot) -> Result<Catalog> {
     let nix = Nix::locate()?;
+    let version_reader = read_version_meanwhile(&nix, state);
     let (snap, _guard) = take_snapshot(flake, state)?;
+    join_version(version_reader)?;
     Catalog::load(&nix, &snap.dir, &catalog::current_system(), &flake.label)
 }
 
@@ -107,6 +108,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let nix = Nix::locate()?;
     let version_reader = read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
+    let nix_version = join_version(version_reader)?;
     let catalog = Catalog::load(&nix, &snap.dir, &catalog::current_system(), &req.flake.label)?;
     let changed = match &req.changed_since {
         Some(rev) => {
@@ -139,8 +141,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         parallelism: req.parallelism.max(1),
         rerun_of: None,
         shared_builds: Default::default(),
-        version_reader: Some(version_reader),
-        nix_version: None,
+        nix_version: Some(nix_version.text),
         snapshot_sent: Default::default(),
     };
     execute(setup, guard, reporter)
@@ -152,6 +153,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
     let old = RunRecord::read(&req.state.run_dir(&req.run_id))?;
     req.state.ensure()?;
     let guard = req.state.lock_shared()?;
+    let nix_version = join_version(version_reader)?;
     if !old.snapshot.dir.is_dir() {
         return Err(error::config(format!(
             "run `{}` cannot be replayed: its snapshot `{}` is gone",
@@ -207,25 +209,29 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         parallelism: req.parallelism.unwrap_or(old.parallelism).max(1),
         rerun_of: Some(old.run_id.clone()),
         shared_builds: Default::default(),
-        version_reader: Some(version_reader),
-        nix_version: None,
+        nix_version: Some(nix_version.text),
         snapshot_sent: Default::default(),
     };
     execute(setup, guard, reporter)
 }
 
-/// The run records the Nix version: read it (from the state root's cache, normally)
-/// while the snapshot and catalog are made.
+/// A Nix older than the oldest supported is refused before anything is evaluated, and the
+/// run records the version: read it (from the state root's cache, normally) while the
+/// snapshot is taken.
 fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
     let nix = nix.clone();
     let cache = state.root.join("nix-version.json");
     std::thread::spawn(move || {
         let version = if cache.parent().is_some_and(Path::is_dir) { nix.version_cached(&cache) } else { nix.version() };
-        version.ok().map(|v| v.text)
+        version.and_then(|v| nix.check_supported(&v).map(|()| v))
     })
 }
 
-type VersionReader = std::thread::JoinHandle<Option<String>>;
+type VersionReader = std::thread::JoinHandle<Result<NixVersion>>;
+
+fn join_version(reader: VersionReader) -> Result<NixVersion> {
+    reader.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the thread reading the Nix version panicked")))
+}
 
 /// The runtime for a plan. A plan whose jobs are all skipped needs none (CI with only
 /// skipped lanes passes without a runtime). A runtime that is not available here (Incus'
@@ -317,9 +323,8 @@ impl Recorder {
     }
 }
 
-fn execute(mut setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
+fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let started = Instant::now();
-    setup.nix_version = setup.version_reader.take().and_then(|h| h.join().ok()).flatten();
     let run_id = state::new_run_id();
     let run_dir = setup.state.run_dir(&run_id);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("create `{}`", run_dir.display()))?;

@@ -1,6 +1,6 @@
-//! Typed calls to `nix` and `nix-store`. Targets the Nix 2.8 command surface (what Debian 12
-//! ships) and current Nix alike: `nix eval --json --apply`, and `nix-store --realise` for
-//! building, which roots every output of a derivation on both versions (2.8 has no `^*`).
+//! Typed calls to `nix` and `nix-store`: `nix eval --json --apply`, and `nix-store --realise`
+//! for building, which roots every output of a derivation. Nix 2.18 and newer (what nixpkgs
+//! supports); an older Nix is refused with [`Nix::supported_version`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -29,7 +29,15 @@ pub struct NixVersion {
     pub minor: u32,
 }
 
+/// The oldest Nix pikaci runs on: nixpkgs' own minimum (its `lib/minfeatures.nix`), so a
+/// flake that uses nixpkgs evaluates.
+pub const MIN_VERSION: (u32, u32) = (2, 18);
+
 impl NixVersion {
+    pub fn is_supported(&self) -> bool {
+        (self.major, self.minor) >= MIN_VERSION
+    }
+
     pub fn parse(text: &str) -> Option<NixVersion> {
         let text = text.trim();
         let number = text.split_whitespace().last()?;
@@ -88,6 +96,33 @@ impl Nix {
             let _ = crate::state::atomic_write(cache, &bytes);
         }
         Ok(version)
+    }
+
+    /// The version (through the `cache`, see [`Nix::version_cached`]), or an infrastructure
+    /// error when this Nix is older than [`MIN_VERSION`].
+    pub fn supported_version(&self, cache: &Path) -> Result<NixVersion> {
+        let version = self.version_cached(cache)?;
+        self.check_supported(&version)?;
+        Ok(version)
+    }
+
+    /// An infrastructure error naming the version, the minimum and the fix, for a Nix older
+    /// than [`MIN_VERSION`].
+    pub fn check_supported(&self, version: &NixVersion) -> Result<()> {
+        if version.is_supported() {
+            return Ok(());
+        }
+        let (major, minor) = MIN_VERSION;
+        Err(error::infra(format!(
+            "`{}` is {}; pikaci needs Nix {major}.{minor} or newer (the oldest nixpkgs evaluates on)",
+            self.nix.display(),
+            version.text
+        ))
+        .hint(
+            "install a current Nix and put it first on PATH: on Debian 12, `scripts/bootstrap` \
+             installs one in /usr/local/bin; elsewhere see https://nixos.org/download",
+        )
+        .into())
     }
 
     /// The Nix version (`nix --version`), read once.
@@ -175,6 +210,16 @@ mod tests {
         let v = NixVersion::parse("nix (Determinate Nix 3.6.2) 2.29.0").unwrap();
         assert_eq!((v.major, v.minor), (2, 29));
         assert!(NixVersion::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn nix_2_18_is_the_oldest_supported() {
+        let supported = |text| NixVersion::parse(text).unwrap().is_supported();
+        assert!(!supported("nix (Nix) 2.8.0"));
+        assert!(!supported("nix (Nix) 2.17.1"));
+        assert!(supported("nix (Nix) 2.18.0"));
+        assert!(supported("nix (Nix) 2.34.8"));
+        assert!(supported("nix (Nix) 3.0.0"));
     }
 
     #[test]
