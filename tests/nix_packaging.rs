@@ -584,7 +584,8 @@ fn the_nixos_module_leaves_a_hosts_own_settings_alone() {
     // A host that preseeds Incus keeps its one `default` profile; pikaci adds its pool only.
     let p = host("host-preseed");
     let preseed = &p["virtualisation"]["incus"]["preseed"];
-    let profiles: Vec<&str> = preseed["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let profiles: Vec<&str> =
+        preseed["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(profiles, ["default"], "{preseed:#}");
     assert_eq!(preseed["profiles"][0]["devices"]["root"]["pool"], "default", "the host's profile: {preseed:#}");
     let mut pools: Vec<&str> =
