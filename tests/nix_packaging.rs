@@ -34,8 +34,21 @@ fn packaging_fixture() -> tempfile::TempDir {
     dir
 }
 
+/// The stand-in nixpkgs (`stub/pkgs.nix`) builds with the host's `/bin/sh`, coreutils and
+/// a fake `cargo` script, which Nix's sandbox hides (the real nixpkgs brings its tools from
+/// the store). So the builds of this file run with the sandbox off, whatever nix.conf says.
+const SANDBOX_OFF: (&str, &str) = ("NIX_CONFIG", "sandbox = false");
+
+/// [`run_in`] with the sandbox off (see [`SANDBOX_OFF`]).
+fn run_unsandboxed(flake: &Path, args: &[&str]) -> Run {
+    let out =
+        pikaci().env(SANDBOX_OFF.0, SANDBOX_OFF.1).args(args).arg("--flake").arg(format!("path:{}", flake.display()));
+    out.output().expect("run pikaci").into()
+}
+
 fn nix(args: &[&str]) -> Output {
     Command::new("nix")
+        .env(SANDBOX_OFF.0, SANDBOX_OFF.1)
         .args(["--extra-experimental-features", "nix-command flakes"])
         .args(args)
         .output()
@@ -603,7 +616,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
     let dir = packaging_fixture();
     require_bwrap();
     let d = dir.path();
-    let listed = run_in(d, &["lanes", "--json"]);
+    let listed = run_unsandboxed(d, &["lanes", "--json"]);
     assert_eq!(listed.code, 0, "{listed:?}");
     for id in ["alpha-only", "broken", "lint", "lint-warns", "own-clippy", "own-example-hello", "own-unit", "unit"] {
         assert!(listed.stdout.contains(&format!("\"{id}\"")), "{id} is not listed:\n{}", listed.stdout);
@@ -615,7 +628,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
     let mut args = vec!["run"];
     args.extend(lanes);
     args.extend(["--runtime", "bwrap", "--jobs", "1"]);
-    let out = run_in(d, &args);
+    let out = run_unsandboxed(d, &args);
     assert_eq!(out.code, 0, "{out:?}");
     let run = only_run(d);
     let record = read_json(&run.join("run.json"));
@@ -643,7 +656,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
 
     // A failing test binary and a lint are failed jobs (exit 1), not infrastructure errors.
     std::fs::remove_dir_all(d.join(".pikaci")).unwrap();
-    let out = run_in(d, &["run", "broken", "lint-warns", "--runtime", "bwrap", "--jobs", "1"]);
+    let out = run_unsandboxed(d, &["run", "broken", "lint-warns", "--runtime", "bwrap", "--jobs", "1"]);
     assert_eq!(out.code, 1, "{out:?}");
     let run = only_run(d);
     let record = read_json(&run.join("run.json"));
@@ -669,7 +682,7 @@ fn pikaci_imports_the_nix_built_image_and_runs_a_lane_in_it_on_incus() {
         delete_image();
         panic!("`pikaci image import --from` failed:\n{}", text(&imported.stderr));
     }
-    let out = run_in(d, &["run", "unit", "--runtime", "incus", "--image", &alias]);
+    let out = run_unsandboxed(d, &["run", "unit", "--runtime", "incus", "--image", &alias]);
     delete_image();
     assert_eq!(out.code, 0, "{out:?}");
     let run = only_run(d);

@@ -1,6 +1,6 @@
 //! Typed calls to `nix` and `nix-store`: `nix eval --json --apply`, and `nix-store --realise`
 //! for building, which roots every output of a derivation. Nix 2.18 and newer (what nixpkgs
-//! supports); an older Nix is refused with [`Nix::supported_version`].
+//! supports); an older Nix is refused with [`Nix::check_supported`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -98,14 +98,6 @@ impl Nix {
         Ok(version)
     }
 
-    /// The version (through the `cache`, see [`Nix::version_cached`]), or an infrastructure
-    /// error when this Nix is older than [`MIN_VERSION`].
-    pub fn supported_version(&self, cache: &Path) -> Result<NixVersion> {
-        let version = self.version_cached(cache)?;
-        self.check_supported(&version)?;
-        Ok(version)
-    }
-
     /// An infrastructure error naming the version, the minimum and the fix, for a Nix older
     /// than [`MIN_VERSION`].
     pub fn check_supported(&self, version: &NixVersion) -> Result<()> {
@@ -178,12 +170,21 @@ impl Nix {
 /// True when a `nix-store --realise` failure is a builder that failed (the lane's code is
 /// broken: a failed job), not Nix itself failing (infrastructure).
 pub fn is_build_failure(err: &anyhow::Error) -> bool {
-    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| {
-        f.stderr.contains("builder for")
-            && (f.stderr.contains("failed with exit code") || f.stderr.contains("failed due to signal"))
-            || f.stderr.contains("dependencies couldn't be built")
-            || f.stderr.contains("build of ") && f.stderr.contains(" failed")
-    })
+    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| build_failed(&f.stderr))
+}
+
+/// Nix's words for a builder that failed: up to 2.2x "builder for '…' failed with exit code
+/// 1", "dependencies couldn't be built"; later "Cannot build '…'. Reason: builder failed with
+/// exit code 1" (or "due to signal 9"), "Reason: 1 dependency failed".
+fn build_failed(stderr: &str) -> bool {
+    stderr.contains("builder for")
+        && (stderr.contains("failed with exit code") || stderr.contains("failed due to signal"))
+        || stderr.contains("dependencies couldn't be built")
+        || stderr.contains("build of ") && stderr.contains(" failed")
+        || stderr.contains("Reason: builder failed with exit code")
+        || stderr.contains("Reason: builder failed due to signal")
+        || stderr.contains("Reason: ")
+            && (stderr.contains(" dependency failed") || stderr.contains(" dependencies failed"))
 }
 
 /// A store path's `<hash>-<name>` parts, or None when `path` is not a store path.
@@ -220,6 +221,25 @@ mod tests {
         assert!(supported("nix (Nix) 2.18.0"));
         assert!(supported("nix (Nix) 2.34.8"));
         assert!(supported("nix (Nix) 3.0.0"));
+    }
+
+    #[test]
+    fn build_failures_in_the_words_of_old_and_new_nix() {
+        for failed in [
+            "error: builder for '/nix/store/x-a.drv' failed with exit code 1;",
+            "error: 1 dependencies couldn't be built",
+            "error: Cannot build '/nix/store/x-a.drv'.\n       Reason: builder failed with exit code 3.",
+            "error: Cannot build '/nix/store/x-a.drv'.\n       Reason: builder failed due to signal 9 (Killed).",
+            "error: Cannot build '/nix/store/x-g.drv'.\n       Reason: 1 dependency failed.",
+        ] {
+            assert!(build_failed(failed), "{failed}");
+        }
+        for infra in [
+            "error: opening lock file '/nix/var/nix/db/big-lock': Permission denied",
+            "error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket'",
+        ] {
+            assert!(!build_failed(infra), "{infra}");
+        }
     }
 
     #[test]
