@@ -41,9 +41,9 @@ const SANDBOX_OFF: (&str, &str) = ("NIX_CONFIG", "sandbox = false");
 
 /// [`run_in`] with the sandbox off (see [`SANDBOX_OFF`]).
 fn run_unsandboxed(flake: &Path, args: &[&str]) -> Run {
-    let out =
-        pikaci().env(SANDBOX_OFF.0, SANDBOX_OFF.1).args(args).arg("--flake").arg(format!("path:{}", flake.display()));
-    out.output().expect("run pikaci").into()
+    let flake = format!("path:{}", flake.display());
+    let out = pikaci().env(SANDBOX_OFF.0, SANDBOX_OFF.1).args(args).arg("--flake").arg(flake).output();
+    out.expect("run pikaci").into()
 }
 
 fn nix(args: &[&str]) -> Output {
