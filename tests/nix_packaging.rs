@@ -31,6 +31,14 @@ fn packaging_fixture() -> tempfile::TempDir {
     for tree in ["nix", "src", "examples"] {
         copy_tree(&root.join(tree), &dir.path().join(tree));
     }
+    // The stand-in builders' PATH starts with a directory of links to the Nix on this PATH
+    // (only Nix: its own directory may hold other tools).
+    let bin = dir.path().join("host-nix");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["nix", "nix-store"] {
+        std::os::unix::fs::symlink(which(tool).unwrap(), bin.join(tool)).unwrap();
+    }
+    std::fs::write(dir.path().join("host-nix-bin"), bin.to_str().unwrap()).unwrap();
     dir
 }
 
