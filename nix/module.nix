@@ -97,16 +97,9 @@ in
           description = "The pool's Incus configuration keys.";
         };
       };
+      # No `name`: pikaci launches its instances with Incus' `default` profile and passes no
+      # `--profile`, so a profile of another name would leave them without a root disk.
       profile = {
-        name = mkOption {
-          type = types.str;
-          # pikaci launches its instances with Incus' `default` profile.
-          default = "default";
-          description = ''
-            The profile pikaci's instances are launched with, preseeded with a root disk on
-            the pool, plus `config`. pikaci uses the `default` profile.
-          '';
-        };
         config = mkOption {
           type = types.attrsOf types.str;
           default = { };
@@ -251,8 +244,10 @@ in
       ) "services.pikaci.runner is enabled without authorizedKeys: no orchestrator can log in as `${cfg.runner.user}` unless keys come from elsewhere.";
 
       environment.systemPackages = [ cfg.package ];
-      # pikaci reads lanes with `nix eval` on flakes.
-      nix.settings.experimental-features = [
+      # pikaci reads lanes with `nix eval` on flakes. `extra-experimental-features`, so
+      # that a host's own `experimental-features`, in its list or its string form, stays
+      # its own (the two forms of one setting do not merge).
+      nix.settings.extra-experimental-features = [
         "nix-command"
         "flakes"
       ];
@@ -271,9 +266,13 @@ in
             inherit (cfg.incus.storagePool) name driver config;
           }
         ];
-        profiles = [
+        # Incus' `default` profile, which pikaci's instances use: at default priority, so
+        # that a host preseeding its own profiles keeps them (one `default`, its own, which
+        # then needs a root disk; docs/nixos.md).
+        profiles = mkDefault [
           {
-            inherit (cfg.incus.profile) name config;
+            name = "default";
+            inherit (cfg.incus.profile) config;
             description = "pikaci lane instances";
             devices = cfg.incus.profile.devices // {
               root = {
@@ -362,9 +361,11 @@ in
     })
 
     (mkIf cfg.nixGc.enable {
+      # A host's own `nix.gc.dates`/`options` win over these.
       nix.gc = {
         automatic = true;
-        inherit (cfg.nixGc) dates options;
+        dates = mkDefault cfg.nixGc.dates;
+        options = mkDefault cfg.nixGc.options;
       };
       # Release old runs first; live runs' payloads are GC roots either way.
       systemd.services.nix-gc = mkIf cfg.gc.enable {

@@ -33,9 +33,8 @@ const PROBE_FLAKE: &str = r#"{
       system = "x86_64-linux";
       payload = name: derivation {
         inherit name system;
-        builder = "/bin/sh";
-        PATH = "/usr/bin:/bin";
-        args = [ "-c" ''
+        builder = "${./tools}/busybox";
+        args = [ "sh" "-c" ''
           mkdir -p $out/bin
           printf '#!/bin/sh\necho started\nexec sleep 600\n' > $out/bin/sleep-long
           chmod +x $out/bin/sleep-long
@@ -66,6 +65,7 @@ const LONG_LANE: &str = "a-lane-id-of-the-longest-length-allowed-48-chars";
 fn probe_flake(alias: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix("pikaci-incus-test-").tempdir().unwrap();
     fs::write(dir.path().join("flake.nix"), PROBE_FLAKE.replace("@ALIAS@", alias)).unwrap();
+    add_build_tools(dir.path());
     dir
 }
 

@@ -31,11 +31,32 @@ fn packaging_fixture() -> tempfile::TempDir {
     for tree in ["nix", "src", "examples"] {
         copy_tree(&root.join(tree), &dir.path().join(tree));
     }
+    // The stand-in builders' PATH starts with a directory of links to the Nix on this PATH
+    // (only Nix: its own directory may hold other tools).
+    let bin = dir.path().join("host-nix");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["nix", "nix-store"] {
+        std::os::unix::fs::symlink(which(tool).unwrap(), bin.join(tool)).unwrap();
+    }
+    std::fs::write(dir.path().join("host-nix-bin"), bin.to_str().unwrap()).unwrap();
     dir
+}
+
+/// The stand-in nixpkgs (`stub/pkgs.nix`) builds with the host's `/bin/sh`, coreutils and
+/// a fake `cargo` script, which Nix's sandbox hides (the real nixpkgs brings its tools from
+/// the store). So the builds of this file run with the sandbox off, whatever nix.conf says.
+const SANDBOX_OFF: (&str, &str) = ("NIX_CONFIG", "sandbox = false");
+
+/// [`run_in`] with the sandbox off (see [`SANDBOX_OFF`]).
+fn run_unsandboxed(flake: &Path, args: &[&str]) -> Run {
+    let flake = format!("path:{}", flake.display());
+    let out = pikaci().env(SANDBOX_OFF.0, SANDBOX_OFF.1).args(args).arg("--flake").arg(flake).output();
+    out.expect("run pikaci").into()
 }
 
 fn nix(args: &[&str]) -> Output {
     Command::new("nix")
+        .env(SANDBOX_OFF.0, SANDBOX_OFF.1)
         .args(["--extra-experimental-features", "nix-command flakes"])
         .args(args)
         .output()
@@ -434,7 +455,7 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     let image = c["services"]["pikaci"]["image"]["package"].as_str().unwrap();
     assert!(pikaci.ends_with("-pikaci-0.1.0") && image.ends_with("-pikaci-guest-image"), "{pikaci} {image}");
     assert_eq!(c["environment"]["systemPackages"], json!([pikaci]));
-    assert_eq!(c["nix"]["settings"]["experimental-features"], json!(["nix-command", "flakes"]));
+    assert_eq!(c["nix"]["settings"], json!({"extra-experimental-features": ["nix-command", "flakes"]}));
     assert_eq!(c["users"], json!({"groups": {"pikaci": {}}}));
     assert_eq!(c["systemd"]["tmpfiles"]["rules"], json!(["d /var/lib/pikaci 0750 root pikaci - -"]));
     assert_eq!(c["networking"], json!({"nftables": {"enable": true}}));
@@ -463,7 +484,7 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     assert_eq!(gc["environment"], json!({"PIKACI_STATE_ROOT": "/var/lib/pikaci"}));
     assert_eq!(c["systemd"]["timers"]["pikaci-gc"]["timerConfig"], json!({"OnCalendar": "daily", "Persistent": true}));
     assert_eq!(c["services"]["openssh"], Value::Null, "no SSH without the runner");
-    assert_eq!(c["nix"].get("gc"), None);
+    assert_eq!(c["nix"]["gc"], json!({"automatic": false, "dates": "03:15", "options": ""}), "NixOS's defaults");
 
     let r = host("runner");
     assert_eq!(r["failedAssertions"], json!([]));
@@ -521,6 +542,44 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
     assert!(wrong.contains("`services.pikaci.gc.keep` is not of type int"), "{wrong}");
 }
 
+/// Settings hosts commonly write beside the module, in the forms NixOS accepts: each once
+/// failed to evaluate or silently lost a value (the stand-in merges as NixOS's types do;
+/// the same hosts were checked against nixpkgs' real `lib.evalModules`, docs/nixos.md).
+#[test]
+fn the_nixos_module_leaves_a_hosts_own_settings_alone() {
+    let dir = packaging_fixture();
+    let d = dir.path();
+    let host = |case: &str| eval_json(d, &format!("nixos.{case}"));
+
+    // The string form of `experimental-features` does not merge with a list.
+    let s = host("host-string-features");
+    assert_eq!(s["nix"]["settings"]["experimental-features"], "nix-command flakes");
+    assert_eq!(s["nix"]["settings"]["extra-experimental-features"], json!(["nix-command", "flakes"]));
+    let l = host("host-list-features");
+    assert_eq!(l["nix"]["settings"]["experimental-features"], json!(["ca-derivations"]));
+
+    // A host's own `nix.gc` schedule wins over `nixGc`'s defaults instead of conflicting.
+    let g = host("host-nix-gc");
+    assert_eq!(g["nix"]["gc"], json!({"automatic": true, "dates": "Sun 04:00", "options": "--delete-older-than 30d"}));
+    assert_eq!(g["systemd"]["services"]["nix-gc"]["after"], json!(["pikaci-gc.service"]));
+
+    // A host that preseeds Incus keeps its one `default` profile; pikaci adds its pool only.
+    let p = host("host-preseed");
+    let preseed = &p["virtualisation"]["incus"]["preseed"];
+    let profiles: Vec<&str> =
+        preseed["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(profiles, ["default"], "{preseed:#}");
+    assert_eq!(preseed["profiles"][0]["devices"]["root"]["pool"], "default", "the host's profile: {preseed:#}");
+    let mut pools: Vec<&str> =
+        preseed["storage_pools"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    pools.sort();
+    assert_eq!(pools, ["default", "pikaci"]);
+
+    // Naming another profile was a trap (pikaci launches with `default`): the option is gone.
+    let err = nix_fails(&["eval", "--json", &installable(d, "nixos.profile-name")]);
+    assert!(err.contains("the option `services.pikaci.incus.profile.name` does not exist"), "{err}");
+}
+
 /// pikaci's catalog reads the library's lanes (pikaci's own among them) and runs the
 /// clippy lanes; tests/real_rust.rs runs test lanes built with the real cargo.
 #[test]
@@ -528,7 +587,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
     let dir = packaging_fixture();
     require_bwrap();
     let d = dir.path();
-    let listed = run_in(d, &["lanes", "--json"]);
+    let listed = run_unsandboxed(d, &["lanes", "--json"]);
     assert_eq!(listed.code, 0, "{listed:?}");
     for id in ["lint", "lint-warns", "own-clippy", "own-example-hello", "own-example-rust-workspace", "own-unit"] {
         assert!(listed.stdout.contains(&format!("\"{id}\"")), "{id} is not listed:\n{}", listed.stdout);
@@ -538,7 +597,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
     let mut args = vec!["run"];
     args.extend(lanes);
     args.extend(["--runtime", "bwrap", "--jobs", "1"]);
-    let out = run_in(d, &args);
+    let out = run_unsandboxed(d, &args);
     assert_eq!(out.code, 0, "{out:?}");
     let run = only_run(d);
     let record = read_json(&run.join("run.json"));
@@ -552,7 +611,7 @@ fn pikaci_lists_and_runs_the_library_lanes_with_bwrap() {
 
     // A lint is a failed job (exit 1), not an infrastructure error.
     std::fs::remove_dir_all(d.join(".pikaci")).unwrap();
-    let out = run_in(d, &["run", "lint-warns", "--runtime", "bwrap", "--jobs", "1"]);
+    let out = run_unsandboxed(d, &["run", "lint-warns", "--runtime", "bwrap", "--jobs", "1"]);
     assert_eq!(out.code, 1, "{out:?}");
     let run = only_run(d);
     let record = read_json(&run.join("run.json"));
@@ -576,7 +635,7 @@ fn pikaci_imports_the_nix_built_image_and_runs_a_lane_in_it_on_incus() {
         delete_image();
         panic!("`pikaci image import --from` failed:\n{}", text(&imported.stderr));
     }
-    let out = run_in(d, &["run", "lint", "--runtime", "incus", "--image", &alias]);
+    let out = run_unsandboxed(d, &["run", "lint", "--runtime", "incus", "--image", &alias]);
     delete_image();
     assert_eq!(out.code, 0, "{out:?}");
     let run = only_run(d);

@@ -90,7 +90,7 @@ fn changed_since_runs_only_lanes_whose_paths_match_and_records_why_others_were_s
   outputs = {{ self }}:
     let
       system = "x86_64-linux";
-      sh = name: derivation {{ inherit name system; builder = "/bin/sh"; args = [ "-c" "mkdir $out" ]; PATH = "/usr/bin:/bin"; salt = "{salt}"; }};
+      sh = name: derivation {{ inherit name system; builder = "${{./tools}}/busybox"; args = [ "sh" "-c" "mkdir $out" ]; salt = "{salt}"; }};
       lane = paths: {{ kind = "staged-linux-rust"; payloads = {{ workspace-deps = sh "d"; workspace-build = sh "b"; }}; command = [ "/bin/true" ]; inherit paths; }};
     in {{
       pikaci.${{system}}.lanes = {{
@@ -104,6 +104,7 @@ fn changed_since_runs_only_lanes_whose_paths_match_and_records_why_others_were_s
         ),
     )
     .unwrap();
+    add_build_tools(p);
     std::fs::create_dir_all(p.join("src/inner")).unwrap();
     std::fs::create_dir_all(p.join("docs")).unwrap();
     std::fs::write(p.join("src/inner/lib.rs"), "fn a() {}").unwrap();

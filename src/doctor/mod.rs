@@ -31,10 +31,17 @@ pub fn run(state: &StateRoot, remote: Option<&str>) -> i32 {
     let mut checks = Vec::new();
     let nix = match Nix::locate() {
         Ok(nix) => match nix.version() {
-            Ok(v) => {
-                checks.push(Check::ok("nix", format!("{} at `{}`", v.text, nix.program().display())));
-                true
-            }
+            Ok(v) => match nix.check_supported(&v) {
+                Ok(()) => {
+                    checks.push(Check::ok("nix", format!("{} at `{}`", v.text, nix.program().display())));
+                    true
+                }
+                Err(e) => {
+                    let fix = error::classification(&e).and_then(|c| c.hint.clone()).unwrap_or_default();
+                    checks.push(Check::fail("nix", format!("{e:#}"), fix));
+                    false
+                }
+            },
             Err(e) => {
                 let detail = format!("`{}` does not run: {e:#}", nix.program().display());
                 checks.push(Check::fail("nix", detail, "reinstall Nix"));

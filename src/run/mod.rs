@@ -77,7 +77,9 @@ pub fn take_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<(Snapshot
 /// Load the catalog of a flake (through its snapshot).
 pub fn load_catalog(flake: &FlakeSource, state: &StateRoot) -> Result<Catalog> {
     let nix = Nix::locate()?;
+    let version = setup::read_version_meanwhile(&nix, state);
     let (snap, _guard) = take_snapshot(flake, state)?;
+    setup::join_version(version)?;
     Catalog::load(&nix, &snap.dir, &catalog::current_system(), &flake.label)
 }
 
@@ -85,6 +87,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let nix = Nix::locate()?;
     let version = setup::read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
+    let version = setup::join_version(version)?;
     let catalog = Catalog::load(&nix, &snap.dir, &catalog::current_system(), &req.flake.label)?;
     let changed = match &req.changed_since {
         Some(rev) => Some(changed_files(&req.flake, rev)?),
@@ -130,6 +133,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
     let old = RunRecord::read(&req.state.run_dir(&req.run_id))?.effective(&req.state);
     req.state.ensure()?;
     let guard = req.state.lock_shared()?;
+    let version = setup::join_version(version)?;
     if !old.snapshot.dir.is_dir() {
         return Err(error::config(format!(
             "run `{}` cannot be replayed: its snapshot `{}` is gone",

@@ -11,7 +11,7 @@ use crate::plan::{ChangedFiles, PlannedJob};
 use crate::prepare::SharedBuilds;
 use crate::state::StateRoot;
 use crate::state::record::{RunSnapshot, RuntimeName};
-use crate::tools::nix::Nix;
+use crate::tools::nix::{Nix, NixVersion};
 
 /// What `run` and `rerun` decide alike: the user's choices, or the recorded ones.
 pub struct Choices {
@@ -74,11 +74,11 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new(mut choices: Choices, nix: Nix, plan: Vec<PlannedJob>, version: VersionReader) -> Result<Setup> {
+    pub fn new(mut choices: Choices, nix: Nix, plan: Vec<PlannedJob>, version: NixVersion) -> Result<Setup> {
         choices.parallelism = choices.parallelism.max(1);
         let placement = Placement::new(choices.remote.as_deref(), &choices.state.root, &placement::remote_state_root());
         let runtime = runtime_for(&plan, &choices, &placement)?;
-        let nix_version = version.join().ok().flatten();
+        let nix_version = Some(version.text);
         Ok(Setup {
             choices,
             nix,
@@ -110,15 +110,20 @@ fn runtime_for(plan: &[PlannedJob], choices: &Choices, placement: &Placement) ->
     }
 }
 
-pub type VersionReader = std::thread::JoinHandle<Option<String>>;
+pub type VersionReader = std::thread::JoinHandle<Result<NixVersion>>;
 
-/// The run records the Nix version: read it (from the state root's cache, normally)
-/// while the snapshot and catalog are made.
+/// A Nix older than the oldest supported is refused before anything is evaluated, and the
+/// run records the version: read it (from the state root's cache, normally) while the
+/// snapshot is taken.
 pub fn read_version_meanwhile(nix: &Nix, state: &StateRoot) -> VersionReader {
     let nix = nix.clone();
     let cache = state.root.join("nix-version.json");
     std::thread::spawn(move || {
         let version = if cache.parent().is_some_and(Path::is_dir) { nix.version_cached(&cache) } else { nix.version() };
-        version.ok().map(|v| v.text)
+        version.and_then(|v| nix.check_supported(&v).map(|()| v))
     })
+}
+
+pub fn join_version(reader: VersionReader) -> Result<NixVersion> {
+    reader.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the thread reading the Nix version panicked")))
 }

@@ -1,6 +1,6 @@
-//! Typed calls to `nix` and `nix-store`. Targets the Nix 2.8 command surface (what Debian 12
-//! ships) and current Nix alike: `nix eval --json --apply`, and `nix-store --realise` for
-//! building, which roots every output of a derivation on both versions (2.8 has no `^*`).
+//! Typed calls to `nix` and `nix-store`: `nix eval --json --apply`, and `nix-store --realise`
+//! for building, which roots every output of a derivation. Nix 2.18 and newer (what nixpkgs
+//! supports); an older Nix is refused with [`Nix::check_supported`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +30,15 @@ pub struct NixVersion {
     pub minor: u32,
 }
 
+/// The oldest Nix pikaci runs on: nixpkgs' own minimum (its `lib/minfeatures.nix`), so a
+/// flake that uses nixpkgs evaluates.
+pub const MIN_VERSION: (u32, u32) = (2, 18);
+
 impl NixVersion {
+    pub fn is_supported(&self) -> bool {
+        (self.major, self.minor) >= MIN_VERSION
+    }
+
     pub fn parse(text: &str) -> Option<NixVersion> {
         let text = text.trim();
         let number = text.split_whitespace().last()?;
@@ -91,6 +99,25 @@ impl Nix {
         Ok(version)
     }
 
+    /// An infrastructure error naming the version, the minimum and the fix, for a Nix older
+    /// than [`MIN_VERSION`].
+    pub fn check_supported(&self, version: &NixVersion) -> Result<()> {
+        if version.is_supported() {
+            return Ok(());
+        }
+        let (major, minor) = MIN_VERSION;
+        Err(error::infra(format!(
+            "`{}` is {}; pikaci needs Nix {major}.{minor} or newer (the oldest nixpkgs evaluates on)",
+            self.nix.display(),
+            version.text
+        ))
+        .hint(
+            "install a current Nix and put it first on PATH: on Debian 12, `scripts/bootstrap` \
+             installs one in /usr/local/bin; elsewhere see https://nixos.org/download",
+        )
+        .into())
+    }
+
     /// The Nix version (`nix --version`), read once.
     pub fn version(&self) -> Result<NixVersion> {
         let version = self.version.get_or_init(|| {
@@ -144,12 +171,21 @@ impl Nix {
 /// True when a `nix-store --realise` failure is a builder that failed (the lane's code is
 /// broken: a failed job), not Nix itself failing (infrastructure).
 pub fn is_build_failure(err: &anyhow::Error) -> bool {
-    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| {
-        f.stderr.contains("builder for")
-            && (f.stderr.contains("failed with exit code") || f.stderr.contains("failed due to signal"))
-            || f.stderr.contains("dependencies couldn't be built")
-            || f.stderr.contains("build of ") && f.stderr.contains(" failed")
-    })
+    err.chain().filter_map(|e| e.downcast_ref::<CommandFailed>()).any(|f| build_failed(&f.stderr))
+}
+
+/// Nix's words for a builder that failed: up to 2.2x "builder for '…' failed with exit code
+/// 1", "dependencies couldn't be built"; later "Cannot build '…'. Reason: builder failed with
+/// exit code 1" (or "due to signal 9"), "Reason: 1 dependency failed".
+fn build_failed(stderr: &str) -> bool {
+    stderr.contains("builder for")
+        && (stderr.contains("failed with exit code") || stderr.contains("failed due to signal"))
+        || stderr.contains("dependencies couldn't be built")
+        || stderr.contains("build of ") && stderr.contains(" failed")
+        || stderr.contains("Reason: builder failed with exit code")
+        || stderr.contains("Reason: builder failed due to signal")
+        || stderr.contains("Reason: ")
+            && (stderr.contains(" dependency failed") || stderr.contains(" dependencies failed"))
 }
 
 /// A store path's `<hash>-<name>` parts, or None when `path` is not a store path.
@@ -176,6 +212,35 @@ mod tests {
         let v = NixVersion::parse("nix (Determinate Nix 3.6.2) 2.29.0").unwrap();
         assert_eq!((v.major, v.minor), (2, 29));
         assert!(NixVersion::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn nix_2_18_is_the_oldest_supported() {
+        let supported = |text| NixVersion::parse(text).unwrap().is_supported();
+        assert!(!supported("nix (Nix) 2.8.0"));
+        assert!(!supported("nix (Nix) 2.17.1"));
+        assert!(supported("nix (Nix) 2.18.0"));
+        assert!(supported("nix (Nix) 2.34.8"));
+        assert!(supported("nix (Nix) 3.0.0"));
+    }
+
+    #[test]
+    fn build_failures_in_the_words_of_old_and_new_nix() {
+        for failed in [
+            "error: builder for '/nix/store/x-a.drv' failed with exit code 1;",
+            "error: 1 dependencies couldn't be built",
+            "error: Cannot build '/nix/store/x-a.drv'.\n       Reason: builder failed with exit code 3.",
+            "error: Cannot build '/nix/store/x-a.drv'.\n       Reason: builder failed due to signal 9 (Killed).",
+            "error: Cannot build '/nix/store/x-g.drv'.\n       Reason: 1 dependency failed.",
+        ] {
+            assert!(build_failed(failed), "{failed}");
+        }
+        for infra in [
+            "error: opening lock file '/nix/var/nix/db/big-lock': Permission denied",
+            "error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket'",
+        ] {
+            assert!(!build_failed(infra), "{infra}");
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub fn fixture_path(name: &str) -> PathBuf {
 /// The built binary, with no state root or colour from the environment.
 pub fn pikaci() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pikaci"));
-    cmd.env_remove("PIKACI_STATE_ROOT").env("NO_COLOR", "1");
+    // Nix's build sandbox on, whatever nix.conf says, as on a NixOS host: what builds here
+    // builds there. Fixtures build with a busybox from the store (`add_build_tools`); the
+    // few that need the host's tools turn it off and say why.
+    cmd.env_remove("PIKACI_STATE_ROOT").env("NO_COLOR", "1").env("NIX_CONFIG", "sandbox = true");
     cmd
 }
 
@@ -58,7 +61,25 @@ pub fn copy_fixture(src: &Path) -> tempfile::TempDir {
     copy_tree(src, dir.path());
     let salt = dir.path().file_name().unwrap().to_string_lossy().into_owned();
     std::fs::write(dir.path().join("salt"), salt).unwrap();
+    add_build_tools(dir.path());
     dir
+}
+
+/// Fixture flakes build with `tools/busybox` (Debian's static busybox, copied into the
+/// flake), a store path in their derivations, instead of the host's `/bin/sh` and tools:
+/// so they build in Nix's sandbox (`sandbox = true`, set by `scripts/bootstrap`), as on a
+/// NixOS host.
+pub fn add_build_tools(dir: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    let runs =
+        std::process::Command::new(busybox).args(["sh", "-c", "true"]).env_clear().status().is_ok_and(|s| s.success());
+    if !runs {
+        panic!(
+            "`/bin/busybox` (Debian's busybox-static) is required by this test: run `scripts/bootstrap`, which installs it"
+        );
+    }
+    std::fs::create_dir_all(dir.join("tools")).unwrap();
+    std::fs::copy(busybox, dir.join("tools/busybox")).unwrap();
 }
 
 pub fn copy_tree(src: &Path, dest: &Path) {
