@@ -15,6 +15,33 @@ pub struct PlannedJob {
     pub lane: Lane,
     #[serde(default)]
     pub skip_reason: Option<String>,
+    /// For a lane with `shards = N`: this job's part, `k` of `N` (1-based).
+    #[serde(default)]
+    pub shard: Option<Shard>,
+    /// Arguments for this job only, after the lane's command and the run's arguments:
+    /// the filter that a `rerun --failed` computed from the job's failed tests.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// One part of a sharded lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// `k/N`, as `PIKACI_SHARD` and nextest's `--partition count:k/N` take it.
+    pub fn label(self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
+
+    pub fn parse(text: &str) -> Option<Shard> {
+        let (k, n) = text.split_once('/')?;
+        let (index, count) = (k.parse().ok()?, n.parse().ok()?);
+        (index >= 1 && index <= count).then_some(Shard { index, count })
+    }
 }
 
 /// Files changed since a rev, as `--changed-since` found them.
@@ -61,10 +88,24 @@ pub fn plan(catalog: &Catalog, selection: &Selection, changed: Option<&ChangedFi
         }
         picked
     };
-    Ok(lanes
-        .into_iter()
-        .map(|lane| PlannedJob { job_id: lane.id.clone(), lane: lane.clone(), skip_reason: skip_reason(lane, changed) })
-        .collect())
+    Ok(lanes.into_iter().flat_map(|lane| jobs_of(lane, skip_reason(lane, changed))).collect())
+}
+
+/// A lane's jobs: one, or one per shard (`unit-1of4` ... `unit-4of4`).
+fn jobs_of(lane: &Lane, skip_reason: Option<String>) -> Vec<PlannedJob> {
+    let job = |job_id: String, shard: Option<Shard>| PlannedJob {
+        job_id,
+        lane: lane.clone(),
+        skip_reason: skip_reason.clone(),
+        shard,
+        extra_args: Vec::new(),
+    };
+    if lane.shards <= 1 {
+        return vec![job(lane.id.clone(), None)];
+    }
+    (1..=lane.shards)
+        .map(|index| job(format!("{}-{index}of{}", lane.id, lane.shards), Some(Shard { index, count: lane.shards })))
+        .collect()
 }
 
 fn skip_reason(lane: &Lane, changed: Option<&ChangedFiles>) -> Option<String> {

@@ -281,3 +281,80 @@ fn shards_add_up_and_the_filter_runs_only_the_named_tests() {
     assert_eq!((only_failed.passed, only_failed.failed, only_failed.skipped), (0, 1, 0), "{log}");
     assert!(log.contains("1 test run: 0 passed, 1 failed"), "{log}");
 }
+
+/// What pikaci makes of the JUnit a lane writes: every test recorded in `job.json` (and
+/// counted in `run.json`), shown and summed in the human output, sent as a `test_results`
+/// event; `rerun --failed` runs only the failed test through the lane's `testFilterArgs`;
+/// `-- ARGS` reach the command; `shards = 2` gives two jobs whose counts add up.
+#[test]
+fn pikaci_records_each_test_reruns_only_the_failed_one_and_splits_shards() {
+    require_bwrap();
+    let dir = fixture();
+    let d = dir.path();
+    build_payload(d, "unit", "workspace-deps");
+    build_payload(d, "unit", "workspace-build");
+    build_payload(d, "sharded", "workspace-build");
+
+    let out = run_in(d, &["run", "unit", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "the command's status decides the exit code: {}", out.stderr);
+    assert!(out.stdout.contains("TESTS unit: 1 failed, 7 passed, 1 skipped, 1 flaky"), "{}", out.stdout);
+    assert!(out.stdout.contains("failed: tests::fails_one"), "{}", out.stdout);
+    assert!(out.stdout.contains("flaky: tests::flaky_one"), "{}", out.stdout);
+    assert!(out.stdout.contains("tests 1 failed, 7 passed, 1 skipped, 1 flaky"), "the summary: {}", out.stdout);
+    let run = only_run(d);
+    let job = read_json(&run.join("jobs/unit/job.json"));
+    let tests = &job["tests"];
+    assert_eq!((tests["passed"].as_u64(), tests["failed"].as_u64()), (Some(7), Some(1)), "{tests}");
+    assert_eq!((tests["skipped"].as_u64(), tests["flaky"].as_u64()), (Some(1), Some(1)), "{tests}");
+    assert_eq!(tests["failures"].as_array().unwrap().len(), 1, "{tests}");
+    assert_eq!(tests["failures"][0]["name"], "tests::fails_one");
+    assert_eq!(tests["failures"][0]["suite"], "alpha");
+    assert_eq!(tests["flaky_tests"], serde_json::json!(["tests::flaky_one"]));
+    assert!(tests.get("inconsistent").is_none(), "the command failed too: {tests}");
+    let record = read_json(&run.join("run.json"));
+    assert_eq!(record["jobs"][0]["tests"], serde_json::json!({"passed": 7, "failed": 1, "skipped": 1, "flaky": 1}));
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    let results: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "test_results")
+        .collect();
+    assert_eq!(results.len(), 1, "{events}");
+    assert_eq!(results[0]["failed_tests"], serde_json::json!(["tests::fails_one"]));
+
+    // Only the failed test runs again, through the lane's filter.
+    let first = run.file_name().unwrap().to_string_lossy().into_owned();
+    let again = run_in(d, &["rerun", &first, "--failed", "--output", "json"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    let again = again.json();
+    let rerun_dir = d.join(".pikaci/runs").join(again["run_id"].as_str().unwrap());
+    let guest = std::fs::read_to_string(rerun_dir.join("jobs/unit/guest.log")).unwrap();
+    assert!(guest.contains("1 test run: 0 passed, 1 failed"), "{guest}");
+    assert_eq!(again["plan"][0]["extra_args"], serde_json::json!(["-E", "test(=tests::fails_one)"]));
+    assert_eq!(again["jobs"][0]["tests"], serde_json::json!({"passed": 0, "failed": 1, "skipped": 0, "flaky": 0}));
+
+    // `-- ARGS` reach the lane's command (here: nextest's filter), and are recorded.
+    let out: Run = pikaci()
+        .args(["run", "unit", "--runtime", "bwrap", "--flake"])
+        .arg(format!("path:{}", d.display()))
+        .args(["--output", "json", "--", "-E", "test(=tests::answer_is_42)"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let with_args = out.json();
+    assert_eq!(with_args["args"], serde_json::json!(["-E", "test(=tests::answer_is_42)"]));
+    assert_eq!(with_args["jobs"][0]["tests"]["passed"], 1, "{with_args}");
+
+    // Two shards: two jobs, each told its part, whose counts add up to the whole.
+    let out = run_in(d, &["run", "sharded", "--runtime", "bwrap", "--jobs", "2", "--output", "json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let sharded = out.json();
+    let jobs: Vec<&str> = sharded["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(jobs, ["sharded-1of2", "sharded-2of2"]);
+    let sum = |field: &str| -> u64 {
+        sharded["jobs"].as_array().unwrap().iter().map(|j| j["tests"][field].as_u64().unwrap()).sum()
+    };
+    assert_eq!((sum("passed"), sum("failed"), sum("skipped"), sum("flaky")), (7, 1, 1, 1), "{sharded}");
+    assert_eq!(sharded["plan"][1]["shard"], "2/2");
+}

@@ -6,7 +6,20 @@
 //! `pikaci.<system>.lanes.<id>` again with [`apply_expression`] and reads the words with
 //! [`parse_args`].
 
+use std::path::Path;
+
+use anyhow::Result;
 use serde_json::Value;
+
+use crate::error;
+use crate::tools::nix::Nix;
+
+/// Evaluate lane `lane`'s `testFilterArgs` of the flake in `dir` (a snapshot) with `names`.
+pub fn evaluate(nix: &Nix, dir: &Path, system: &str, lane: &str, names: &[String]) -> Result<Vec<String>> {
+    let installable = format!("{}#pikaci.{system}.lanes.{lane}", super::path_url(dir));
+    let value = nix.eval_json_apply(&installable, &apply_expression(names))?;
+    parse_args(lane, &value).map_err(|why| error::config(why).into())
+}
 
 /// The `--apply` expression for `pikaci.<system>.lanes.<id>` that calls the lane's
 /// `testFilterArgs` with `names`. The names travel as JSON inside a Nix string, escaped

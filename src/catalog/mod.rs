@@ -60,6 +60,11 @@ in
 if builtins.isAttrs lanes then builtins.mapAttrs (_: lane) lanes else builtins.typeOf lanes
 "#;
 
+/// The `path:` flake URL of a local directory.
+pub fn path_url(dir: &Path) -> String {
+    format!("path:{}", dir.display())
+}
+
 /// The Nix system pikaci runs lanes for (`x86_64-linux` on these hosts).
 pub fn current_system() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
@@ -76,7 +81,7 @@ impl Catalog {
     /// messages (the user's spelling, not the snapshot directory it was read from).
     pub fn load(nix: &Nix, dir: &Path, system: &str, flake_label: &str) -> Result<Catalog> {
         let attr = format!("pikaci.{system}.lanes");
-        let installable = format!("path:{}#{attr}", dir.display());
+        let installable = format!("{}#{attr}", path_url(dir));
         let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
         let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
         Ok(Catalog { lanes })

@@ -148,6 +148,10 @@ pub struct RunArgs {
     pub jobs: Option<usize>,
     #[arg(long, value_enum, default_value = "human")]
     pub output: OutputFormat,
+    /// Arguments appended to the command of each selected lane, for this run only
+    /// (recorded, and replayed by `rerun`): `pikaci run unit -- --exact greet::tests::world`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
 }
 
 /// `--jobs N`: a whole number of at least 1.
@@ -183,6 +187,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 remote: args.remote,
                 image: args.image,
                 parallelism,
+                args: args.args,
             };
             let record = run::run(request, output::reporter(args.output))?;
             finish(&record, args.output)

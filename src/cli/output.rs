@@ -66,12 +66,52 @@ impl EventSink for Jsonl {
 struct Human {
     color: bool,
     lock: Mutex<()>,
+    /// Every job's test results so far, for the summary.
+    tests: Mutex<TestTally>,
+}
+
+/// Tests counted across the jobs of a run, with the names the summary shows.
+#[derive(Default)]
+struct TestTally {
+    jobs: usize,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    flaky: u64,
+    failed_tests: Vec<String>,
+    flaky_tests: Vec<String>,
+}
+
+/// How many test names a summary lists before "and N more".
+const NAMES_SHOWN: usize = 10;
+
+/// `a, b, c and 7 more`, of at most [`NAMES_SHOWN`] names out of `total`.
+fn some_names(names: &[String], total: u64) -> String {
+    let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(String::as_str).collect();
+    let rest = total.saturating_sub(shown.len() as u64);
+    if rest == 0 { shown.join(", ") } else { format!("{} and {rest} more", shown.join(", ")) }
+}
+
+impl TestTally {
+    fn line(&self) -> String {
+        let mut parts = vec![format!("{} passed", self.passed)];
+        if self.failed > 0 {
+            parts.insert(0, format!("{} failed", self.failed));
+        }
+        if self.skipped > 0 {
+            parts.push(format!("{} skipped", self.skipped));
+        }
+        if self.flaky > 0 {
+            parts.push(format!("{} flaky", self.flaky));
+        }
+        parts.join(", ")
+    }
 }
 
 impl Human {
     fn new() -> Human {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Human { color, lock: Mutex::new(()) }
+        Human { color, lock: Mutex::new(()), tests: Mutex::new(TestTally::default()) }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -139,7 +179,47 @@ impl EventSink for Human {
                 }
                 self.say(&line);
             }
+            Event::TestResults { job_id, passed, failed, skipped, flaky, failed_tests, flaky_tests, .. } => {
+                let mut tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
+                let job = TestTally {
+                    jobs: 1,
+                    passed: *passed,
+                    failed: *failed,
+                    skipped: *skipped,
+                    flaky: *flaky,
+                    failed_tests: failed_tests.clone(),
+                    flaky_tests: flaky_tests.clone(),
+                };
+                let mut line = format!("{} {job_id}: {}", self.paint("2", "   TESTS"), job.line());
+                if *failed > 0 {
+                    line.push_str(&format!("\n         failed: {}", some_names(failed_tests, *failed)));
+                }
+                if *flaky > 0 {
+                    line.push_str(&format!("\n         flaky: {}", some_names(flaky_tests, *flaky)));
+                }
+                tally.jobs += 1;
+                tally.passed += passed;
+                tally.failed += failed;
+                tally.skipped += skipped;
+                tally.flaky += flaky;
+                tally.failed_tests.extend(failed_tests.iter().cloned());
+                tally.flaky_tests.extend(flaky_tests.iter().cloned());
+                drop(tally);
+                self.say(&line);
+            }
             Event::RunFinished { run_id, status, duration_ms, counts, .. } => {
+                let tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
+                if tally.jobs > 0 {
+                    let mut line = format!("{} {}", self.paint("1", "tests"), tally.line());
+                    if tally.failed > 0 {
+                        line.push_str(&format!("\n         failed: {}", some_names(&tally.failed_tests, tally.failed)));
+                    }
+                    if tally.flaky > 0 {
+                        line.push_str(&format!("\n         flaky: {}", some_names(&tally.flaky_tests, tally.flaky)));
+                    }
+                    self.say(&line);
+                }
+                drop(tally);
                 let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 let code = if *status == RunStatus::Passed { "32" } else { "31" };
                 self.say(&format!(

@@ -16,8 +16,9 @@ use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport};
 use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::plan::PlannedJob;
 use crate::prepare::{self, Prepared, PreparedPayload};
+use crate::results::junit::read_junit_dir;
 use crate::state::events::Event;
-use crate::state::record::{JOB_SCHEMA_VERSION, JobSummary, LaneRecord, RealizedPayload};
+use crate::state::record::{JOB_SCHEMA_VERSION, JobSummary, LaneRecord, RealizedPayload, TestsRecord};
 use crate::state::recorder::Recorder;
 use crate::state::{self, JobRecord, JobStatus};
 use crate::tools::command::is_interrupted;
@@ -130,6 +131,7 @@ fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
         payloads: Vec::new(),
         instance: None,
         reproduce: Vec::new(),
+        tests: None,
     }
 }
 
@@ -150,7 +152,8 @@ fn finish_record(
     if let Err(e) = std::fs::create_dir_all(job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(job_dir)) {
         eprintln!("pikaci: warning: could not write the record of job `{}`: {e:#}", job.job_id);
     }
-    JobSummary { job_id: job.job_id.clone(), status, exit_code, duration_ms, message }
+    let tests = job.tests.as_ref().map(TestsRecord::counts);
+    JobSummary { job_id: job.job_id.clone(), status, exit_code, duration_ms, message, tests }
 }
 
 /// How the command's end maps to the job's status.
@@ -194,7 +197,7 @@ impl JobScope<'_> {
         job.write(&self.job_dir).map_err(JobError::infra)?;
         self.recorder.set_job_status(&self.planned.job_id, JobStatus::Running);
 
-        let ctx = self.host_context(prepared, artifacts_dir);
+        let ctx = self.host_context(prepared, artifacts_dir, runtime.name());
         let io = JobIo {
             host_log: host_log.clone(),
             guest_log: self.job_dir.join("guest.log"),
@@ -212,7 +215,43 @@ impl JobScope<'_> {
             .placement
             .fetch_artifacts(&ctx.artifacts_dir, &host_log)
             .map_err(|e| JobError::infra(e.context("the command ran, but its artifacts could not be fetched")))?;
+        job.tests = self.test_results(&ctx.artifacts_dir, outcome, &host_log);
         Ok(outcome)
+    }
+
+    /// The job's per-test results, when its command wrote JUnit under
+    /// `/pikaci/artifacts/junit/`; announced as a `test_results` event.
+    fn test_results(&self, artifacts_dir: &Path, outcome: GuestOutcome, host_log: &HostLog) -> Option<TestsRecord> {
+        let dir = artifacts_dir.join("junit");
+        if !dir.is_dir() {
+            return None;
+        }
+        let report = read_junit_dir(&dir);
+        for warning in &report.warnings {
+            host_log.line(&format!("junit: {warning}"));
+        }
+        let mut tests = match &report.results {
+            Some(results) => TestsRecord::from(results),
+            None if report.warnings.is_empty() => return None,
+            None => TestsRecord::default(),
+        };
+        tests.warnings = report.warnings;
+        tests.inconsistent = tests.failed > 0 && outcome == GuestOutcome::Exited(0);
+        if tests.inconsistent {
+            host_log.line(&format!("junit: {} test(s) failed, but the command exited 0", tests.failed));
+        }
+        self.recorder.emit(Event::TestResults {
+            run_id: self.run_id.to_string(),
+            job_id: self.planned.job_id.clone(),
+            passed: tests.passed,
+            failed: tests.failed,
+            skipped: tests.skipped,
+            flaky: tests.flaky,
+            failed_tests: tests.failures.iter().take(20).map(|f| f.name.clone()).collect(),
+            flaky_tests: tests.flaky_tests.clone(),
+            at: state::now_rfc3339(),
+        });
+        Some(tests)
     }
 
     /// Get the job's host ready: the snapshot there (sent once per run), and the job's
@@ -284,16 +323,26 @@ impl JobScope<'_> {
         })
     }
 
-    fn host_context(&self, prepared: Prepared, artifacts_dir: PathBuf) -> HostContext {
+    fn host_context(&self, prepared: Prepared, artifacts_dir: PathBuf, runtime: &str) -> HostContext {
         let (planned, setup) = (self.planned, self.setup);
+        let mut env = guest::environment(self.run_id, &planned.job_id, &planned.lane.env);
+        env.insert("PIKACI_LANE".into(), planned.lane.id.clone());
+        env.insert("PIKACI_RUNTIME".into(), runtime.to_string());
+        if let Some(shard) = planned.shard {
+            env.insert("PIKACI_SHARD".into(), shard.label());
+        }
+        // The lane's command, then the run's `-- ARGS`, then this job's own (a filter).
+        let mut command = planned.lane.command.clone();
+        command.extend(setup.choices.args.iter().cloned());
+        command.extend(planned.extra_args.iter().cloned());
         HostContext {
             run_id: self.run_id.to_string(),
             job_id: planned.job_id.clone(),
             job_dir: self.job_dir.clone(),
             snapshot_dir: setup.choices.snapshot.dir.clone(),
             artifacts_dir,
-            command: planned.lane.command.clone(),
-            env: guest::environment(self.run_id, &planned.job_id, &planned.lane.env),
+            command,
+            env,
             timeout: Duration::from_secs(planned.lane.timeout_secs),
             image: planned.lane.image.clone().or_else(|| setup.choices.image.clone()),
             staged_payload_mounts: prepared.mounts,

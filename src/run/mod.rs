@@ -27,7 +27,7 @@ use crate::plan::{self, ChangedFiles, PlannedJob, Selection};
 use crate::snapshot::{self, Snapshot};
 use crate::state::record::{RunSnapshot, RuntimeName};
 use crate::state::recorder::EventSink;
-use crate::state::{RunRecord, StateRoot};
+use crate::state::{JobRecord, RunRecord, StateRoot};
 use crate::tools::git;
 use crate::tools::nix::Nix;
 
@@ -49,6 +49,8 @@ pub struct RunRequest {
     pub remote: Option<String>,
     pub image: Option<String>,
     pub parallelism: usize,
+    /// `-- ARGS`: appended to the command of each job, in this run only.
+    pub args: Vec<String>,
 }
 
 /// What `pikaci rerun` asks for.
@@ -106,12 +108,38 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
             image: req.image,
             parallelism: req.parallelism,
             rerun_of: None,
+            args: req.args,
         },
         nix,
         plan,
         version,
     )?;
     scheduler::execute(setup, guard, reporter)
+}
+
+/// For `rerun --failed`: when the job recorded its failed tests and its lane declares
+/// `testFilterArgs`, run only those tests (a shard's failed tests then run in one job);
+/// otherwise the whole job runs again.
+fn filter_failed_tests(nix: &Nix, state: &StateRoot, old: &RunRecord, job: &mut PlannedJob) {
+    if !job.lane.test_filter {
+        return;
+    }
+    let Ok(record) = JobRecord::read(&state.job_dir(&old.run_id, &job.job_id)) else { return };
+    let Some(tests) = record.tests.filter(|t| t.failed > 0 && t.failures.len() as u64 == t.failed) else { return };
+    let mut names: Vec<String> = tests.failures.into_iter().map(|f| f.name).collect();
+    names.sort();
+    names.dedup();
+    match catalog::filter::evaluate(nix, &old.snapshot.dir, &old.system, &job.lane.id, &names) {
+        Ok(args) => {
+            job.extra_args = args;
+            job.shard = None;
+        }
+        Err(e) => eprintln!(
+            "pikaci: warning: job `{}` runs whole: its lane's `testFilterArgs` failed: {}",
+            job.job_id,
+            error::render(&e).trim_start_matches("error: ")
+        ),
+    }
 }
 
 fn changed_files(flake: &FlakeSource, rev: &str) -> Result<ChangedFiles> {
@@ -144,7 +172,11 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
         .into());
     }
     let plan: Vec<PlannedJob> = if req.failed_only {
-        old.jobs_to_rerun().into_iter().map(PlannedJob::from).collect()
+        let mut plan: Vec<PlannedJob> = old.jobs_to_rerun().into_iter().map(PlannedJob::from).collect();
+        for job in &mut plan {
+            filter_failed_tests(&nix, &req.state, &old, job);
+        }
+        plan
     } else {
         old.plan.iter().map(PlannedJob::from).collect()
     };
@@ -170,6 +202,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             image: old.image.clone(),
             parallelism: req.parallelism.unwrap_or(old.parallelism),
             rerun_of: Some(old.run_id.clone()),
+            args: old.args.clone(),
         },
         nix,
         plan,

@@ -2,12 +2,13 @@
 //! them, and back (a rerun replays the recorded plan).
 
 use crate::catalog::{Lane, Payload};
-use crate::plan::{ChangedFiles, PlannedJob};
+use crate::plan::{ChangedFiles, PlannedJob, Shard};
 use crate::prepare::PreparedPayload;
 use crate::prepare::manifest::{ManifestMount, PayloadManifest, ResolvedMount};
+use crate::results::junit::TestResults;
 use crate::state::record::{
     ChangedRecord, LaneRecord, ManifestMountRecord, ManifestRecord, MountRecord, PayloadRecord, PlannedJobRecord,
-    RealizedPayload,
+    RealizedPayload, TestFailureRecord, TestsRecord,
 };
 
 impl From<&Lane> for LaneRecord {
@@ -62,13 +63,25 @@ impl From<&LaneRecord> for Lane {
 
 impl From<&PlannedJob> for PlannedJobRecord {
     fn from(job: &PlannedJob) -> PlannedJobRecord {
-        PlannedJobRecord { job_id: job.job_id.clone(), lane: (&job.lane).into(), skip_reason: job.skip_reason.clone() }
+        PlannedJobRecord {
+            job_id: job.job_id.clone(),
+            lane: (&job.lane).into(),
+            skip_reason: job.skip_reason.clone(),
+            shard: job.shard.map(Shard::label),
+            extra_args: job.extra_args.clone(),
+        }
     }
 }
 
 impl From<&PlannedJobRecord> for PlannedJob {
     fn from(job: &PlannedJobRecord) -> PlannedJob {
-        PlannedJob { job_id: job.job_id.clone(), lane: (&job.lane).into(), skip_reason: job.skip_reason.clone() }
+        PlannedJob {
+            job_id: job.job_id.clone(),
+            lane: (&job.lane).into(),
+            skip_reason: job.skip_reason.clone(),
+            shard: job.shard.as_deref().and_then(Shard::parse),
+            extra_args: job.extra_args.clone(),
+        }
     }
 }
 
@@ -119,6 +132,30 @@ impl From<&PreparedPayload> for RealizedPayload {
             duration_ms: p.duration_ms,
             manifest: p.manifest.as_ref().map(Into::into),
             extra_mounts: p.extra_mounts.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<&TestResults> for TestsRecord {
+    fn from(r: &TestResults) -> TestsRecord {
+        TestsRecord {
+            passed: r.passed,
+            failed: r.failed,
+            skipped: r.skipped,
+            flaky: r.flaky,
+            failures: r
+                .failures
+                .iter()
+                .map(|f| TestFailureRecord {
+                    name: f.name.clone(),
+                    suite: f.suite.clone(),
+                    message: f.message.clone(),
+                    output: f.output.clone(),
+                })
+                .collect(),
+            flaky_tests: r.flaky_tests.iter().map(|(_suite, name)| name.clone()).collect(),
+            inconsistent: false,
+            warnings: Vec::new(),
         }
     }
 }

@@ -82,6 +82,7 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
             exit_code: None,
             duration_ms: None,
             message: p.skip_reason.clone(),
+            tests: None,
         })
         .collect();
     RunRecord {
@@ -105,6 +106,7 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
         changed: c.changed.as_ref().map(Into::into),
         rerun_of: c.rerun_of.clone(),
         plan: setup.plan.iter().map(PlannedJobRecord::from).collect(),
+        args: c.args.clone(),
         jobs,
         message: None,
     }
@@ -189,5 +191,6 @@ fn not_started(planned: &PlannedJob) -> JobSummary {
         exit_code: None,
         duration_ms: None,
         message: Some("not started: the run was interrupted".into()),
+        tests: None,
     }
 }

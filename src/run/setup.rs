@@ -25,6 +25,8 @@ pub struct Choices {
     pub image: Option<String>,
     pub parallelism: usize,
     pub rerun_of: Option<String>,
+    /// `-- ARGS`: appended to every job's command.
+    pub args: Vec<String>,
 }
 
 /// The runtime a run got, or why it has none.

@@ -54,6 +54,20 @@ pub enum Event {
         message: Option<String>,
         at: String,
     },
+    /// The per-test results of a job, read from its JUnit files after its command.
+    TestResults {
+        run_id: String,
+        job_id: String,
+        passed: u64,
+        failed: u64,
+        skipped: u64,
+        flaky: u64,
+        /// At most 20 names; `failed` counts them all.
+        failed_tests: Vec<String>,
+        #[serde(default)]
+        flaky_tests: Vec<String>,
+        at: String,
+    },
     RunFinished {
         run_id: String,
         status: RunStatus,

@@ -118,6 +118,9 @@ pub struct RunRecord {
     #[serde(default)]
     pub rerun_of: Option<String>,
     pub plan: Vec<PlannedJobRecord>,
+    /// `pikaci run ... -- ARGS`: appended to every job's command, in this run only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     pub jobs: Vec<JobSummary>,
     #[serde(default)]
     pub message: Option<String>,
@@ -193,6 +196,60 @@ pub struct PlannedJobRecord {
     pub lane: LaneRecord,
     #[serde(default)]
     pub skip_reason: Option<String>,
+    /// `k/N` for a job of a lane with `shards = N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Arguments for this job only (a `rerun --failed`'s test filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+/// Per-test results of a job, from the JUnit files its command wrote under
+/// `/pikaci/artifacts/junit/`. Flaky tests (failed, then passed on a retry) count as
+/// passed and as flaky.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestsRecord {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub flaky: u64,
+    /// The failed tests, at most 1,000, each with the first lines of its output.
+    #[serde(default)]
+    pub failures: Vec<TestFailureRecord>,
+    /// The names of the flaky tests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flaky_tests: Vec<String>,
+    /// The JUnit says tests failed, but the command exited 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconsistent: bool,
+    /// Files that could not be read, or were refused (too large, a symlink, malformed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestFailureRecord {
+    /// The test's own name (`alpha::tests::fails_one`), the form a filter takes back.
+    pub name: String,
+    pub suite: String,
+    pub message: String,
+    /// The first lines of its output.
+    pub output: String,
+}
+
+/// A job's test counts, as `run.json` keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub flaky: u64,
+}
+
+impl TestsRecord {
+    pub fn counts(&self) -> TestCounts {
+        TestCounts { passed: self.passed, failed: self.failed, skipped: self.skipped, flaky: self.flaky }
+    }
 }
 
 /// Files changed since a rev, as `--changed-since` found them.
@@ -243,6 +300,8 @@ pub struct JobSummary {
     pub duration_ms: Option<u64>,
     #[serde(default)]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestCounts>,
 }
 
 /// One job in full: its lane, the realized payloads, and how to reproduce it by hand.
@@ -274,6 +333,9 @@ pub struct JobRecord {
     /// Shell lines that redo the job by hand: the realizations, then the runtime call.
     #[serde(default)]
     pub reproduce: Vec<String>,
+    /// Absent when the job wrote no JUnit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
