@@ -208,6 +208,12 @@ fn real_workspace_lane_runs_on_incus_with_the_same_results() {
     assert_eq!(failed_names(&unit), ["alpha tests::fails_one"]);
     let guest = std::fs::read_to_string(run.join("jobs/unit/guest.log")).unwrap();
     assert!(guest.contains("beta::fixture_file reads_the_fixture_file"), "{guest}");
+    // pikaci's own record of them, as on bwrap.
+    let tests = &read_json(&run.join("jobs/unit/job.json"))["tests"];
+    assert_eq!(tests["failures"][0]["name"], "tests::fails_one", "{tests}");
+    assert_eq!((tests["passed"].as_u64(), tests["failed"].as_u64()), (Some(7), Some(1)), "{tests}");
+    assert_eq!((tests["skipped"].as_u64(), tests["flaky"].as_u64()), (Some(1), Some(1)), "{tests}");
+    assert_eq!(tests["flaky_tests"], serde_json::json!(["tests::flaky_one"]));
 }
 
 /// Run a lane's `bin/run-tests` on the host as the guest would, with `env` and `args`;
