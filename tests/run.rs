@@ -199,3 +199,38 @@ fn json_output_is_the_run_record_and_guest_output_goes_to_stderr() {
     assert_eq!(record["plan"][0]["lane"]["id"], "fail");
     assert!(out.stderr.contains("[fail] failing with 7"), "{}", out.stderr);
 }
+
+#[test]
+fn junit_from_any_lane_is_recorded_and_bad_files_are_warnings() {
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "junit", "junit-lies", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 1, "the commands' status decides: {out:?}");
+    let run = only_run(dir.path());
+    let tests = read_json(&run.join("jobs/junit/job.json"))["tests"].clone();
+    assert_eq!(
+        (tests["passed"].as_u64(), tests["failed"].as_u64(), tests["skipped"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{tests}"
+    );
+    assert_eq!(tests["failures"][0]["name"], "checks::two");
+    assert_eq!(tests["failures"][0]["suite"], "shell");
+    assert_eq!(tests["failures"][0]["message"], "expected 1, got 2");
+    assert!(tests["failures"][0]["output"].as_str().unwrap().contains("line two"), "{tests}");
+    let warnings: Vec<&str> = tests["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    for name in ["bad.xml", "link.xml", "huge.xml"] {
+        assert!(warnings.iter().any(|w| w.contains(name)), "no warning names {name}: {warnings:?}");
+    }
+    assert!(tests.get("inconsistent").is_none(), "{tests}");
+    // The symlink was not followed: nothing of /etc/passwd is in the record.
+    assert!(!tests.to_string().contains("root:x:0"), "{tests}");
+
+    let lies = read_json(&run.join("jobs/junit-lies/job.json"));
+    assert_eq!(lies["status"], "passed", "the exit code decides the job");
+    assert_eq!(lies["tests"]["failed"], 1);
+    assert_eq!(lies["tests"]["inconsistent"], true, "{lies}");
+    // Lanes that write no JUnit have no `tests` at all.
+    let plain = run_in(dir.path(), &["run", "fail", "--runtime", "bwrap", "--output", "json"]);
+    assert_eq!(plain.code, 1);
+    assert!(plain.json()["jobs"][0].get("tests").is_none(), "{}", plain.stdout);
+}
