@@ -194,3 +194,62 @@ fn zero_jobs_at_a_time_is_a_usage_error() {
     }
     assert!(!dir.path().join(".pikaci").exists(), "nothing is written for a usage error");
 }
+
+/// The catalog of an unchanged source is not evaluated again: the real `nix` is reached
+/// through a shim on PATH that notes each call, and `lanes` on the same source starts no
+/// `nix eval` until the source changes, a `.drv` it names is collected, or `--refresh`.
+#[test]
+fn an_unchanged_source_is_not_evaluated_again() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake");
+    std::fs::create_dir(&flake).unwrap();
+    write_flake(&flake, r#"{ unit = ok; }"#);
+    let shim_dir = dir.path().join("bin");
+    std::fs::create_dir(&shim_dir).unwrap();
+    let calls = dir.path().join("calls");
+    let real = which("nix").unwrap();
+    std::fs::write(
+        shim_dir.join("nix"),
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n", calls.display(), real.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shim_dir.join("nix"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap());
+    let lanes = |extra: &[&str]| -> Run {
+        pikaci()
+            .args(["lanes", "--json", "--flake"])
+            .arg(&flake)
+            .args(extra)
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let evals = || std::fs::read_to_string(&calls).unwrap_or_default().lines().filter(|l| l.contains(" eval ")).count();
+
+    let first = lanes(&[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(evals(), 1);
+    let second = lanes(&[]);
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(evals(), 1, "the cached catalog started `nix eval`");
+    assert_eq!(lanes(&["--refresh"]).code, 0);
+    assert_eq!(evals(), 2, "--refresh evaluates");
+
+    // A `.drv` the catalog names was collected: evaluated again (and instantiated again).
+    let listed: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
+    let drv = listed[0]["payloads"][0]["drv_path"].as_str().unwrap().to_string();
+    let deleted = std::process::Command::new("nix-store").args(["--delete", &drv]).output().unwrap();
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    assert_eq!(lanes(&[]).code, 0);
+    assert_eq!(evals(), 3, "a collected .drv invalidates the cache");
+    assert!(std::path::Path::new(&drv).exists(), "the evaluation instantiated it again");
+
+    // A changed source is another snapshot: evaluated.
+    write_flake(&flake, r#"{ unit = ok; other = ok; }"#);
+    let changed = lanes(&[]);
+    assert!(changed.stdout.contains("\"other\""), "{changed:?}");
+    assert_eq!(evals(), 4);
+}

@@ -2,6 +2,7 @@
 //! `nix eval --json --apply` call (nothing is built), then validated in full so that every
 //! broken lane is reported at once.
 
+pub mod cache;
 pub mod filter;
 pub mod glob;
 mod lane;
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+pub use cache::{CacheKey, CatalogCache};
 pub use lane::{Lane, LaneError, Payload, validate_id};
 
 use crate::error;
@@ -85,6 +87,33 @@ impl Catalog {
         let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
         let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
         Ok(Catalog { lanes })
+    }
+
+    /// [`Catalog::load`] through `cache`: an unchanged snapshot (`snapshot_id`, its content
+    /// hash) on the same system and Nix is not evaluated again while its `.drv` files
+    /// exist. `refresh` evaluates in any case (and keeps the new result).
+    pub fn load_cached(
+        nix: &Nix,
+        cache: &CatalogCache,
+        snapshot: (&Path, &str),
+        nix_version: &str,
+        flake_label: &str,
+        refresh: bool,
+    ) -> Result<Catalog> {
+        let system = current_system();
+        let attr = format!("pikaci.{system}.lanes");
+        let key = CacheKey { snapshot: snapshot.1, system: &system, apply: APPLY, nix_version };
+        let raw = match cache.get(&key).filter(|_| !refresh) {
+            Some(raw) => raw,
+            None => {
+                let installable = format!("{}#{attr}", path_url(snapshot.0));
+                let raw =
+                    nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
+                cache.put(&key, &raw);
+                raw
+            }
+        };
+        Ok(Catalog { lanes: Catalog::from_json(&raw, &attr, flake_label)? })
     }
 
     /// Validate what [`APPLY`] returned; every broken rule of every lane is reported.

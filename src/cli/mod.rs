@@ -44,6 +44,9 @@ pub enum Command {
     Lanes {
         #[arg(long)]
         json: bool,
+        /// Evaluate the flake even when the catalog of this source is cached.
+        #[arg(long)]
+        refresh: bool,
     },
     /// Run lanes.
     Run(RunArgs),
@@ -148,6 +151,9 @@ pub struct RunArgs {
     pub jobs: Option<usize>,
     #[arg(long, value_enum, default_value = "human")]
     pub output: OutputFormat,
+    /// Evaluate the flake even when the catalog of this source is cached.
+    #[arg(long)]
+    pub refresh: bool,
     /// Arguments appended to the command of each selected lane, for this run only
     /// (recorded, and replayed by `rerun`): `pikaci run unit -- --exact greet::tests::world`.
     #[arg(last = true, value_name = "ARGS")]
@@ -166,10 +172,10 @@ fn job_count(text: &str) -> Result<usize, String> {
 /// Run the parsed command; the exit code on success.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Lanes { json } => {
+        Command::Lanes { json, refresh } => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let catalog = run::load_catalog(&flake, &state)?;
+            let catalog = run::load_catalog(&flake, &state, refresh)?;
             inspect::print_lanes(&catalog, json)?;
             Ok(exit::SUCCESS)
         }
@@ -188,6 +194,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 image: args.image,
                 parallelism,
                 args: args.args,
+                refresh: args.refresh,
             };
             let record = run::run(request, output::reporter(args.output))?;
             finish(&record, args.output)

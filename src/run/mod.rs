@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::catalog::{self, Catalog, FlakeSource};
+use crate::catalog::{self, Catalog, CatalogCache, FlakeSource};
 use crate::error;
 use crate::executor::{OutputSink, RuntimeChoice};
 use crate::plan::{self, ChangedFiles, PlannedJob, Selection};
@@ -51,6 +51,8 @@ pub struct RunRequest {
     pub parallelism: usize,
     /// `-- ARGS`: appended to the command of each job, in this run only.
     pub args: Vec<String>,
+    /// Evaluate the flake even when its catalog is cached.
+    pub refresh: bool,
 }
 
 /// What `pikaci rerun` asks for.
@@ -76,13 +78,25 @@ pub fn take_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<(Snapshot
     Ok((snap, guard))
 }
 
-/// Load the catalog of a flake (through its snapshot).
-pub fn load_catalog(flake: &FlakeSource, state: &StateRoot) -> Result<Catalog> {
+/// Load the catalog of a flake (through its snapshot; cached, see [`catalog::cache`]).
+pub fn load_catalog(flake: &FlakeSource, state: &StateRoot, refresh: bool) -> Result<Catalog> {
     let nix = Nix::locate()?;
     let version = setup::read_version_meanwhile(&nix, state);
     let (snap, _guard) = take_snapshot(flake, state)?;
-    setup::join_version(version)?;
-    Catalog::load(&nix, &snap.dir, &catalog::current_system(), &flake.label)
+    let version = setup::join_version(version)?;
+    catalog_of(&nix, state, &snap, &version.text, &flake.label, refresh)
+}
+
+fn catalog_of(
+    nix: &Nix,
+    state: &StateRoot,
+    snap: &Snapshot,
+    version: &str,
+    label: &str,
+    refresh: bool,
+) -> Result<Catalog> {
+    let cache = CatalogCache { dir: state.root.join("catalog-cache") };
+    Catalog::load_cached(nix, &cache, (&snap.dir, &snap.id), version, label, refresh)
 }
 
 pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
@@ -90,7 +104,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let version = setup::read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
     let version = setup::join_version(version)?;
-    let catalog = Catalog::load(&nix, &snap.dir, &catalog::current_system(), &req.flake.label)?;
+    let catalog = catalog_of(&nix, &req.state, &snap, &version.text, &req.flake.label, req.refresh)?;
     let changed = match &req.changed_since {
         Some(rev) => Some(changed_files(&req.flake, rev)?),
         None => None,
