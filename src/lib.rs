@@ -16,6 +16,7 @@ pub mod gc;
 pub mod plan;
 pub mod prepare;
 pub mod runner;
+pub mod serve;
 pub mod signals;
 pub mod snapshot;
 pub mod state;
