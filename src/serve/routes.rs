@@ -19,12 +19,20 @@ pub const RUNS_PER_PAGE: usize = 100;
 /// What a request gets back.
 pub enum Reply {
     Html(u16, String),
-    Json(u16, Value),
+    /// JSON text, serialized as `pikaci list --json` / `status --json` print it.
+    Json(u16, String),
     Text(u16, String),
     /// A file streamed from an open handle: a log or an artifact.
     File { file: File, len: u64, content_type: &'static str, disposition: String },
     /// Server-sent events with what a log gains.
     Follow { run_id: String, job_id: String, file: std::path::PathBuf, offset: u64 },
+}
+
+fn json_reply<T: serde::Serialize>(code: u16, value: T) -> Reply {
+    match serde_json::to_string_pretty(&value) {
+        Ok(text) => Reply::Json(code, text + "\n"),
+        Err(e) => Reply::Json(500, format!("{{\"error\": {:?}}}\n", e.to_string())),
+    }
 }
 
 fn not_found(what: &str) -> Reply {
@@ -68,8 +76,8 @@ pub fn route(state: &StateRoot, url: &str, wants_json: bool) -> Reply {
 fn runs_page(state: &StateRoot, page: usize, json: bool) -> Reply {
     if json {
         return match inspect::list_runs(state) {
-            Ok(listed) => Reply::Json(200, Value::Array(listed.iter().map(inspect::Listed::to_json).collect())),
-            Err(e) => Reply::Json(500, serde_json::json!({ "error": crate::error::render(&e) })),
+            Ok(listed) => json_reply(200, listed.iter().map(inspect::Listed::to_json).collect::<Vec<Value>>()),
+            Err(e) => json_reply(500, serde_json::json!({ "error": crate::error::render(&e) })),
         };
     }
     let mut ids = match state.run_ids() {
@@ -89,24 +97,21 @@ fn runs_page(state: &StateRoot, page: usize, json: bool) -> Reply {
 
 fn run_page(state: &StateRoot, run_id: &str, json: bool) -> Reply {
     if paths::run_dir(state, run_id).is_none() {
-        return if json { Reply::Json(404, serde_json::json!({ "error": "no such run" })) } else { not_found("The run") };
+        return if json { json_reply(404, serde_json::json!({ "error": "no such run" })) } else { not_found("The run") };
     }
     let record = match inspect::status_record(state, run_id) {
         Ok(r) => r,
         Err(e) => {
             let why = crate::error::render(&e);
             return if json {
-                Reply::Json(200, serde_json::json!({ "run_id": run_id, "status": "corrupt", "error": why }))
+                json_reply(200, serde_json::json!({ "run_id": run_id, "status": "corrupt", "error": why }))
             } else {
                 Reply::Html(200, pages::corrupt_run(run_id, &why, &job_dirs(state, run_id)))
             };
         }
     };
     if json {
-        return match serde_json::to_value(&record) {
-            Ok(v) => Reply::Json(200, v),
-            Err(e) => Reply::Json(500, serde_json::json!({ "error": e.to_string() })),
-        };
+        return json_reply(200, &record);
     }
     let jobs = record.plan.iter().map(|p| job_view(state, run_id, &p.job_id)).collect();
     Reply::Html(200, pages::run(&RunView { record: &record, jobs }))
@@ -152,13 +157,16 @@ fn job_view(state: &StateRoot, run_id: &str, job_id: &str) -> JobView {
 
 fn job_json(state: &StateRoot, run_id: &str, job_id: &str) -> Reply {
     let Some(dir) = paths::job_dir(state, run_id, job_id) else {
-        return Reply::Json(404, serde_json::json!({ "error": "no such job" }));
+        return json_reply(404, serde_json::json!({ "error": "no such job" }));
     };
-    // The record as written (with any fields this version does not know, such as `tests`).
-    match std::fs::read(JobRecord::path(&dir)).map(|b| serde_json::from_slice::<Value>(&b)) {
-        Ok(Ok(v)) => Reply::Json(200, v),
-        Ok(Err(e)) => Reply::Json(200, serde_json::json!({ "job_id": job_id, "status": "corrupt", "error": e.to_string() })),
-        Err(e) => Reply::Json(404, serde_json::json!({ "job_id": job_id, "error": e.to_string() })),
+    // The record as written, byte for byte (with any fields this version does not know,
+    // such as `tests`), once it is known to be JSON.
+    match std::fs::read(JobRecord::path(&dir)) {
+        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(_) => Reply::Json(200, String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => json_reply(200, serde_json::json!({ "job_id": job_id, "status": "corrupt", "error": e.to_string() })),
+        },
+        Err(e) => json_reply(404, serde_json::json!({ "job_id": job_id, "error": e.to_string() })),
     }
 }
 
@@ -270,9 +278,7 @@ pub fn send(state: &StateRoot, request: Request, reply: Reply) {
     let _ = match reply {
         Reply::Html(code, body) => request
             .respond(secure(Response::from_string(body).with_status_code(code).with_header(header("Content-Type", html)))),
-        Reply::Json(code, value) => {
-            let mut body = serde_json::to_string_pretty(&value).unwrap_or_default();
-            body.push('\n');
+        Reply::Json(code, body) => {
             let r = Response::from_string(body).with_status_code(code);
             request.respond(secure(r.with_header(header("Content-Type", "application/json"))))
         }
