@@ -529,3 +529,70 @@ fn listen_takes_an_address_and_port() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ADDR:PORT"));
 }
+
+/// Headless Chromium with a fresh profile; `args` add the action (`--dump-dom`, ...).
+fn chromium(profile: &Path, args: &[String]) -> String {
+    let Some(bin) = which("chromium") else {
+        panic!(
+            "`chromium` is required by the browser test and is not on PATH: run `scripts/bootstrap` \
+             (it installs Debian's `chromium` unless PIKACI_BOOTSTRAP_BROWSER=0), or `apt-get install chromium`"
+        );
+    };
+    let out = Command::new(bin)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn max_tick(html: &str) -> u32 {
+    html.split("tick ").skip(1).filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).max().unwrap_or(0)
+}
+
+#[test]
+fn a_browser_renders_the_runs_page_a_run_page_and_a_live_log() {
+    if which("chromium").is_none() {
+        chromium(Path::new("/nonexistent"), &[]);
+    }
+    let f = fixture();
+    add_hostile_tests(&f.run_dir(&f.mixed).join("jobs/pass/job.json"));
+    let server = serve(&f.state());
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let profile = tempfile::tempdir().unwrap();
+    let shots = repo_root().join("target/test-artifacts/serve");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // The runs page: one row per run, each with its status, and nothing hostile is live.
+    let dom = chromium(profile.path(), &["--dump-dom".into(), url("/")]);
+    assert_eq!(dom.matches("data-run=").count(), 5, "{dom}");
+    for status in ["failed", "passed", "interrupted", "corrupt", "running"] {
+        assert!(dom.contains(&format!("badge s-{status}")), "{status}: {dom}");
+    }
+    // The run page: jobs, test failures and artifacts as text, never as elements.
+    let run = url(&format!("/runs/{}", f.mixed));
+    let dom = chromium(profile.path(), &["--dump-dom".into(), run.clone()]);
+    for job in ["pass", "fail", "slow"] {
+        assert!(dom.contains(&format!("id=\"job-{job}\"")), "{job}");
+    }
+    assert!(dom.contains("parse::&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
+    assert!(!dom.contains("<img") && !dom.contains("<script>alert"), "{dom}");
+    assert_eq!(dom.matches("<script>").count(), 1, "only the page's own script");
+
+    // A running job's log grows in the browser without a reload (server-sent events).
+    let log = url(&format!("/runs/{}/jobs/ticker/logs/guest.log", f.running));
+    let served = max_tick(&get(&server, &format!("/runs/{}/jobs/ticker/logs/guest.log", f.running)).text());
+    let dom = chromium(profile.path(), &["--timeout=4000".into(), "--dump-dom".into(), log.clone()]);
+    assert!(max_tick(&dom) > served + 2, "the log grew live: {} then {}", served, max_tick(&dom));
+
+    for (name, address) in [("runs", url("/")), ("run", run), ("log", url(&format!("/runs/{}/jobs/pass/logs/guest.log", f.mixed)))] {
+        let file = shots.join(format!("{name}.png"));
+        let _ = std::fs::remove_file(&file);
+        chromium(profile.path(), &[format!("--screenshot={}", file.display()), "--window-size=1400,1000".into(), address]);
+        let png = std::fs::read(&file).unwrap_or_else(|e| panic!("no screenshot {}: {e}", file.display()));
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{}", file.display());
+    }
+}

@@ -238,7 +238,10 @@ fn run_row(l: &Listed) -> Markup {
                         @if let Some(c) = &r.changed { div.sub { "changed since " code { (c.since) } } }
                     }
                     td { (when(&r.created_at)) }
-                    td { @if let Some(ms) = took { (duration(ms)) } @if r.status.as_str() == "running" { span.muted { " so far" } } }
+                    td {
+                        @if let Some(ms) = took { (duration(ms)) } @else { span.muted { "—" } }
+                        @if r.status.as_str() == "running" { span.muted { " so far" } }
+                    }
                     td { (host(r)) }
                     td { (r.runtime) }
                 }
