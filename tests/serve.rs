@@ -303,6 +303,20 @@ fn check_json_is_what_the_cli_prints(f: &Fixture, server: &Server) {
             assert_eq!(a, c);
         }
     }
+    // A reader that cannot write the state root (the NixOS service is read-only) still
+    // tells a live run from a dead one.
+    let ro = Command::new("bwrap")
+        .args(["--dev-bind", "/", "/", "--ro-bind"])
+        .args([&state, &state])
+        .arg(env!("CARGO_BIN_EXE_pikaci"))
+        .args(["list", "--json", "--state-root"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let ro: serde_json::Value = serde_json::from_slice(&ro.stdout).unwrap();
+    let status_of = |id: &str| ro.as_array().unwrap().iter().find(|e| e["run_id"] == id).unwrap()["status"].clone();
+    assert_eq!(status_of(&f.running), "running", "read-only: {ro}");
+    assert_eq!(status_of(&f.interrupted), "interrupted", "read-only: {ro}");
     let root = request(server, "GET", "/", "Accept: application/json\r\n").json();
     assert_eq!(ids(&root), ids(&api));
     let job = get(server, &format!("/api/runs/{}/jobs/fail", f.mixed));
