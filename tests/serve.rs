@@ -538,10 +538,28 @@ fn a_running_log_is_followed_live_and_a_large_log_is_paged() {
 }
 
 #[test]
-fn listen_takes_an_address_and_port() {
+fn listen_takes_an_address_and_port_and_sigterm_stops_the_server() {
     let out = pikaci().args(["serve", "--listen", "localhost"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ADDR:PORT"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(&dir.path().join(".pikaci"));
+    let page = get(&server, "/");
+    assert_eq!(page.status, 200, "an empty state root is a page too");
+    assert!(page.text().contains("No runs yet"), "{}", page.text());
+    assert_eq!(get(&server, "/api/runs").text(), "[]\n");
+    let term = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "`pikaci serve` did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
 }
 
 /// Headless Chromium with a fresh profile; `args` add the action (`--dump-dom`, ...).

@@ -25,7 +25,7 @@ use crate::state::StateRoot;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const MAX_REQUESTS: usize = 64;
 
-/// Serve until the process is stopped. Prints the address it bound (a port of 0 picks a
+/// Serve until Ctrl-C or SIGTERM. Prints the address it bound (a port of 0 picks a
 /// free one), and warns when that address is reachable from other machines.
 pub fn serve(state: StateRoot, listen: &str) -> Result<()> {
     let addr: SocketAddr = listen.parse().map_err(|_| {
@@ -49,9 +49,11 @@ pub fn serve(state: StateRoot, listen: &str) -> Result<()> {
 
     let state = Arc::new(state);
     let active = Arc::new(AtomicUsize::new(0));
-    loop {
-        let request = match server.recv() {
-            Ok(r) => r,
+    // Ctrl-C and SIGTERM (systemd's stop) end the server; streams in flight are dropped.
+    while !crate::signals::interrupted() {
+        let request = match server.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
             Err(e) => {
                 eprintln!("warning: accepting a request failed: {e}");
                 continue;
@@ -74,6 +76,8 @@ pub fn serve(state: StateRoot, listen: &str) -> Result<()> {
             eprintln!("warning: cannot start a thread for a request: {e}");
         }
     }
+    eprintln!("pikaci serve: stopped");
+    Ok(())
 }
 
 /// Gives back a request slot when its thread ends, however it ends.

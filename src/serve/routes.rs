@@ -25,7 +25,7 @@ pub enum Reply {
     /// A file streamed from an open handle: a log or an artifact.
     File { file: File, len: u64, content_type: &'static str, disposition: String },
     /// Server-sent events with what a log gains.
-    Follow { run_id: String, job_id: String, file: std::path::PathBuf, offset: u64 },
+    Follow { run_id: String, job_id: String, file: File, offset: u64 },
 }
 
 fn json_reply<T: serde::Serialize>(code: u16, value: T) -> Reply {
@@ -239,10 +239,9 @@ fn raw_log(state: &StateRoot, run_id: &str, job_id: &str, name: &str) -> Reply {
 }
 
 fn follow(state: &StateRoot, run_id: &str, job_id: &str, name: &str, query: &str) -> Reply {
-    let Some((_, len)) = open_log(state, run_id, job_id, name) else { return not_found("The log") };
-    let Some(dir) = paths::job_dir(state, run_id, job_id) else { return not_found("The job") };
+    let Some((file, len)) = open_log(state, run_id, job_id, name) else { return not_found("The log") };
     let offset = query_u64(query, "offset").unwrap_or(len).min(len);
-    Reply::Follow { run_id: run_id.into(), job_id: job_id.into(), file: dir.join(name), offset }
+    Reply::Follow { run_id: run_id.into(), job_id: job_id.into(), file, offset }
 }
 
 fn artifact(state: &StateRoot, run_id: &str, job_id: &str, parts: &[&str]) -> Reply {
@@ -295,7 +294,7 @@ pub fn send(state: &StateRoot, request: Request, reply: Reply) {
                 let r = Response::empty(200).with_header(header("Content-Type", "text/event-stream"));
                 request.respond(secure(r))
             } else {
-                stream::follow(state, request.into_writer(), &run_id, &job_id, &file, offset);
+                stream::follow(state, request.into_writer(), &run_id, &job_id, file, offset);
                 Ok(())
             }
         }

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::ansi::Renderer;
@@ -16,17 +15,16 @@ const POLL: Duration = Duration::from_millis(250);
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Write the event stream to the connection; returns when the job ends or the client leaves.
-pub fn follow(state: &StateRoot, mut out: Box<dyn Write + Send>, run_id: &str, job_id: &str, path: &Path, offset: u64) {
+pub fn follow(state: &StateRoot, mut out: Box<dyn Write + Send>, run_id: &str, job_id: &str, file: File, offset: u64) {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
                 X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n";
     if out.write_all(head.as_bytes()).and_then(|_| out.flush()).is_err() {
         return;
     }
-    let _ = run(state, &mut out, run_id, job_id, path, offset);
+    let _ = run(state, &mut out, run_id, job_id, file, offset);
 }
 
-fn run(state: &StateRoot, out: &mut dyn Write, run_id: &str, job_id: &str, path: &Path, offset: u64) -> std::io::Result<()> {
-    let mut file = File::open(path)?;
+fn run(state: &StateRoot, out: &mut dyn Write, run_id: &str, job_id: &str, mut file: File, offset: u64) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(offset))?;
     let mut renderer = Renderer::default();
     let mut pending: Vec<u8> = Vec::new();
