@@ -241,6 +241,8 @@ fn pages_and_json_show_every_kind_of_run_and_refuse_traversal() {
     let artifacts = f.run_dir(&f.mixed).join("jobs/pass/artifacts");
     std::os::unix::fs::symlink("/etc/passwd", artifacts.join("leak.txt")).unwrap();
     std::os::unix::fs::symlink("../../..", artifacts.join("up")).unwrap();
+    // A symlink to a file inside the state root is not followed either.
+    std::os::unix::fs::symlink("../job.json", artifacts.join("inner.json")).unwrap();
     // A run directory that is a symlink to somewhere outside the state root.
     let outside = tempfile::tempdir().unwrap();
     copy_tree(&f.run_dir(&f.passed), outside.path());
@@ -377,7 +379,7 @@ fn check_run_page(f: &Fixture, server: &Server) {
     assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;.txt"));
     assert!(html.contains("artifacts/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.txt"));
     assert!(html.contains("junit/unit.xml") && html.contains("report.txt"));
-    assert!(!html.contains("leak.txt") && !html.contains("up/"), "symlinks are not listed");
+    assert!(!html.contains("leak.txt") && !html.contains("inner.json") && !html.contains("up/"), "symlinks are not listed");
     assert!(!html.contains("<body data-poll"), "a finished run does not poll");
 
     let running = get(server, &format!("/runs/{}", f.running)).text();
@@ -437,6 +439,7 @@ fn check_traversal(f: &Fixture, server: &Server) {
         format!("/runs/{run}/jobs/pass/artifacts/%2fetc%2fpasswd"),
         format!("/runs/{run}/jobs/pass/artifacts/%00"),
         format!("/runs/{run}/jobs/pass/artifacts/leak.txt"),
+        format!("/runs/{run}/jobs/pass/artifacts/inner.json"),
         format!("/runs/{run}/jobs/pass/artifacts/up/run.json"),
         format!("/runs/{run}/jobs/pass/artifacts/junit"),
         format!("/runs/{run}/jobs/pass/artifacts/%zz"),
