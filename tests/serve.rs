@@ -176,10 +176,8 @@ fn request(server: &Server, method: &str, path: &str, extra: &str) -> Resp {
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
     if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked") {
         body = dechunk(&body);
@@ -379,7 +377,10 @@ fn check_run_page(f: &Fixture, server: &Server) {
     assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;.txt"));
     assert!(html.contains("artifacts/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.txt"));
     assert!(html.contains("junit/unit.xml") && html.contains("report.txt"));
-    assert!(!html.contains("leak.txt") && !html.contains("inner.json") && !html.contains("up/"), "symlinks are not listed");
+    assert!(
+        !html.contains("leak.txt") && !html.contains("inner.json") && !html.contains("up/"),
+        "symlinks are not listed"
+    );
     assert!(!html.contains("<body data-poll"), "a finished run does not poll");
 
     let running = get(server, &format!("/runs/{}", f.running)).text();
@@ -389,7 +390,10 @@ fn check_run_page(f: &Fixture, server: &Server) {
     let corrupt = get(server, &format!("/runs/{}", f.corrupt));
     assert_eq!(corrupt.status, 200);
     assert!(corrupt.text().contains("badge s-corrupt") && corrupt.text().contains("is corrupt"));
-    assert!(corrupt.text().contains(&format!("/runs/{}/jobs/pass/logs/guest.log", f.corrupt)), "its logs stay reachable");
+    assert!(
+        corrupt.text().contains(&format!("/runs/{}/jobs/pass/logs/guest.log", f.corrupt)),
+        "its logs stay reachable"
+    );
 }
 
 fn escape(s: &str) -> String {
@@ -531,7 +535,12 @@ fn a_running_log_is_followed_live_and_a_large_log_is_paged() {
         assert_eq!(a, covered, "page at {offset} starts where the last ended");
         covered = b;
         pages += 1;
-        match html.split("?offset=").skip(1).filter_map(|s| s.split('"').next()).find(|s| s.parse::<u64>().unwrap() > offset) {
+        match html
+            .split("?offset=")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .find(|s| s.parse::<u64>().unwrap() > offset)
+        {
             Some(next) if html.contains("later →") => offset = next.parse().unwrap(),
             _ => break,
         }
@@ -585,7 +594,11 @@ fn chromium(profile: &Path, args: &[String]) -> String {
 }
 
 fn max_tick(html: &str) -> u32 {
-    html.split("tick ").skip(1).filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).max().unwrap_or(0)
+    html.split("tick ")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -623,10 +636,15 @@ fn a_browser_renders_the_runs_page_a_run_page_and_a_live_log() {
     let dom = chromium(profile.path(), &["--timeout=4000".into(), "--dump-dom".into(), log.clone()]);
     assert!(max_tick(&dom) > served + 2, "the log grew live: {} then {}", served, max_tick(&dom));
 
-    for (name, address) in [("runs", url("/")), ("run", run), ("log", url(&format!("/runs/{}/jobs/pass/logs/guest.log", f.mixed)))] {
+    for (name, address) in
+        [("runs", url("/")), ("run", run), ("log", url(&format!("/runs/{}/jobs/pass/logs/guest.log", f.mixed)))]
+    {
         let file = shots.join(format!("{name}.png"));
         let _ = std::fs::remove_file(&file);
-        chromium(profile.path(), &[format!("--screenshot={}", file.display()), "--window-size=1400,1000".into(), address]);
+        chromium(
+            profile.path(),
+            &[format!("--screenshot={}", file.display()), "--window-size=1400,1000".into(), address],
+        );
         let png = std::fs::read(&file).unwrap_or_else(|e| panic!("no screenshot {}: {e}", file.display()));
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{}", file.display());
     }

@@ -68,7 +68,11 @@ impl Style {
                     match params.get(i + 1) {
                         Some(5) => {
                             let colour = params.get(i + 2).and_then(|&n| u8::try_from(n).ok()).filter(|&n| n < 16);
-                            if fg { self.fg = colour } else { self.bg = colour }
+                            if fg {
+                                self.fg = colour
+                            } else {
+                                self.bg = colour
+                            }
                             i += 2;
                         }
                         Some(2) => i += 4,
@@ -267,7 +271,10 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        assert_eq!(to_html(b"<script>alert('x')</script> & \"q\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;");
+        assert_eq!(
+            to_html(b"<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
     }
 
     #[test]

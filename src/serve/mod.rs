@@ -97,10 +97,8 @@ fn handle(state: &StateRoot, request: tiny_http::Request) {
         let _ = request.respond(reply);
         return;
     }
-    let wants_json = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Accept") && h.value.as_str().contains("application/json"));
+    let wants_json =
+        request.headers().iter().any(|h| h.field.equiv("Accept") && h.value.as_str().contains("application/json"));
     let url = request.url().to_string();
     let reply = routes::route(state, &url, wants_json);
     routes::send(state, request, reply);

@@ -224,7 +224,8 @@ fn run_row(l: &Listed) -> Markup {
             }
         },
         Listed::Run(r) => {
-            let took = r.duration_ms.or_else(|| ms_between(&r.created_at, None).filter(|_| r.status.as_str() == "running"));
+            let took =
+                r.duration_ms.or_else(|| ms_between(&r.created_at, None).filter(|_| r.status.as_str() == "running"));
             html! {
                 tr data-run=(r.run_id) data-status=(r.status.as_str()) {
                     td {

@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn run_ids_follow_their_grammar() {
         assert!(valid_run_id("20261121-163300-123-9f3a"));
-        for bad in ["", "latest", "..", "20261121-163300-123-9f3", "20261121-163300-123-9F3A", "20261121/163300-123-9f3a"]
+        for bad in
+            ["", "latest", "..", "20261121-163300-123-9f3", "20261121-163300-123-9F3A", "20261121/163300-123-9f3a"]
         {
             assert!(!valid_run_id(bad), "{bad}");
         }

@@ -23,9 +23,19 @@ pub enum Reply {
     Json(u16, String),
     Text(u16, String),
     /// A file streamed from an open handle: a log or an artifact.
-    File { file: File, len: u64, content_type: &'static str, disposition: String },
+    File {
+        file: File,
+        len: u64,
+        content_type: &'static str,
+        disposition: String,
+    },
     /// Server-sent events with what a log gains.
-    Follow { run_id: String, job_id: String, file: File, offset: u64 },
+    Follow {
+        run_id: String,
+        job_id: String,
+        file: File,
+        offset: u64,
+    },
 }
 
 fn json_reply<T: serde::Serialize>(code: u16, value: T) -> Reply {
@@ -97,7 +107,11 @@ fn runs_page(state: &StateRoot, page: usize, json: bool) -> Reply {
 
 fn run_page(state: &StateRoot, run_id: &str, json: bool) -> Reply {
     if paths::run_dir(state, run_id).is_none() {
-        return if json { json_reply(404, serde_json::json!({ "error": "no such run" })) } else { not_found("The run") };
+        return if json {
+            json_reply(404, serde_json::json!({ "error": "no such run" }))
+        } else {
+            not_found("The run")
+        };
     }
     let record = match inspect::status_record(state, run_id) {
         Ok(r) => r,
@@ -164,7 +178,9 @@ fn job_json(state: &StateRoot, run_id: &str, job_id: &str) -> Reply {
     match std::fs::read(JobRecord::path(&dir)) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(_) => Reply::Json(200, String::from_utf8_lossy(&bytes).into_owned()),
-            Err(e) => json_reply(200, serde_json::json!({ "job_id": job_id, "status": "corrupt", "error": e.to_string() })),
+            Err(e) => {
+                json_reply(200, serde_json::json!({ "job_id": job_id, "status": "corrupt", "error": e.to_string() }))
+            }
         },
         Err(e) => json_reply(404, serde_json::json!({ "job_id": job_id, "error": e.to_string() })),
     }
@@ -194,17 +210,7 @@ fn log_page(state: &StateRoot, run_id: &str, job_id: &str, name: &str, query: &s
         return Reply::Html(500, pages::message("Cannot read the log", name));
     }
     let live = end >= len && job_is_running(state, run_id, job_id);
-    let view = LogPage {
-        run_id,
-        job_id,
-        name,
-        len,
-        start,
-        end,
-        nominal,
-        html: super::ansi::to_html(&bytes),
-        live,
-    };
+    let view = LogPage { run_id, job_id, name, len, start, end, nominal, html: super::ansi::to_html(&bytes), live };
     Reply::Html(200, pages::log(&view))
 }
 
@@ -250,11 +256,8 @@ fn artifact(state: &StateRoot, run_id: &str, job_id: &str, parts: &[&str]) -> Re
     let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
     let Some((file, meta, _)) = paths::open_below(state, &base, &parts) else { return not_found("The artifact") };
     let name = parts.last().map(String::as_str).unwrap_or("artifact");
-    let disposition = format!(
-        "attachment; filename=\"{}\"; filename*=UTF-8''{}",
-        ascii_name(name),
-        paths::percent_encode(name)
-    );
+    let disposition =
+        format!("attachment; filename=\"{}\"; filename*=UTF-8''{}", ascii_name(name), paths::percent_encode(name));
     Reply::File { file, len: meta.len(), content_type: "application/octet-stream", disposition }
 }
 
@@ -275,8 +278,9 @@ fn secure<R: Read>(r: Response<R>) -> Response<R> {
 pub fn send(state: &StateRoot, request: Request, reply: Reply) {
     let html = "text/html; charset=utf-8";
     let _ = match reply {
-        Reply::Html(code, body) => request
-            .respond(secure(Response::from_string(body).with_status_code(code).with_header(header("Content-Type", html)))),
+        Reply::Html(code, body) => request.respond(secure(
+            Response::from_string(body).with_status_code(code).with_header(header("Content-Type", html)),
+        )),
         Reply::Json(code, body) => {
             let r = Response::from_string(body).with_status_code(code);
             request.respond(secure(r.with_header(header("Content-Type", "application/json"))))

@@ -24,7 +24,14 @@ pub fn follow(state: &StateRoot, mut out: Box<dyn Write + Send>, run_id: &str, j
     let _ = run(state, &mut out, run_id, job_id, file, offset);
 }
 
-fn run(state: &StateRoot, out: &mut dyn Write, run_id: &str, job_id: &str, mut file: File, offset: u64) -> std::io::Result<()> {
+fn run(
+    state: &StateRoot,
+    out: &mut dyn Write,
+    run_id: &str,
+    job_id: &str,
+    mut file: File,
+    offset: u64,
+) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(offset))?;
     let mut renderer = Renderer::default();
     let mut pending: Vec<u8> = Vec::new();
@@ -44,7 +51,8 @@ fn run(state: &StateRoot, out: &mut dyn Write, run_id: &str, job_id: &str, mut f
             position += n as u64;
             pending.extend_from_slice(&buf[..n]);
             // Whole lines only while the job runs, so a line is never split across events.
-            let cut = if running { pending.iter().rposition(|b| *b == b'\n').map(|i| i + 1) } else { Some(pending.len()) };
+            let cut =
+                if running { pending.iter().rposition(|b| *b == b'\n').map(|i| i + 1) } else { Some(pending.len()) };
             if let Some(cut) = cut {
                 let html = renderer.push(&pending[..cut]);
                 pending.drain(..cut);
