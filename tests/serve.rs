@@ -229,6 +229,7 @@ fn add_hostile_tests(job_json: &Path) {
               "message": "assertion failed: <script>alert(2)</script>", "output": "left: 1\nright: <b>2</b>" }
         ]
     });
+    job["host"] = serde_json::json!("builder-<b>2</b>");
     std::fs::write(job_json, serde_json::to_string_pretty(&job).unwrap()).unwrap();
 }
 
@@ -370,6 +371,7 @@ fn check_run_page(f: &Fixture, server: &Server) {
     assert!(html.contains(&escape(repro)), "the reproduce lines");
     // Test results: failures first, and hostile names escaped.
     assert!(html.contains("2 failed") && html.contains("41 passed") && html.contains("1 flaky"));
+    assert!(html.contains("builder-&lt;b&gt;2&lt;/b&gt;"), "the job's own host, escaped");
     assert!(html.contains("parse::&lt;img src=x onerror=alert(1)&gt;"), "a test name is escaped");
     assert!(html.contains("assertion failed: &lt;script&gt;alert(2)&lt;/script&gt;"));
     assert!(!html.contains("<img src=x") && !html.contains("<script>alert"), "nothing hostile is live HTML");

@@ -65,14 +65,18 @@ pub struct TestFailure {
     pub output: String,
 }
 
-/// The `tests` of a job record, when it has them and they parse.
-pub fn read_tests(job_json: &Path) -> Option<TestResults> {
-    #[derive(Deserialize)]
-    struct WithTests {
-        tests: Option<TestResults>,
-    }
-    let bytes = std::fs::read(job_json).ok()?;
-    serde_json::from_slice::<WithTests>(&bytes).ok()?.tests
+/// What a job record may carry beyond the fields this version reads: the lane's `tests`,
+/// and the `host` the job ran on (when several hosts share a run).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct JobExtras {
+    pub tests: Option<TestResults>,
+    pub host: Option<String>,
+}
+
+/// The extras of a job record; none when it has none or they do not parse.
+pub fn read_extras(job_json: &Path) -> JobExtras {
+    std::fs::read(job_json).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 /// One job of a run page.
@@ -83,6 +87,8 @@ pub struct JobView {
     /// Why the job record could not be read.
     pub error: Option<String>,
     pub tests: Option<TestResults>,
+    /// The job's own host, when its record names one.
+    pub host: Option<String>,
     pub logs: Vec<(String, u64)>,
     pub artifacts: Vec<(Vec<String>, u64)>,
 }
@@ -326,7 +332,7 @@ fn job_section(r: &RunRecord, j: &JobView) -> Markup {
             h2 { span.mono { (j.job_id) } " " (badge(status)) }
             @if let Some(m) = summary.and_then(|s| s.message.as_deref()) { pre.message { (m) } }
             @if let Some(e) = &j.error { p.error { "job record unreadable: " (e) } }
-            @if let Some(rec) = &j.record { (job_facts(r, rec)) }
+            @if let Some(rec) = &j.record { (job_facts(r, rec, j.host.as_deref())) }
             @if let Some(t) = &j.tests { (tests(t)) }
             @if !j.logs.is_empty() {
                 h3 { "Logs" }
@@ -351,12 +357,12 @@ fn job_section(r: &RunRecord, j: &JobView) -> Markup {
     }
 }
 
-fn job_facts(r: &RunRecord, rec: &JobRecord) -> Markup {
+fn job_facts(r: &RunRecord, rec: &JobRecord, job_host: Option<&str>) -> Markup {
     html! {
         dl.facts {
             @if !rec.lane.description.is_empty() { dt { "Lane" } dd { (rec.lane.id) " — " (rec.lane.description) } }
             dt { "Command" } dd { code { (rec.lane.command.join(" ")) } }
-            dt { "Host" } dd { (host(r)) }
+            dt { "Host" } dd { (job_host.map(str::to_string).unwrap_or_else(|| host(r))) }
             dt { "Runtime" } dd { (rec.runtime) @if let Some(i) = &rec.instance { " · instance " code { (i) } } }
             @if let Some(s) = &rec.started_at { dt { "Started" } dd { (when(s)) } }
             @if let Some(ms) = rec.duration_ms { dt { "Duration" } dd { (duration(ms)) } }
