@@ -76,6 +76,7 @@ fn start_ticker(dir: &Path, ticks: u32) -> Child {
             return child;
         }
     }
+    let _ = child.wait();
     panic!("the ticker run ended before `{want}`");
 }
 
@@ -478,11 +479,11 @@ fn read_events(server: &Server, path: &str, until: impl Fn(&str, bool) -> bool) 
         if let Some(name) = line.strip_prefix("event: ") {
             event = name.to_string();
             ended |= event == "end";
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            if event == "line" {
-                data.push_str(d);
-                data.push('\n');
-            }
+        } else if let Some(d) = line.strip_prefix("data: ")
+            && event == "line"
+        {
+            data.push_str(d);
+            data.push('\n');
         }
         if until(&data, ended) {
             break;

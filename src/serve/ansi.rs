@@ -210,10 +210,11 @@ impl Renderer {
             return;
         }
         let mut keep = 0;
-        if at_end && let Err(e) = std::str::from_utf8(text) {
-            if e.error_len().is_none() {
-                keep = text.len() - e.valid_up_to();
-            }
+        if at_end
+            && let Err(e) = std::str::from_utf8(text)
+            && e.error_len().is_none()
+        {
+            keep = text.len() - e.valid_up_to();
         }
         let upto = text.len() - keep;
         let chunk = String::from_utf8_lossy(&text[..upto]);
