@@ -651,4 +651,21 @@ fn a_browser_renders_the_runs_page_a_run_page_and_a_live_log() {
         let png = std::fs::read(&file).unwrap_or_else(|e| panic!("no screenshot {}: {e}", file.display()));
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{}", file.display());
     }
+
+    // The runs page updates itself: the running run dies while the page is open, and the
+    // page shows it interrupted (and stops polling) without a reload.
+    let mut f = f;
+    let mut running = f.running_child.take().unwrap();
+    let profile = profile.path().to_path_buf();
+    let runs_url = url("/");
+    let browser =
+        std::thread::spawn(move || chromium(&profile, &["--timeout=7000".into(), "--dump-dom".into(), runs_url]));
+    // The page loads within a second and polls two seconds after it loaded.
+    std::thread::sleep(Duration::from_secs(1));
+    running.kill().unwrap();
+    running.wait().unwrap();
+    let dom = browser.join().unwrap();
+    let row = row_of(&dom, &f.running);
+    assert!(row.contains("badge s-interrupted"), "the page caught up: {row}");
+    assert!(!dom.contains("<body data-poll"), "and stopped polling");
 }
