@@ -658,13 +658,23 @@ fn a_browser_renders_the_runs_page_a_run_page_and_a_live_log() {
     let mut running = f.running_child.take().unwrap();
     let profile = profile.path().to_path_buf();
     let runs_url = url("/");
-    let browser =
-        std::thread::spawn(move || chromium(&profile, &["--timeout=7000".into(), "--dump-dom".into(), runs_url]));
-    // The page loads within a second and polls two seconds after it loaded.
-    std::thread::sleep(Duration::from_secs(1));
+    let browser = std::thread::spawn(move || {
+        chromium(&profile, &["--virtual-time-budget=600000".into(), "--dump-dom".into(), runs_url])
+    });
+    // Once the browser has the page (the server logs each request), the run dies. The page
+    // polls every two seconds of (virtual) time, each poll a real request, until nothing on
+    // it runs; the browser dumps the page when polling stops or the budget is spent.
+    let requests_of_root = || std::fs::read_to_string(&server.stderr).unwrap().matches("GET / 200").count();
+    let before = requests_of_root();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while requests_of_root() == before {
+        assert!(Instant::now() < deadline, "the browser never asked for the page");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     running.kill().unwrap();
     running.wait().unwrap();
     let dom = browser.join().unwrap();
+    assert!(requests_of_root() >= before + 2, "the page asked again");
     let row = row_of(&dom, &f.running);
     assert!(row.contains("badge s-interrupted"), "the page caught up: {row}");
     assert!(!dom.contains("<body data-poll"), "and stopped polling");

@@ -101,6 +101,8 @@ fn handle(state: &StateRoot, request: tiny_http::Request) {
         request.headers().iter().any(|h| h.field.equiv("Accept") && h.value.as_str().contains("application/json"));
     let url = request.url().to_string();
     let reply = routes::route(state, &url, wants_json);
+    // One line per request, for the operator (the journal, under systemd).
+    eprintln!("{} {} {}", request.method(), url.escape_debug(), reply.status());
     routes::send(state, request, reply);
 }
 

@@ -38,6 +38,15 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Html(code, _) | Reply::Json(code, _) | Reply::Text(code, _) => *code,
+            Reply::File { .. } | Reply::Follow { .. } => 200,
+        }
+    }
+}
+
 fn json_reply<T: serde::Serialize>(code: u16, value: T) -> Reply {
     match serde_json::to_string_pretty(&value) {
         Ok(text) => Reply::Json(code, text + "\n"),
