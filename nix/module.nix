@@ -196,6 +196,18 @@ in
       };
     };
 
+    web = {
+      enable = mkEnableOption "`pikaci serve`, the read-only web page of the runs in `stateDir` (docs/web.md)";
+      listen = mkOption {
+        type = types.str;
+        default = "127.0.0.1:8080";
+        description = ''
+          Where the page listens (`ADDR:PORT`). It has no authentication: keep it on
+          loopback and put a reverse proxy with authentication in front of it.
+        '';
+      };
+    };
+
     nixGc = {
       enable = mkOption {
         type = types.bool;
@@ -356,6 +368,33 @@ in
         timerConfig = {
           OnCalendar = cfg.gc.dates;
           Persistent = true;
+        };
+      };
+    })
+
+    (mkIf cfg.web.enable {
+      # Read-only by construction: the whole file system is read-only for the service.
+      systemd.services.pikaci-web = {
+        description = "pikaci web page of runs (read-only)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network.target" ];
+        environment.PIKACI_STATE_ROOT = cfg.stateDir;
+        serviceConfig = {
+          User = owner;
+          Group = cfg.group;
+          ExecStart = lib.escapeShellArgs [
+            pikaci
+            "serve"
+            "--listen"
+            cfg.web.listen
+          ];
+          Restart = "on-failure";
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = "";
+          RestrictAddressFamilies = "AF_INET AF_INET6 AF_UNIX";
         };
       };
     })

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod prepare;
 pub mod results;
 pub mod run;
+pub mod serve;
 pub mod signals;
 pub mod snapshot;
 pub mod state;

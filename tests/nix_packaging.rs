@@ -738,3 +738,21 @@ fn the_examples_checks_run_the_lanes_through_pikaci_in_the_build() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_nixos_module_serves_the_web_page_when_asked() {
+    let dir = packaging_fixture();
+    let d = dir.path();
+    let defaults = eval_json(d, "nixos.defaults");
+    assert_eq!(defaults["systemd"]["services"].get("pikaci-web"), None, "off unless enabled");
+    let c = eval_json(d, "nixos.web");
+    assert_eq!(c["failedAssertions"], json!([]));
+    let pikaci = c["services"]["pikaci"]["package"].as_str().unwrap();
+    let web = &c["systemd"]["services"]["pikaci-web"];
+    assert_eq!(web["serviceConfig"]["ExecStart"], format!("{pikaci}/bin/pikaci serve --listen 127.0.0.1:9090"));
+    assert_eq!(web["serviceConfig"]["User"], "pikaci", "runs as the runner user");
+    assert_eq!(web["serviceConfig"]["Group"], "pikaci");
+    assert_eq!(web["serviceConfig"]["ProtectSystem"], "strict", "read-only by construction");
+    assert_eq!(web["environment"], json!({"PIKACI_STATE_ROOT": "/var/lib/pikaci"}));
+    assert_eq!(web["wantedBy"], json!(["multi-user.target"]));
+}

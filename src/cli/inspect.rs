@@ -88,41 +88,74 @@ fn job_counts(record: &RunRecord) -> String {
     counts.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
 }
 
-pub fn list(state: &StateRoot, json: bool) -> Result<()> {
-    let mut ids = state.run_ids()?;
-    ids.reverse();
-    let mut entries = Vec::new();
-    let mut rows = Vec::new();
-    for id in ids {
-        match RunRecord::read(&state.run_dir(&id)) {
-            Ok(record) => {
-                let record = effective(state, record);
-                rows.push([
-                    record.run_id.clone(),
-                    record.status.as_str().to_string(),
-                    job_counts(&record),
-                    record.created_at.clone(),
-                    record.flake.clone(),
-                ]);
-                entries.push(serde_json::json!({
-                    "run_id": record.run_id,
-                    "status": record.status,
-                    "created_at": record.created_at,
-                    "duration_ms": record.duration_ms,
-                    "flake": record.flake,
-                    "runtime": record.runtime,
-                    "jobs": record.jobs,
-                }));
-            }
-            // One bad record must not hide the others.
-            Err(e) => {
-                let why =
-                    error::render(&e).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
-                rows.push([id.clone(), "corrupt".into(), String::new(), String::new(), why.clone()]);
-                entries.push(serde_json::json!({ "run_id": id, "status": "corrupt", "error": why }));
+/// One run as `list` shows it: its record as it is now, or why the record cannot be read.
+pub enum Listed {
+    Run(Box<RunRecord>),
+    Corrupt { run_id: String, error: String },
+}
+
+impl Listed {
+    /// The entry of `list --json` (and of the web page's `/api/runs`).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Listed::Run(record) => serde_json::json!({
+                "run_id": record.run_id,
+                "status": record.status,
+                "created_at": record.created_at,
+                "duration_ms": record.duration_ms,
+                "flake": record.flake,
+                "runtime": record.runtime,
+                "jobs": record.jobs,
+            }),
+            Listed::Corrupt { run_id, error } => {
+                serde_json::json!({ "run_id": run_id, "status": "corrupt", "error": error })
             }
         }
     }
+}
+
+/// Every run, newest first, with its effective status. One bad record must not hide the
+/// others: it is listed as corrupt, with the reason.
+pub fn list_runs(state: &StateRoot) -> Result<Vec<Listed>> {
+    let mut ids = state.run_ids()?;
+    ids.reverse();
+    Ok(ids.into_iter().map(|id| read_listed(state, id)).collect())
+}
+
+/// One run as `list` shows it.
+pub fn read_listed(state: &StateRoot, id: String) -> Listed {
+    match RunRecord::read(&state.run_dir(&id)) {
+        Ok(record) => Listed::Run(Box::new(effective(state, record))),
+        Err(e) => {
+            let why = error::render(&e).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            Listed::Corrupt { run_id: id, error: why }
+        }
+    }
+}
+
+/// The record `status` shows: as written, with the liveness of its process applied.
+pub fn status_record(state: &StateRoot, run_id: &str) -> Result<RunRecord> {
+    Ok(effective(state, RunRecord::read(&state.run_dir(run_id))?))
+}
+
+pub fn list(state: &StateRoot, json: bool) -> Result<()> {
+    let listed = list_runs(state)?;
+    let entries: Vec<serde_json::Value> = listed.iter().map(Listed::to_json).collect();
+    let rows: Vec<[String; 5]> = listed
+        .iter()
+        .map(|l| match l {
+            Listed::Run(record) => [
+                record.run_id.clone(),
+                record.status.as_str().to_string(),
+                job_counts(record),
+                record.created_at.clone(),
+                record.flake.clone(),
+            ],
+            Listed::Corrupt { run_id, error } => {
+                [run_id.clone(), "corrupt".into(), String::new(), String::new(), error.clone()]
+            }
+        })
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else if rows.is_empty() {
@@ -136,7 +169,7 @@ pub fn list(state: &StateRoot, json: bool) -> Result<()> {
 /// Prints the run; the exit code says how it ended, as `run` would have.
 pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
     let run_id = state.find_run(spec)?;
-    let record = effective(state, RunRecord::read(&state.run_dir(&run_id))?);
+    let record = status_record(state, &run_id)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {

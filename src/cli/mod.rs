@@ -1,7 +1,7 @@
 //! The command line: arguments (clap) and one function per command. Library code does not
 //! print; these functions do.
 
-mod inspect;
+pub(crate) mod inspect;
 pub mod output;
 
 use std::path::PathBuf;
@@ -102,6 +102,13 @@ pub enum Command {
         /// Also check that this SSH host answers.
         #[arg(long, value_name = "HOST")]
         remote: Option<String>,
+    },
+    /// Serve a read-only web page of the runs (and their JSON under `/api/`).
+    Serve {
+        /// Where to listen. Anything but a loopback address is reachable from other
+        /// machines: put it behind a reverse proxy with authentication (docs/web.md).
+        #[arg(long, value_name = "ADDR:PORT", default_value = crate::serve::DEFAULT_LISTEN)]
+        listen: String,
     },
     /// Take (or reuse) the source snapshot a run would see, and print its directory.
     Snapshot,
@@ -229,6 +236,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Doctor { remote } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
             Ok(doctor::run(&state, remote.as_deref()))
+        }
+        Command::Serve { listen } => {
+            let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
+            crate::serve::serve(state, &listen)?;
+            Ok(exit::SUCCESS)
         }
         Command::Snapshot => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;

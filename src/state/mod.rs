@@ -13,6 +13,7 @@ pub mod recorder;
 mod status;
 
 use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -133,12 +134,15 @@ impl StateRoot {
     /// Take the run's liveness lock. None when another process holds it (the run is live).
     pub fn try_lock_run(&self, run_id: &str) -> Result<Option<File>> {
         let path = self.run_dir(run_id).join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open `{}`", path.display()))?;
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) => f,
+            // A reader that may not write (`pikaci serve` as a read-only service) can still
+            // probe the lock: flock works on a file opened for reading.
+            Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
+                File::open(&path).with_context(|| format!("open `{}`", path.display()))?
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("open `{}`", path.display()))),
+        };
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

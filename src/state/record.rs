@@ -140,6 +140,12 @@ pub enum RuntimeName {
     Unknown,
 }
 
+impl std::fmt::Display for RuntimeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl RuntimeName {
     pub fn parse(name: &str) -> RuntimeName {
         serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(RuntimeName::Unknown)
