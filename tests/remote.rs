@@ -1,108 +1,37 @@
-//! Remote placement, for real: each test starts its own `sshd` on a loopback address
-//! (127.0.0.2, which pikaci does not treat as this machine) and runs lanes there over SSH
-//! with the Incus runtime. The "remote host" shares this machine's Nix store and Incus
-//! daemon, so what is tested is the SSH path itself: the remote job directories, the
-//! snapshot sent once, payloads built and rooted there, Incus driven over SSH, artifacts
-//! brought back, and gc cleaning up there.
+//! Remote placement, for real: lanes run over SSH on a separate test host (an Incus system
+//! container with its own Nix store, its own incusd and its own sshd; see
+//! `common/test_hosts.rs`). What is checked: the snapshot sent once, the one `mkdir -p` of
+//! the job's directories, payloads built there (rooted in the remote job directory, absent
+//! from this machine's store), Incus devices whose sources are the remote paths, artifacts
+//! brought back, and gc cleaning up there. Remote state is read over SSH, never from the
+//! local disk.
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::test_hosts::{TestHost, TestHosts};
 use common::*;
 
 struct RemoteLab {
-    dir: tempfile::TempDir,
-    sshd: Child,
-    host: String,
+    hosts: &'static TestHosts,
+    host: &'static TestHost,
+    /// This test's own state root on the host (its runs never meet another test's).
+    remote_root: String,
 }
 
 impl RemoteLab {
-    fn start() -> RemoteLab {
+    fn start(flake: &Path) -> RemoteLab {
         require_nix();
-        require_incus();
-        let sshd = Path::new("/usr/sbin/sshd");
-        assert!(
-            sshd.exists(),
-            "`/usr/sbin/sshd` is required by the remote tests: run `scripts/bootstrap` (installs openssh-server)"
-        );
-        let dir = tempfile::Builder::new().prefix("pikaci-remote-").tempdir().unwrap();
-        let d = dir.path();
-        for key in ["hostkey", "userkey"] {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key))
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-        std::fs::copy(d.join("userkey.pub"), d.join("authorized_keys")).unwrap();
-        // A free port on the loopback address; sshd takes it right after.
-        let port = TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "ListenAddress 127.0.0.2\nPort {port}\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
-                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        let host = format!("pikaci-lab-{port}");
-        std::fs::write(
-            d.join("ssh_config"),
-            format!(
-                "Host {host}\n  HostName 127.0.0.2\n  Port {port}\n  User root\n  IdentityFile {d}/userkey\n  \
-                 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = Command::new(sshd)
-            .arg("-D")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .arg("-E")
-            .arg(d.join("sshd.log"))
-            .spawn()
-            .unwrap();
-        let lab = RemoteLab { dir, sshd, host };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !lab.ssh(&["true"]).success() {
-            assert!(
-                Instant::now() < deadline,
-                "the test sshd did not come up: {}",
-                std::fs::read_to_string(lab.dir.path().join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lab
-    }
-
-    fn ssh(&self, argv: &[&str]) -> std::process::ExitStatus {
-        Command::new("ssh")
-            .arg("-F")
-            .arg(self.dir.path().join("ssh_config"))
-            .arg(&self.host)
-            .args(argv)
-            .output()
-            .unwrap()
-            .status
-    }
-
-    fn remote_root(&self) -> PathBuf {
-        self.dir.path().join("remote-state")
+        let hosts = common::test_hosts::shared(1);
+        let name = flake.file_name().unwrap().to_string_lossy();
+        RemoteLab { hosts, host: hosts.first(), remote_root: format!("/var/tmp/pikaci/{name}") }
     }
 
     fn pikaci(&self, flake: &Path, args: &[&str]) -> Run {
         pikaci()
-            .env("PIKACI_SSH_CONFIG", self.dir.path().join("ssh_config"))
-            .env("PIKACI_REMOTE_STATE_ROOT", self.remote_root())
+            .env("PIKACI_SSH_CONFIG", &self.hosts.ssh_config)
+            .env("PIKACI_REMOTE_STATE_ROOT", &self.remote_root)
             .args(args)
             .arg("--flake")
             .arg(flake)
@@ -110,26 +39,21 @@ impl RemoteLab {
             .unwrap()
             .into()
     }
-}
 
-impl Drop for RemoteLab {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
+    fn exists(&self, path: &str) -> bool {
+        self.hosts.test(self.host, &["-e", path])
     }
 }
 
 #[test]
 fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
-    let lab = RemoteLab::start();
     let flake = copy_fixture(&fixture_path("lanes"));
-    let out = lab.pikaci(
-        flake.path(),
-        &["run", "view", "fail", "--runtime", "incus", "--remote", &lab.host, "--output", "json"],
-    );
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(flake.path(), &["run", "view", "fail", "--runtime", "incus", "--remote", host, "--output", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
     let record = out.json();
-    assert_eq!(record["remote"], lab.host.as_str());
+    assert_eq!(record["remote"], host);
     assert_eq!(job_status(&record, "view"), "passed", "{}", out.stderr);
     let fail = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == "fail").unwrap();
     assert_eq!(fail["exit_code"], 7);
@@ -137,16 +61,20 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
 
     let run_id = record["run_id"].as_str().unwrap();
     let local_job = flake.path().join(".pikaci/runs").join(run_id).join("jobs/view");
-    let remote_job = lab.remote_root().join("runs").join(run_id).join("jobs/view");
+    let remote_job = format!("{}/runs/{run_id}/jobs/view", lab.remote_root);
     // Built and rooted there (a registered indirect root per output), not here.
-    let staged = remote_job.join("staged-linux-rust");
-    let auto: Vec<PathBuf> = std::fs::read_dir("/nix/var/nix/gcroots/auto")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .collect();
+    let staged = format!("{remote_job}/staged-linux-rust");
+    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
+    let job = read_json(&local_job.join("job.json"));
     for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
-        assert!(staged.join(link).is_symlink(), "{link} is not rooted on the remote side");
-        assert!(auto.contains(&staged.join(link)), "{link} is not a registered root");
+        let path = format!("{staged}/{link}");
+        assert!(lab.hosts.test(lab.host, &["-L", &path]), "{link} is not rooted on the remote side");
+        assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
+        let target = lab.hosts.sh(lab.host, &format!("readlink {path}"));
+        let target = target.trim();
+        assert!(target.starts_with("/nix/store/"), "{link} -> {target}");
+        assert!(lab.exists(target), "{target} is in the host's store");
+        assert!(!Path::new(target).exists(), "{target} was built there only, never here");
     }
     assert_eq!(
         std::fs::read_dir(local_job.join("staged-linux-rust")).unwrap().count(),
@@ -157,7 +85,8 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(std::fs::read_to_string(local_job.join("artifacts/kept.txt")).unwrap(), "kept\n");
     // The snapshot was sent once for the two jobs.
     let snapshot = record["snapshot"]["id"].as_str().unwrap();
-    assert!(lab.remote_root().join("snapshots").join(snapshot).join("marker.txt").is_file());
+    let remote_snapshot = format!("{}/snapshots/{snapshot}", lab.remote_root);
+    assert!(lab.hosts.test(lab.host, &["-f", &format!("{remote_snapshot}/marker.txt")]));
     let logs: String = ["view", "fail"]
         .iter()
         .map(|j| {
@@ -174,7 +103,10 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         1,
         "one mkdir -p for all of a job's directories:\n{view_log}"
     );
-    let job = read_json(&local_job.join("job.json"));
+    // The Incus devices there name the remote job directory's payload links as sources.
+    for link in ["workspace-deps", "workspace-build", "extra"] {
+        assert!(view_log.contains(&format!("\"source\":\"{staged}/{link}\"")), "device source `{link}`:\n{view_log}");
+    }
     let reproduce = job["reproduce"]
         .as_array()
         .unwrap()
@@ -182,20 +114,22 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         .map(|l| l.as_str().unwrap().to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(reproduce.contains(&format!("copy --derivation --to ssh://{} /nix/store/", lab.host)), "{reproduce}");
+    assert!(reproduce.contains(&format!("copy --derivation --to ssh://{host} /nix/store/")), "{reproduce}");
     assert!(reproduce.contains("'nix-store --realise"), "{reproduce}");
 
     let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
     assert_eq!(gc.code, 0, "{gc:?}");
     assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
-    assert!(!lab.remote_root().join("runs").join(run_id).exists(), "gc removes the remote job directories");
-    assert!(!lab.remote_root().join("snapshots").join(snapshot).exists(), "and the remote snapshot");
+    assert!(!lab.exists(&format!("{}/runs/{run_id}", lab.remote_root)), "gc removes the remote job directories");
+    assert!(!lab.exists(&remote_snapshot), "and the remote snapshot");
+    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
+    assert!(!auto.contains(&staged), "and with them the roots there:\n{auto}");
 }
 
 #[test]
 fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
-    let lab = RemoteLab::start();
     let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
     let out =
         lab.pikaci(flake.path(), &["run", "view", "--runtime", "incus", "--remote", "pikaci-no-such-host.invalid"]);
     assert_eq!(out.code, 3, "{out:?}");
@@ -207,7 +141,7 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     assert_eq!(job_status(&record, "view"), "error");
     assert!(record["jobs"][0]["message"].as_str().unwrap().contains("pikaci-no-such-host.invalid"), "{record:#}");
 
-    let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host]);
+    let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host.name]);
     assert_eq!(bwrap.code, 2, "{bwrap:?}");
     assert!(bwrap.stderr.contains("the bwrap runtime runs jobs on this machine only"), "{}", bwrap.stderr);
 }

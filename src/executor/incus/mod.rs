@@ -17,6 +17,7 @@
 
 mod checks;
 mod image;
+mod remote_image;
 pub mod naming;
 pub mod spec;
 
@@ -30,7 +31,7 @@ use crate::signals;
 use crate::tools::command::{CommandFailed, HostLog, Interrupted, is_interrupted};
 use crate::tools::incus::{Incus, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait, is_not_found};
 
-pub use checks::{doctor_checks, reap_orphans, reap_orphans_with};
+pub use checks::{doctor_checks, image_check, reap_orphans, reap_orphans_with, storage_check};
 pub use image::{build_default_image, import_image};
 pub use spec::InstancePlan;
 
@@ -315,11 +316,12 @@ fn create_error(incus: &Incus, plan: &InstancePlan, err: anyhow::Error) -> anyho
     let what = incus_failure(&err);
     let lower = what.to_ascii_lowercase();
     if (lower.contains("image \"") || lower.contains("image alias")) && lower.contains("not found") {
+        let on = incus.remote_host().map(|h| format!(" --remote {h}")).unwrap_or_default();
         let hint = if plan.image == DEFAULT_IMAGE {
-            "import it: `pikaci image import`".to_string()
+            format!("import it: `pikaci image import{on}`")
         } else {
             format!(
-                "import it: `pikaci image import --alias {} --from TARBALL` (or `incus image import`); `incus image list` shows the images there are",
+                "import it: `pikaci image import{on} --alias {} --from TARBALL` (or `incus image import`); `incus image list` shows the images there are",
                 plan.image
             )
         };
