@@ -66,6 +66,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let staged = format!("{remote_job}/staged-linux-rust");
     let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
     let job = read_json(&local_job.join("job.json"));
+    let mut payload_paths = Vec::new();
     for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
         let path = format!("{staged}/{link}");
         assert!(lab.hosts.test(lab.host, &["-L", &path]), "{link} is not rooted on the remote side");
@@ -75,6 +76,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         assert!(target.starts_with("/nix/store/"), "{link} -> {target}");
         assert!(lab.exists(target), "{target} is in the host's store");
         assert!(!Path::new(target).exists(), "{target} was built there only, never here");
+        payload_paths.push(target.to_string());
     }
     assert_eq!(
         std::fs::read_dir(local_job.join("staged-linux-rust")).unwrap().count(),
@@ -122,8 +124,47 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
     assert!(!lab.exists(&format!("{}/runs/{run_id}", lab.remote_root)), "gc removes the remote job directories");
     assert!(!lab.exists(&remote_snapshot), "and the remote snapshot");
-    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
-    assert!(!auto.contains(&staged), "and with them the roots there:\n{auto}");
+    // And with them the roots there: the payloads are garbage on the host now.
+    let dead = lab.hosts.sh(lab.host, "nix-store --gc --print-dead 2>/dev/null");
+    for target in &payload_paths {
+        assert!(dead.lines().any(|l| l == target), "{target} is still alive on the host:\n{dead}");
+    }
+}
+
+#[test]
+fn doctor_checks_what_a_remote_placement_needs_there() {
+    let hosts = common::test_hosts::shared(1);
+    let host = hosts.first();
+    // Before the fixture imported the guest image: the doctor said how to install it.
+    let before = host.doctor_before_image.get().expect("the fixture ran the doctor");
+    assert_eq!(before.code, 3, "{before:?}");
+    assert!(before.stdout.contains("FAIL remote image"), "{}", before.stdout);
+    assert!(
+        before.stdout.contains(&format!("fix: `pikaci image import --remote {}`", host.name)),
+        "the doctor says how to import the image there:\n{}",
+        before.stdout
+    );
+    let out: Run = pikaci()
+        .env("PIKACI_SSH_CONFIG", &hosts.ssh_config)
+        .env("PIKACI_STATE_ROOT", tempfile::tempdir().unwrap().path())
+        .args(["doctor", "--remote", &host.name])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no `{name}` line:\n{}", out.stdout))
+            .to_string()
+    };
+    let nix_there = hosts.sh(host, "nix --version");
+    assert!(line("remote nix").contains(nix_there.trim()), "{}", out.stdout);
+    assert!(line("remote incus").starts_with("ok"), "{}", out.stdout);
+    assert!(line("remote disk").contains("MiB free under `/var/tmp/pikaci`"), "{}", out.stdout);
+    assert!(line("remote image").contains("`pikaci/busybox` is imported"), "{}", out.stdout);
+    assert!(line("remote storage").contains("pool `default` (dir)"), "{}", out.stdout);
 }
 
 #[test]

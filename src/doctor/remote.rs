@@ -26,8 +26,9 @@ pub fn checks(host: &str) -> Vec<Check> {
         Ok(server) => {
             let version = server["environment"]["server_version"].as_str().unwrap_or("?").to_string();
             checks.push(Check::ok("remote incus", format!("Incus {version} answers on `{host}`")));
-            checks.push(incus::storage_check(&incus));
-            checks.push(incus::image_check(&incus));
+            // The same checks as here, named apart from this machine's.
+            checks.push(Check { name: "remote storage", ..incus::storage_check(&incus) });
+            checks.push(Check { name: "remote image", ..incus::image_check(&incus) });
         }
         Err(e) => checks.push(Check::fail(
             "remote incus",

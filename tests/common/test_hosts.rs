@@ -30,6 +30,8 @@ pub struct TestHost {
     pub name: String,
     /// The loopback address its sshd is reached on.
     pub addr: String,
+    /// What `pikaci doctor --remote` said of the host before the guest image was there.
+    pub doctor_before_image: OnceLock<crate::common::Run>,
 }
 
 pub struct TestHosts {
@@ -142,7 +144,11 @@ impl TestHosts {
         std::fs::write(&ssh_config, config).unwrap();
 
         let hosts = TestHosts {
-            hosts: names.into_iter().zip(addrs).map(|(name, addr)| TestHost { name, addr }).collect(),
+            hosts: names
+                .into_iter()
+                .zip(addrs)
+                .map(|(name, addr)| TestHost { name, addr, doctor_before_image: OnceLock::new() })
+                .collect(),
             dir,
             ssh_config,
             timings: Timings { image: image_time, ..Timings::default() },
@@ -190,6 +196,13 @@ impl TestHosts {
                        profiles: [{name: default, devices: {root: {path: /, pool: default, type: disk}}}]\n";
         let out = self.ssh_stdin(host, "incus admin waitready --timeout=60 && incus admin init --preseed", preseed);
         assert!(out.status.success(), "incus admin init on `{}`: {}", host.name, String::from_utf8_lossy(&out.stderr));
+        let doctor = pikaci()
+            .env("PIKACI_SSH_CONFIG", &self.ssh_config)
+            .env("PIKACI_STATE_ROOT", self.dir.join("doctor-state"))
+            .args(["doctor", "--remote", &host.name])
+            .output()
+            .unwrap();
+        let _ = host.doctor_before_image.set(doctor.into());
         let out = pikaci()
             .env("PIKACI_SSH_CONFIG", &self.ssh_config)
             .args(["image", "import", "--remote", &host.name])

@@ -415,5 +415,11 @@ mod tests {
         let rendered = error::render(&create_error(&incus, &plan, failed()));
         assert!(rendered.contains("`pikaci image import --alias team/rust --from TARBALL`"), "{rendered}");
         assert_eq!(error::kind_of(&create_error(&incus, &plan, failed())), error::ErrorKind::Infrastructure);
+        // On a remote host, the fix names it.
+        let remote = Incus::via_ssh(crate::tools::ssh::Ssh::with_program("ssh", "ci@build1"), "ci@build1");
+        plan.image = DEFAULT_IMAGE.into();
+        let rendered = error::render(&create_error(&remote, &plan, failed()));
+        assert!(rendered.contains("is not in the Incus image store on `ci@build1`"), "{rendered}");
+        assert!(rendered.ends_with("hint: import it: `pikaci image import --remote ci@build1`"), "{rendered}");
     }
 }
