@@ -13,6 +13,9 @@ use std::path::Path;
 use common::test_hosts::{TestHost, TestHosts};
 use common::*;
 
+/// The hosts this binary makes (the measurement below wants two).
+const HOSTS: usize = 2;
+
 struct RemoteLab {
     hosts: &'static TestHosts,
     host: &'static TestHost,
@@ -23,7 +26,7 @@ struct RemoteLab {
 impl RemoteLab {
     fn start(flake: &Path) -> RemoteLab {
         require_nix();
-        let hosts = common::test_hosts::shared(1);
+        let hosts = common::test_hosts::shared(HOSTS);
         let name = flake.file_name().unwrap().to_string_lossy();
         RemoteLab { hosts, host: hosts.first(), remote_root: format!("/var/tmp/pikaci/{name}") }
     }
@@ -50,7 +53,8 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let flake = copy_fixture(&fixture_path("lanes"));
     let lab = RemoteLab::start(flake.path());
     let host = lab.host.name.as_str();
-    let out = lab.pikaci(flake.path(), &["run", "view", "fail", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    let out =
+        lab.pikaci(flake.path(), &["run", "view", "fail", "--runtime", "incus", "--remote", host, "--output", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
     let record = out.json();
     assert_eq!(record["remote"], host);
@@ -133,8 +137,8 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
 
 #[test]
 fn doctor_checks_what_a_remote_placement_needs_there() {
-    let hosts = common::test_hosts::shared(1);
-    let host = hosts.first();
+    let hosts = common::test_hosts::shared(HOSTS);
+    let host = &hosts.hosts[1];
     // Before the fixture imported the guest image: the doctor said how to install it.
     let before = host.doctor_before_image.get().expect("the fixture ran the doctor");
     assert_eq!(before.code, 3, "{before:?}");
@@ -185,4 +189,48 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host.name]);
     assert_eq!(bwrap.code, 2, "{bwrap:?}");
     assert!(bwrap.stderr.contains("the bwrap runtime runs jobs on this machine only"), "{}", bwrap.stderr);
+}
+
+/// Not a check but a measurement (`cargo test --test remote -- --ignored --nocapture
+/// measure`): the hosts' start-up, their memory, and a job's overhead on a remote host
+/// against the same job here, with the payloads already built on both sides.
+#[test]
+#[ignore]
+fn measure_remote_job_overhead() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
+    let t = &lab.hosts.timings;
+    eprintln!(
+        "hosts: {} ready; image {:.1} s, to sshd {:.1} s, to ready (incusd, guest image) {:.1} s",
+        lab.hosts.hosts.len(),
+        t.image.as_secs_f64(),
+        t.to_sshd.as_secs_f64(),
+        t.to_ready.as_secs_f64()
+    );
+    let mem = |label: &str| {
+        for h in &lab.hosts.hosts {
+            eprintln!("memory of `{}` {label}: {:?} MiB", h.name, lab.hosts.memory_mib(h));
+        }
+    };
+    mem("idle");
+    let host = lab.host.name.clone();
+    let timing = |args: &[&str]| -> (u64, u64) {
+        let t0 = std::time::Instant::now();
+        let out =
+            lab.pikaci(flake.path(), &[&["run", "view", "--runtime", "incus", "--output", "json"], args].concat());
+        let wall = t0.elapsed().as_millis() as u64;
+        assert_eq!(out.code, 0, "{out:?}");
+        let job = out.json()["jobs"][0]["duration_ms"].as_u64().unwrap();
+        (job, wall)
+    };
+    for (label, args) in [("local", vec![]), ("remote", vec!["--remote", host.as_str()])] {
+        timing(&args); // builds the payloads
+        let runs: Vec<(u64, u64)> = (0..5).map(|_| timing(&args)).collect();
+        eprintln!("{label}: job ms / run wall ms, payloads built: {runs:?}");
+        let mut runs: Vec<_> = std::fs::read_dir(flake.path().join(".pikaci/runs")).unwrap().flatten().collect();
+        runs.sort_by_key(|e| e.file_name());
+        let log = runs.last().unwrap().path().join("jobs/view/host.log");
+        eprintln!("{label}: the last job's host.log:\n{}", std::fs::read_to_string(log).unwrap());
+    }
+    mem("after the runs");
 }

@@ -72,7 +72,9 @@ fn disk_check(ssh: &Ssh, host: &str) -> Check {
                 format!("only {} MiB free under `{root}` on `{host}` (at least {MIN_FREE_MIB} MiB wanted)", kib / 1024),
                 fix,
             ),
-            None => Check::fail("remote disk", format!("cannot read `df` on `{host}`: {}", out.stdout_str().trim()), fix),
+            None => {
+                Check::fail("remote disk", format!("cannot read `df` on `{host}`: {}", out.stdout_str().trim()), fix)
+            }
         },
         Err(e) => Check::fail("remote disk", format!("`df` failed on `{host}`: {e:#}"), fix),
     }

@@ -251,12 +251,7 @@ impl TestHosts {
     /// `sh -c SCRIPT` on the host; its stdout, asserting success.
     pub fn sh(&self, host: &TestHost, script: &str) -> String {
         let out = self.ssh(host, &["sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "`{script}` on `{}` failed: {}",
-            host.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "`{script}` on `{}` failed: {}", host.name, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -269,7 +264,8 @@ impl TestHosts {
 
     /// Memory the host's container uses now, in MiB (its cgroup, seen from here).
     pub fn memory_mib(&self, host: &TestHost) -> Option<u64> {
-        let out = Command::new("incus").args(["query", &format!("/1.0/instances/{}/state", host.name)]).output().ok()?;
+        let out =
+            Command::new("incus").args(["query", &format!("/1.0/instances/{}/state", host.name)]).output().ok()?;
         let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         state["memory"]["usage"].as_u64().map(|b| b >> 20)
     }

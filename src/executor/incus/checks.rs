@@ -190,16 +190,10 @@ pub fn image_check(incus: &Incus) -> Check {
             "incus image",
             format!("`{DEFAULT_IMAGE}` is imported ({})", &fingerprint[..fingerprint.len().min(12)]),
         ),
-        Ok(None) => Check::fail(
-            "incus image",
-            format!("the default image `{DEFAULT_IMAGE}` is not imported"),
-            fix,
-        ),
-        Err(e) => Check::fail(
-            "incus image",
-            format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)),
-            fix,
-        ),
+        Ok(None) => Check::fail("incus image", format!("the default image `{DEFAULT_IMAGE}` is not imported"), fix),
+        Err(e) => {
+            Check::fail("incus image", format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)), fix)
+        }
     }
 }
 

@@ -17,8 +17,8 @@
 
 mod checks;
 mod image;
-mod remote_image;
 pub mod naming;
+mod remote_image;
 pub mod spec;
 
 use std::time::Duration;
