@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,8 @@ pub struct TestHosts {
     pub ssh_config: PathBuf,
     /// Measured while creating them, for the report of the test that wants it.
     pub timings: Timings,
-    _watcher: Mutex<ChildStdin>,
+    /// Holds the write end of the watcher's stdin (see the module's comment).
+    _watcher: Mutex<Child>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -338,11 +339,11 @@ fn free_addresses(count: usize) -> Vec<String> {
 /// of file, which comes when the last write end closes, at this process's exit (the end
 /// is close-on-exec, so no child inherits it). Its own process group: a Ctrl-C to the
 /// tests does not stop it before it has cleaned up.
-fn start_watcher(dir: &Path, names: &[String]) -> ChildStdin {
+fn start_watcher(dir: &Path, names: &[String]) -> Child {
     use std::os::unix::process::CommandExt;
     let log = File::create(dir.join("watcher.log")).unwrap();
     let script = r#"cat >/dev/null; d=$1; shift; for n; do incus delete -f "$n"; done; rm -rf "$d""#;
-    let mut child = Command::new("sh")
+    Command::new("sh")
         .args(["-c", script, "sh"])
         .arg(dir)
         .args(names)
@@ -351,8 +352,7 @@ fn start_watcher(dir: &Path, names: &[String]) -> ChildStdin {
         .stderr(log)
         .process_group(0)
         .spawn()
-        .unwrap();
-    child.stdin.take().unwrap()
+        .unwrap()
 }
 
 fn incus_ok(args: &[&str]) {
