@@ -234,3 +234,31 @@ fn measure_remote_job_overhead() {
     }
     mem("after the runs");
 }
+
+/// The cluster fixture: two test hosts form one Incus cluster over their own layer-2
+/// bridge, and an instance asked for on the second member from the first lands there.
+#[test]
+fn the_cluster_fixture_places_an_instance_on_the_member_asked_for() {
+    let cluster = common::test_hosts::cluster();
+    let [first, second] = [&cluster.hosts[0], &cluster.hosts[1]];
+    let members = cluster.sh(first, "incus cluster list -f csv -c nus");
+    for (host, addr) in [first, second].iter().zip(common::test_hosts::CLUSTER_ADDRS) {
+        assert!(
+            members.lines().any(|l| l == format!("{},https://{addr}:8443,ONLINE", host.name)),
+            "`{}` is an online member:\n{members}",
+            host.name
+        );
+    }
+    // The bridge has no address on this machine.
+    let net = cluster.network.as_deref().unwrap();
+    let addrs = std::process::Command::new("ip").args(["-o", "addr", "show", "dev", net]).output().unwrap();
+    assert!(String::from_utf8_lossy(&addrs.stdout).trim().is_empty(), "{net} has an address here");
+    let placed = cluster.sh(
+        first,
+        &format!(
+            "incus init pikaci/busybox probe --target {} -q && incus list probe -c L -f csv && incus delete -f probe",
+            second.name
+        ),
+    );
+    assert_eq!(placed.trim(), second.name, "the instance is on the member asked for");
+}

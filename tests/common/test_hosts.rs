@@ -20,6 +20,8 @@ use super::{pikaci, repo_root};
 
 /// Every test host's name starts so; then `<pid>-<n>`.
 const PREFIX: &str = "pikaci-th-";
+/// Every test bridge's name starts so (bridge names have at most 15 bytes); then `<pid>`.
+const NET_PREFIX: &str = "pkth";
 /// The Incus config key naming the owner process as `<pid>:<start time>`.
 const OWNER_KEY: &str = "user.pikaci.test-owner";
 /// The guest image each host gets (the default of `--image`).
@@ -40,6 +42,8 @@ pub struct TestHosts {
     pub dir: PathBuf,
     /// The SSH config naming every host (give it as `PIKACI_SSH_CONFIG`).
     pub ssh_config: PathBuf,
+    /// The layer-2 bridge between the hosts (the cluster's), if any.
+    pub network: Option<String>,
     /// Measured while creating them, for the report of the test that wants it.
     pub timings: Timings,
     /// Holds the write end of the watcher's stdin (see the module's comment).
@@ -55,12 +59,31 @@ pub struct Timings {
 
 /// The hosts, or why making them failed (said once; every later test fails with it).
 static SHARED: OnceLock<Result<TestHosts, String>> = OnceLock::new();
+static CLUSTER: OnceLock<Result<TestHosts, String>> = OnceLock::new();
 
-/// The test binary's hosts, created on first use (`count` of them; a later call may ask
-/// for fewer, never more).
+/// The addresses of the cluster's members on their layer-2 bridge (a bridge of their own,
+/// with no address on this machine, so these never meet anything else).
+pub const CLUSTER_ADDRS: [&str; 2] = ["10.254.0.11", "10.254.0.12"];
+
+/// The test binary's separate hosts, created on first use (`count` of them; a later call
+/// may ask for fewer, never more).
 pub fn shared(count: usize) -> &'static TestHosts {
-    let made = SHARED.get_or_init(|| {
-        std::panic::catch_unwind(|| TestHosts::create(count)).map_err(|panic| {
+    let hosts = made(&SHARED, || TestHosts::create(Layout::Separate(count)));
+    assert!(hosts.hosts.len() >= count, "the shared test hosts were created with {} hosts", hosts.hosts.len());
+    hosts
+}
+
+/// The test binary's Incus cluster: two hosts joined over a layer-2 bridge of their own,
+/// each with a static address from [`CLUSTER_ADDRS`] on it, the first one bootstrapping
+/// the cluster (its member name is its host name). The guest image is imported once,
+/// through the first; the cluster shares it.
+pub fn cluster() -> &'static TestHosts {
+    made(&CLUSTER, || TestHosts::create(Layout::Cluster))
+}
+
+fn made(cell: &'static OnceLock<Result<TestHosts, String>>, make: impl FnOnce() -> TestHosts) -> &'static TestHosts {
+    let made = cell.get_or_init(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).map_err(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -68,16 +91,36 @@ pub fn shared(count: usize) -> &'static TestHosts {
                 .unwrap_or_default()
         })
     });
-    let hosts = match made {
+    match made {
         Ok(hosts) => hosts,
         Err(why) => panic!("the test hosts could not be made: {why}"),
-    };
-    assert!(hosts.hosts.len() >= count, "the shared test hosts were created with {} hosts", hosts.hosts.len());
-    hosts
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Separate(usize),
+    Cluster,
+}
+
+impl Layout {
+    fn count(self) -> usize {
+        match self {
+            Layout::Separate(n) => n,
+            Layout::Cluster => CLUSTER_ADDRS.len(),
+        }
+    }
+    /// The part of the names that tells fixtures of one process apart.
+    fn tag(self) -> &'static str {
+        match self {
+            Layout::Separate(_) => "",
+            Layout::Cluster => "c",
+        }
+    }
 }
 
 impl TestHosts {
-    fn create(count: usize) -> TestHosts {
+    fn create(layout: Layout) -> TestHosts {
         super::require_incus();
         for tool in ["ssh", "ssh-keygen", "mmdebstrap"] {
             if super::which(tool).is_none() {
@@ -90,48 +133,30 @@ impl TestHosts {
         let image_time = t0.elapsed();
 
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("{PREFIX}{pid}"));
+        let tag = layout.tag();
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{pid}")).join(if tag.is_empty() { "hosts" } else { tag });
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("key");
         run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pikaci-test", "-f"]).arg(&key));
-
-        // Addresses are picked and claimed (by the proxy device) under one lock, so that
-        // two test binaries never pick the same.
-        let names: Vec<String> = (0..count).map(|n| format!("{PREFIX}{pid}-{n}")).collect();
-        let watcher = start_watcher(&dir, &names);
-        let lock = File::create(std::env::temp_dir().join("pikaci-test-hosts.lock")).unwrap();
-        lock.lock().unwrap();
-        let addrs = free_addresses(count);
+        let names: Vec<String> = (0..layout.count()).map(|n| format!("{PREFIX}{pid}-{tag}{n}")).collect();
+        let network = (layout == Layout::Cluster).then(|| format!("{NET_PREFIX}{pid}"));
+        let watcher = start_watcher(&dir, &names, network.as_deref());
         let owner = format!("{OWNER_KEY}={}", owner_tag(pid).expect("own start time"));
-        for (name, addr) in names.iter().zip(&addrs) {
-            incus_ok(&["create", &image, name, "-q", "-c", "security.nesting=true", "-c", &owner]);
+        if let Some(net) = &network {
             incus_ok(&[
-                "file",
-                "push",
+                "network",
+                "create",
+                net,
                 "-q",
-                "--uid",
-                "0",
-                "--gid",
-                "0",
-                "--mode",
-                "0600",
-                &format!("{}.pub", key.display()),
-                &format!("{name}/root/.ssh/authorized_keys"),
-            ]);
-            incus_ok(&[
-                "config",
-                "device",
-                "add",
-                "-q",
-                name,
-                "ssh",
-                "proxy",
-                &format!("listen=tcp:{addr}:22"),
-                "connect=tcp:127.0.0.1:22",
+                "ipv4.address=none",
+                "ipv6.address=none",
+                "ipv4.nat=false",
+                "ipv6.nat=false",
+                &owner,
             ]);
         }
-        drop(lock);
+        let addrs = create_instances(&image, &names, &key, &owner, network.as_deref());
 
         let ssh_config = dir.join("ssh_config");
         let mut config = String::new();
@@ -152,6 +177,7 @@ impl TestHosts {
                 .collect(),
             dir,
             ssh_config,
+            network,
             timings: Timings { image: image_time, ..Timings::default() },
             _watcher: Mutex::new(watcher),
         };
@@ -162,12 +188,39 @@ impl TestHosts {
             }
         });
         let to_sshd = t1.elapsed();
-        std::thread::scope(|s| {
-            for h in &hosts.hosts {
-                s.spawn(|| hosts.provision(h));
-            }
-        });
+        match layout {
+            Layout::Separate(_) => std::thread::scope(|s| {
+                for h in &hosts.hosts {
+                    s.spawn(|| hosts.provision(h, &incus_preseed(None)));
+                }
+            }),
+            Layout::Cluster => hosts.form_cluster(),
+        }
         TestHosts { timings: Timings { to_sshd, to_ready: t1.elapsed(), ..hosts.timings.clone() }, ..hosts }
+    }
+
+    /// The first member bootstraps the cluster, the second joins with a token from it.
+    fn form_cluster(&self) {
+        let [first, second] = [&self.hosts[0], &self.hosts[1]];
+        let bootstrap = incus_preseed(Some(&format!(
+            "config: {{core.https_address: \"{}:8443\"}}\ncluster: {{server_name: {}, enabled: true}}\n",
+            CLUSTER_ADDRS[0], first.name
+        )));
+        self.provision(first, &bootstrap);
+        let token = self.sh(first, &format!("incus cluster add {} --quiet", second.name));
+        let join = format!(
+            "cluster: {{enabled: true, server_name: {}, server_address: \"{}:8443\", cluster_token: \"{}\", member_config: []}}\n",
+            second.name,
+            CLUSTER_ADDRS[1],
+            token.trim()
+        );
+        let out = self.ssh_stdin(second, "incus admin waitready --timeout=60 && incus admin init --preseed", &join);
+        assert!(
+            out.status.success(),
+            "join `{}` to the cluster: {}",
+            second.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Start a host and wait for its sshd.
@@ -192,9 +245,7 @@ impl TestHosts {
 
     /// The host's own Incus (a `dir` pool, a default profile) and the guest image, which
     /// pikaci itself installs there.
-    fn provision(&self, host: &TestHost) {
-        let preseed = "storage_pools: [{name: default, driver: dir}]\n\
-                       profiles: [{name: default, devices: {root: {path: /, pool: default, type: disk}}}]\n";
+    fn provision(&self, host: &TestHost, preseed: &str) {
         let out = self.ssh_stdin(host, "incus admin waitready --timeout=60 && incus admin init --preseed", preseed);
         assert!(out.status.success(), "incus admin init on `{}`: {}", host.name, String::from_utf8_lossy(&out.stderr));
         let doctor = pikaci()
@@ -272,6 +323,38 @@ impl TestHosts {
     }
 }
 
+/// Create the stopped instances: each with the key, a proxy from a free loopback address
+/// to its sshd, and on `network` a NIC whose static address the image's boot unit sets.
+/// Returns the loopback addresses. They are picked and claimed (by the proxy device) under
+/// one lock, so that two test binaries never pick the same.
+fn create_instances(image: &str, names: &[String], key: &Path, owner: &str, network: Option<&str>) -> Vec<String> {
+    let lock = File::create(std::env::temp_dir().join("pikaci-test-hosts.lock")).unwrap();
+    lock.lock().unwrap();
+    let addrs = free_addresses(names.len());
+    for (n, (name, addr)) in names.iter().zip(&addrs).enumerate() {
+        incus_ok(&["create", image, name, "-q", "-c", "security.nesting=true", "-c", owner]);
+        let key = format!("{}.pub", key.display());
+        let dest = format!("{name}/root/.ssh/authorized_keys");
+        incus_ok(&["file", "push", "-q", "--uid", "0", "--gid", "0", "--mode", "0600", &key, &dest]);
+        let listen = format!("listen=tcp:{addr}:22");
+        incus_ok(&["config", "device", "add", "-q", name, "ssh", "proxy", &listen, "connect=tcp:127.0.0.1:22"]);
+        if let Some(net) = network {
+            incus_ok(&["config", "device", "add", "-q", name, "eth0", "nic", &format!("network={net}"), "name=eth0"]);
+            incus_ok(&["config", "set", name, &format!("user.pikaci.address={}/24", CLUSTER_ADDRS[n])]);
+        }
+    }
+    addrs
+}
+
+/// `incus admin init --preseed` input: a `dir` pool and a default profile, after `extra`.
+fn incus_preseed(extra: Option<&str>) -> String {
+    format!(
+        "{}storage_pools: [{{name: default, driver: dir}}]\n\
+         profiles: [{{name: default, devices: {{root: {{path: /, pool: default, type: disk}}}}}}]\n",
+        extra.unwrap_or("")
+    )
+}
+
 /// The one quoting of a word for the remote shell (single quotes).
 fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
@@ -293,17 +376,35 @@ fn owner_tag(pid: u32) -> Option<String> {
     Some(format!("{pid}:{start}"))
 }
 
-/// Delete test hosts whose owner process is gone, and their work directories.
+/// Delete test hosts and bridges whose owner process is gone, and their work directories.
 fn reap_stale() {
+    reap_stale_instances();
+    let out = Command::new("incus").args(["network", "list", "-f", "json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for net in list.as_array().into_iter().flatten() {
+        let name = net["name"].as_str().unwrap_or_default();
+        let owner = net["config"][OWNER_KEY].as_str().unwrap_or_default();
+        if name.starts_with(NET_PREFIX) && !owner.is_empty() && !owner_alive(owner) {
+            eprintln!("removing stale test bridge `{name}` (owner {owner:?} is gone)");
+            let _ = Command::new("incus").args(["network", "delete", name]).output();
+        }
+    }
+}
+
+/// True when `<pid>:<start time>` names a live process.
+fn owner_alive(owner: &str) -> bool {
+    let pid: Option<u32> = owner.split(':').next().and_then(|p| p.parse().ok());
+    pid.is_some_and(|pid| owner_tag(pid).as_deref() == Some(owner))
+}
+
+fn reap_stale_instances() {
     let out = Command::new("incus").args(["list", "-f", "json", PREFIX]).output().unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for instance in list.as_array().into_iter().flatten() {
         let name = instance["name"].as_str().unwrap_or_default();
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let owner = instance["config"][OWNER_KEY].as_str().unwrap_or_default();
-        let pid: Option<u32> = owner.split(':').next().and_then(|p| p.parse().ok());
-        let alive = pid.is_some_and(|pid| owner_tag(pid).as_deref() == Some(owner));
-        if !alive {
+        if !owner_alive(owner) {
             eprintln!("removing stale test host `{name}` (owner {owner:?} is gone)");
             let _ = Command::new("incus").args(["delete", "-f", name]).output();
             if let Some(pid) = rest.split('-').next() {
@@ -339,13 +440,15 @@ fn free_addresses(count: usize) -> Vec<String> {
 /// of file, which comes when the last write end closes, at this process's exit (the end
 /// is close-on-exec, so no child inherits it). Its own process group: a Ctrl-C to the
 /// tests does not stop it before it has cleaned up.
-fn start_watcher(dir: &Path, names: &[String]) -> Child {
+fn start_watcher(dir: &Path, names: &[String], network: Option<&str>) -> Child {
     use std::os::unix::process::CommandExt;
     let log = File::create(dir.join("watcher.log")).unwrap();
-    let script = r#"cat >/dev/null; d=$1; shift; for n; do incus delete -f "$n"; done; rm -rf "$d""#;
+    let script = r#"cat >/dev/null; d=$1; net=$2; shift 2; for n; do incus delete -f "$n"; done
+        [ -z "$net" ] || incus network delete "$net"; rm -rf "$d"; rmdir "${d%/*}" 2>/dev/null"#;
     Command::new("sh")
         .args(["-c", script, "sh"])
         .arg(dir)
+        .arg(network.unwrap_or(""))
         .args(names)
         .stdin(Stdio::piped())
         .stdout(log.try_clone().unwrap())
