@@ -148,14 +148,16 @@ fn doctor_checks_what_a_remote_placement_needs_there() {
         "the doctor says how to import the image there:\n{}",
         before.stdout
     );
+    let state = tempfile::tempdir().unwrap();
     let out: Run = pikaci()
         .env("PIKACI_SSH_CONFIG", &hosts.ssh_config)
-        .env("PIKACI_STATE_ROOT", tempfile::tempdir().unwrap().path())
+        .env("PIKACI_STATE_ROOT", state.path())
         .args(["doctor", "--remote", &host.name])
         .output()
         .unwrap()
         .into();
     assert_eq!(out.code, 0, "{out:?}");
+    eprintln!("{}", out.stdout);
     let line = |name: &str| {
         out.stdout
             .lines()

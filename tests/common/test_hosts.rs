@@ -379,6 +379,14 @@ fn owner_tag(pid: u32) -> Option<String> {
 /// Delete test hosts and bridges whose owner process is gone, and their work directories.
 fn reap_stale() {
     reap_stale_instances();
+    // Work directories of processes that are gone (their hosts, if any, are gone above).
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let out = Command::new("incus").args(["network", "list", "-f", "json"]).output().unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for net in list.as_array().into_iter().flatten() {
