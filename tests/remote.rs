@@ -123,6 +123,15 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert!(reproduce.contains(&format!("copy --derivation --to ssh://{host} /nix/store/")), "{reproduce}");
     assert!(reproduce.contains("'nix-store --realise"), "{reproduce}");
 
+    // Another run of the same content: the snapshot there is the same, and not sent again.
+    let again = lab.pikaci(flake.path(), &["run", "view", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let again_id = again.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(again.json()["snapshot"]["id"], snapshot);
+    let again_log =
+        std::fs::read_to_string(flake.path().join(".pikaci/runs").join(&again_id).join("jobs/view/host.log")).unwrap();
+    assert!(!again_log.contains("set -e; d=$1;"), "a snapshot already there is not sent again:\n{again_log}");
+
     let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
     assert_eq!(gc.code, 0, "{gc:?}");
     assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
