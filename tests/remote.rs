@@ -197,6 +197,21 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     assert_eq!(job_status(&record, "view"), "error");
     assert!(record["jobs"][0]["message"].as_str().unwrap().contains("pikaci-no-such-host.invalid"), "{record:#}");
 
+    // A host without the image asked for: the error says how to put it there.
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(
+        flake.path(),
+        &["run", "view", "--runtime", "incus", "--remote", host, "--image", "pikaci-test/absent"],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "import it: `pikaci image import --remote {host} --alias pikaci-test/absent --from TARBALL`"
+        )),
+        "{}",
+        out.stdout
+    );
+
     let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host.name]);
     assert_eq!(bwrap.code, 2, "{bwrap:?}");
     assert!(bwrap.stderr.contains("the bwrap runtime runs jobs on this machine only"), "{}", bwrap.stderr);
@@ -252,6 +267,14 @@ fn measure_remote_job_overhead() {
 fn the_cluster_fixture_places_an_instance_on_the_member_asked_for() {
     let cluster = common::test_hosts::cluster();
     let [first, second] = [&cluster.hosts[0], &cluster.hosts[1]];
+    let t = &cluster.timings;
+    eprintln!(
+        "cluster: to sshd {:.1} s, to a cluster with the guest image {:.1} s; memory {:?} / {:?} MiB",
+        t.to_sshd.as_secs_f64(),
+        t.to_ready.as_secs_f64(),
+        cluster.memory_mib(first),
+        cluster.memory_mib(second)
+    );
     let members = cluster.sh(first, "incus cluster list -f csv -c nus");
     for (host, addr) in [first, second].iter().zip(common::test_hosts::CLUSTER_ADDRS) {
         assert!(
