@@ -296,3 +296,22 @@ fn the_cluster_fixture_places_an_instance_on_the_member_asked_for() {
     );
     assert_eq!(placed.trim(), second.name, "the instance is on the member asked for");
 }
+
+/// A job that times out on a remote host: recorded as timed out, and its instance is gone
+/// from that host's Incus (looked up there, the only place it could be).
+#[test]
+fn a_remote_job_that_times_out_leaves_no_instance_on_the_host() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(flake.path(), &["run", "slow", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let record = out.json();
+    assert_eq!(job_status(&record, "slow"), "timed_out", "{record:#}");
+    let run_id = record["run_id"].as_str().unwrap();
+    let instances = lab.hosts.sh(lab.host, "incus list -f csv -c n");
+    assert!(!instances.contains(run_id), "the job's instance is left on `{host}`:\n{instances}");
+    // And the guest's process with it: nothing of the job runs there any more.
+    let procs = lab.hosts.sh(lab.host, "ps -eo args");
+    assert!(!procs.contains("sleep-long"), "{procs}");
+}
