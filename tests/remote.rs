@@ -315,3 +315,46 @@ fn a_remote_job_that_times_out_leaves_no_instance_on_the_host() {
     let procs = lab.hosts.sh(lab.host, "ps -eo args");
     assert!(!procs.contains("sleep-long"), "{procs}");
 }
+
+/// A run killed while its job runs on a remote host leaves the instance there; `pikaci gc`
+/// finds it on that host (by the state root it is tagged with) and deletes it.
+#[test]
+fn gc_deletes_an_instance_a_killed_run_left_on_the_host() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let mut lab = RemoteLab::start(flake.path());
+    lab.host = &lab.hosts.hosts[1]; // not the host the timeout test runs `slow` on
+    let host = lab.host.name.as_str();
+    let mut child = pikaci()
+        .env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
+        .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
+        .args(["run", "slow", "--runtime", "incus", "--remote", host, "--flake"])
+        .arg(flake.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        lab.hosts
+            .sh(lab.host, "incus list -f csv -c ns")
+            .lines()
+            .find(|l| l.ends_with("-slow,RUNNING"))
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let instance = loop {
+        if let Some(line) = running() {
+            break line.split(',').next().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "the job's instance never ran on `{host}`");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(running().is_some(), "the killed run's instance is still there");
+
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(gc.stdout.contains(", 1 instance;"), "gc counts what it deleted there:\n{}", gc.stdout);
+    let instances = lab.hosts.sh(lab.host, "incus list -f csv -c n");
+    assert!(!instances.lines().any(|l| l == instance), "`{instance}` is still on `{host}`:\n{instances}");
+}
