@@ -175,6 +175,8 @@ fn doctor_checks_what_a_remote_placement_needs_there() {
             .to_string()
     };
     let nix_there = hosts.sh(host, "nix --version");
+    let nix_here = std::process::Command::new("nix").arg("--version").output().unwrap();
+    assert_eq!(nix_there, String::from_utf8_lossy(&nix_here.stdout), "the hosts have this machine's Nix");
     assert!(line("remote nix").contains(nix_there.trim()), "{}", out.stdout);
     assert!(line("remote incus").starts_with("ok"), "{}", out.stdout);
     assert!(line("remote disk").contains("MiB free under `/var/tmp/pikaci`"), "{}", out.stdout);

@@ -441,7 +441,10 @@ fn free_addresses(count: usize) -> Vec<String> {
             return addrs;
         }
     }
-    panic!("no {count} free loopback addresses in 127.0.0.3-254 for test hosts");
+    panic!(
+        "no {count} free loopback addresses in 127.0.0.3-254 for test hosts (each needs its port 22: \
+         an sshd listening on 0.0.0.0:22 here takes them all; make it listen on 127.0.0.1 only)"
+    );
 }
 
 /// A process that deletes the hosts once this process is gone: it reads a pipe until end
