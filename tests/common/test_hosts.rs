@@ -122,7 +122,7 @@ impl Layout {
 impl TestHosts {
     fn create(layout: Layout) -> TestHosts {
         super::require_incus();
-        for tool in ["ssh", "ssh-keygen", "mmdebstrap"] {
+        for tool in ["ssh", "ssh-keygen"] {
             if super::which(tool).is_none() {
                 panic!("`{tool}` is required by the test hosts: run `scripts/bootstrap --test-hosts`");
             }
