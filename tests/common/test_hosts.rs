@@ -3,7 +3,8 @@
 //! each reached over SSH on a loopback address of its own (127.0.0.3, .4, ...) through an
 //! Incus `proxy` device. Nothing of this machine's store or daemon is shared with them.
 //!
-//! A test binary creates its hosts once ([`shared`]) and shares them between its tests.
+//! A test binary creates its hosts once ([`shared`], and [`cluster`] for two hosts forming
+//! one Incus cluster) and shares them between its tests.
 //! They are removed when the test process exits, however it exits: a watcher process holds
 //! the read end of a pipe whose write end only this process has, and deletes the hosts on
 //! end of file. Hosts whose owner process is gone (a watcher killed too) are reaped by the
@@ -24,8 +25,6 @@ const PREFIX: &str = "pikaci-th-";
 const NET_PREFIX: &str = "pkth";
 /// The Incus config key naming the owner process as `<pid>:<start time>`.
 const OWNER_KEY: &str = "user.pikaci.test-owner";
-/// The guest image each host gets (the default of `--image`).
-const GUEST_IMAGE: &str = "pikaci/busybox";
 
 pub struct TestHost {
     /// The Incus instance here, and the SSH alias in [`TestHosts::ssh_config`].
