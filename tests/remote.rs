@@ -176,7 +176,15 @@ fn doctor_checks_what_a_remote_placement_needs_there() {
     };
     let nix_there = hosts.sh(host, "nix --version");
     let nix_here = std::process::Command::new("nix").arg("--version").output().unwrap();
-    assert_eq!(nix_there, String::from_utf8_lossy(&nix_here.stdout), "the hosts have this machine's Nix");
+    let nix_here = String::from_utf8_lossy(&nix_here.stdout);
+    if std::env::var("PIKACI_TEST_HOST_NIX").as_deref() == Ok("debian") {
+        // Hosts made with Debian's Nix on purpose: the doctor tells the versions apart.
+        if nix_there != nix_here {
+            assert!(line("remote nix").contains(&format!("(here: {})", nix_here.trim())), "{}", out.stdout);
+        }
+    } else {
+        assert_eq!(nix_there, nix_here, "the hosts have this machine's Nix");
+    }
     assert!(line("remote nix").contains(nix_there.trim()), "{}", out.stdout);
     assert!(line("remote incus").starts_with("ok"), "{}", out.stdout);
     assert!(line("remote disk").contains("MiB free under `/var/tmp/pikaci`"), "{}", out.stdout);
