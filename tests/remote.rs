@@ -1,108 +1,40 @@
-//! Remote placement, for real: each test starts its own `sshd` on a loopback address
-//! (127.0.0.2, which pikaci does not treat as this machine) and runs lanes there over SSH
-//! with the Incus runtime. The "remote host" shares this machine's Nix store and Incus
-//! daemon, so what is tested is the SSH path itself: the remote job directories, the
-//! snapshot sent once, payloads built and rooted there, Incus driven over SSH, artifacts
-//! brought back, and gc cleaning up there.
+//! Remote placement, for real: lanes run over SSH on a separate test host (an Incus system
+//! container with its own Nix store, its own incusd and its own sshd; see
+//! `common/test_hosts.rs`). What is checked: the snapshot sent once, the one `mkdir -p` of
+//! the job's directories, payloads built there (rooted in the remote job directory, absent
+//! from this machine's store), Incus devices whose sources are the remote paths, artifacts
+//! brought back, and gc cleaning up there. Remote state is read over SSH, never from the
+//! local disk.
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::test_hosts::{TestHost, TestHosts};
 use common::*;
 
+/// The hosts this binary makes (the measurement below wants two).
+const HOSTS: usize = 2;
+
 struct RemoteLab {
-    dir: tempfile::TempDir,
-    sshd: Child,
-    host: String,
+    hosts: &'static TestHosts,
+    host: &'static TestHost,
+    /// This test's own state root on the host (its runs never meet another test's).
+    remote_root: String,
 }
 
 impl RemoteLab {
-    fn start() -> RemoteLab {
+    fn start(flake: &Path) -> RemoteLab {
         require_nix();
-        require_incus();
-        let sshd = Path::new("/usr/sbin/sshd");
-        assert!(
-            sshd.exists(),
-            "`/usr/sbin/sshd` is required by the remote tests: run `scripts/bootstrap` (installs openssh-server)"
-        );
-        let dir = tempfile::Builder::new().prefix("pikaci-remote-").tempdir().unwrap();
-        let d = dir.path();
-        for key in ["hostkey", "userkey"] {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key))
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-        std::fs::copy(d.join("userkey.pub"), d.join("authorized_keys")).unwrap();
-        // A free port on the loopback address; sshd takes it right after.
-        let port = TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "ListenAddress 127.0.0.2\nPort {port}\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
-                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        let host = format!("pikaci-lab-{port}");
-        std::fs::write(
-            d.join("ssh_config"),
-            format!(
-                "Host {host}\n  HostName 127.0.0.2\n  Port {port}\n  User root\n  IdentityFile {d}/userkey\n  \
-                 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = Command::new(sshd)
-            .arg("-D")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .arg("-E")
-            .arg(d.join("sshd.log"))
-            .spawn()
-            .unwrap();
-        let lab = RemoteLab { dir, sshd, host };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !lab.ssh(&["true"]).success() {
-            assert!(
-                Instant::now() < deadline,
-                "the test sshd did not come up: {}",
-                std::fs::read_to_string(lab.dir.path().join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lab
-    }
-
-    fn ssh(&self, argv: &[&str]) -> std::process::ExitStatus {
-        Command::new("ssh")
-            .arg("-F")
-            .arg(self.dir.path().join("ssh_config"))
-            .arg(&self.host)
-            .args(argv)
-            .output()
-            .unwrap()
-            .status
-    }
-
-    fn remote_root(&self) -> PathBuf {
-        self.dir.path().join("remote-state")
+        let hosts = common::test_hosts::shared(HOSTS);
+        let name = flake.file_name().unwrap().to_string_lossy();
+        RemoteLab { hosts, host: hosts.first(), remote_root: format!("/var/tmp/pikaci/{name}") }
     }
 
     fn pikaci(&self, flake: &Path, args: &[&str]) -> Run {
         pikaci()
-            .env("PIKACI_SSH_CONFIG", self.dir.path().join("ssh_config"))
-            .env("PIKACI_REMOTE_STATE_ROOT", self.remote_root())
+            .env("PIKACI_SSH_CONFIG", &self.hosts.ssh_config)
+            .env("PIKACI_REMOTE_STATE_ROOT", &self.remote_root)
             .args(args)
             .arg("--flake")
             .arg(flake)
@@ -110,26 +42,22 @@ impl RemoteLab {
             .unwrap()
             .into()
     }
-}
 
-impl Drop for RemoteLab {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
+    fn exists(&self, path: &str) -> bool {
+        self.hosts.test(self.host, &["-e", path])
     }
 }
 
 #[test]
 fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
-    let lab = RemoteLab::start();
     let flake = copy_fixture(&fixture_path("lanes"));
-    let out = lab.pikaci(
-        flake.path(),
-        &["run", "view", "fail", "--runtime", "incus", "--remote", &lab.host, "--output", "json"],
-    );
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out =
+        lab.pikaci(flake.path(), &["run", "view", "fail", "--runtime", "incus", "--remote", host, "--output", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
     let record = out.json();
-    assert_eq!(record["remote"], lab.host.as_str());
+    assert_eq!(record["remote"], host);
     assert_eq!(job_status(&record, "view"), "passed", "{}", out.stderr);
     let fail = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == "fail").unwrap();
     assert_eq!(fail["exit_code"], 7);
@@ -137,16 +65,22 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
 
     let run_id = record["run_id"].as_str().unwrap();
     let local_job = flake.path().join(".pikaci/runs").join(run_id).join("jobs/view");
-    let remote_job = lab.remote_root().join("runs").join(run_id).join("jobs/view");
+    let remote_job = format!("{}/runs/{run_id}/jobs/view", lab.remote_root);
     // Built and rooted there (a registered indirect root per output), not here.
-    let staged = remote_job.join("staged-linux-rust");
-    let auto: Vec<PathBuf> = std::fs::read_dir("/nix/var/nix/gcroots/auto")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .collect();
+    let staged = format!("{remote_job}/staged-linux-rust");
+    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
+    let job = read_json(&local_job.join("job.json"));
+    let mut payload_paths = Vec::new();
     for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
-        assert!(staged.join(link).is_symlink(), "{link} is not rooted on the remote side");
-        assert!(auto.contains(&staged.join(link)), "{link} is not a registered root");
+        let path = format!("{staged}/{link}");
+        assert!(lab.hosts.test(lab.host, &["-L", &path]), "{link} is not rooted on the remote side");
+        assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
+        let target = lab.hosts.sh(lab.host, &format!("readlink {path}"));
+        let target = target.trim();
+        assert!(target.starts_with("/nix/store/"), "{link} -> {target}");
+        assert!(lab.exists(target), "{target} is in the host's store");
+        assert!(!Path::new(target).exists(), "{target} was built there only, never here");
+        payload_paths.push(target.to_string());
     }
     assert_eq!(
         std::fs::read_dir(local_job.join("staged-linux-rust")).unwrap().count(),
@@ -157,7 +91,8 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(std::fs::read_to_string(local_job.join("artifacts/kept.txt")).unwrap(), "kept\n");
     // The snapshot was sent once for the two jobs.
     let snapshot = record["snapshot"]["id"].as_str().unwrap();
-    assert!(lab.remote_root().join("snapshots").join(snapshot).join("marker.txt").is_file());
+    let remote_snapshot = format!("{}/snapshots/{snapshot}", lab.remote_root);
+    assert!(lab.hosts.test(lab.host, &["-f", &format!("{remote_snapshot}/marker.txt")]));
     let logs: String = ["view", "fail"]
         .iter()
         .map(|j| {
@@ -174,7 +109,10 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         1,
         "one mkdir -p for all of a job's directories:\n{view_log}"
     );
-    let job = read_json(&local_job.join("job.json"));
+    // The Incus devices there name the remote job directory's payload links as sources.
+    for link in ["workspace-deps", "workspace-build", "extra"] {
+        assert!(view_log.contains(&format!("\"source\":\"{staged}/{link}\"")), "device source `{link}`:\n{view_log}");
+    }
     let reproduce = job["reproduce"]
         .as_array()
         .unwrap()
@@ -182,20 +120,82 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         .map(|l| l.as_str().unwrap().to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(reproduce.contains(&format!("copy --derivation --to ssh://{} /nix/store/", lab.host)), "{reproduce}");
+    assert!(reproduce.contains(&format!("copy --derivation --to ssh://{host} /nix/store/")), "{reproduce}");
     assert!(reproduce.contains("'nix-store --realise"), "{reproduce}");
+
+    // Another run of the same content: the snapshot there is the same, and not sent again.
+    let again = lab.pikaci(flake.path(), &["run", "view", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let again_id = again.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(again.json()["snapshot"]["id"], snapshot);
+    let again_log =
+        std::fs::read_to_string(flake.path().join(".pikaci/runs").join(&again_id).join("jobs/view/host.log")).unwrap();
+    assert!(!again_log.contains("set -e; d=$1;"), "a snapshot already there is not sent again:\n{again_log}");
 
     let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
     assert_eq!(gc.code, 0, "{gc:?}");
     assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
-    assert!(!lab.remote_root().join("runs").join(run_id).exists(), "gc removes the remote job directories");
-    assert!(!lab.remote_root().join("snapshots").join(snapshot).exists(), "and the remote snapshot");
+    assert!(!lab.exists(&format!("{}/runs/{run_id}", lab.remote_root)), "gc removes the remote job directories");
+    assert!(!lab.exists(&remote_snapshot), "and the remote snapshot");
+    // And with them the roots there: the payloads are garbage on the host now.
+    let dead = lab.hosts.sh(lab.host, "nix-store --gc --print-dead 2>/dev/null");
+    for target in &payload_paths {
+        assert!(dead.lines().any(|l| l == target), "{target} is still alive on the host:\n{dead}");
+    }
+}
+
+#[test]
+fn doctor_checks_what_a_remote_placement_needs_there() {
+    let hosts = common::test_hosts::shared(HOSTS);
+    let host = &hosts.hosts[1];
+    // Before the fixture imported the guest image: the doctor said how to install it.
+    let before = host.doctor_before_image.get().expect("the fixture ran the doctor");
+    assert_eq!(before.code, 3, "{before:?}");
+    assert!(before.stdout.contains("FAIL remote image"), "{}", before.stdout);
+    assert!(
+        before.stdout.contains(&format!("fix: `pikaci image import --remote {}`", host.name)),
+        "the doctor says how to import the image there:\n{}",
+        before.stdout
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out: Run = pikaci()
+        .env("PIKACI_SSH_CONFIG", &hosts.ssh_config)
+        .env("PIKACI_STATE_ROOT", state.path())
+        .args(["doctor", "--remote", &host.name])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    eprintln!("{}", out.stdout);
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no `{name}` line:\n{}", out.stdout))
+            .to_string()
+    };
+    let nix_there = hosts.sh(host, "nix --version");
+    let nix_here = std::process::Command::new("nix").arg("--version").output().unwrap();
+    let nix_here = String::from_utf8_lossy(&nix_here.stdout);
+    if std::env::var("PIKACI_TEST_HOST_NIX").as_deref() == Ok("debian") {
+        // Hosts made with Debian's Nix on purpose: the doctor tells the versions apart.
+        if nix_there != nix_here {
+            assert!(line("remote nix").contains(&format!("(here: {})", nix_here.trim())), "{}", out.stdout);
+        }
+    } else {
+        assert_eq!(nix_there, nix_here, "the hosts have this machine's Nix");
+    }
+    assert!(line("remote nix").contains(nix_there.trim()), "{}", out.stdout);
+    assert!(line("remote incus").starts_with("ok"), "{}", out.stdout);
+    assert!(line("remote disk").contains("MiB free under `/var/tmp/pikaci`"), "{}", out.stdout);
+    assert!(line("remote image").contains("`pikaci/busybox` is imported"), "{}", out.stdout);
+    assert!(line("remote storage").contains("pool `default` (dir)"), "{}", out.stdout);
 }
 
 #[test]
 fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
-    let lab = RemoteLab::start();
     let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
     let out =
         lab.pikaci(flake.path(), &["run", "view", "--runtime", "incus", "--remote", "pikaci-no-such-host.invalid"]);
     assert_eq!(out.code, 3, "{out:?}");
@@ -207,7 +207,164 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     assert_eq!(job_status(&record, "view"), "error");
     assert!(record["jobs"][0]["message"].as_str().unwrap().contains("pikaci-no-such-host.invalid"), "{record:#}");
 
-    let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host]);
+    // A host without the image asked for: the error says how to put it there.
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(
+        flake.path(),
+        &["run", "view", "--runtime", "incus", "--remote", host, "--image", "pikaci-test/absent"],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "import it: `pikaci image import --remote {host} --alias pikaci-test/absent --from TARBALL`"
+        )),
+        "{}",
+        out.stdout
+    );
+
+    let bwrap = lab.pikaci(flake.path(), &["run", "view", "--runtime", "bwrap", "--remote", &lab.host.name]);
     assert_eq!(bwrap.code, 2, "{bwrap:?}");
     assert!(bwrap.stderr.contains("the bwrap runtime runs jobs on this machine only"), "{}", bwrap.stderr);
+}
+
+/// Not a check but a measurement (`cargo test --test remote -- --ignored --nocapture
+/// measure`): the hosts' start-up, their memory, and a job's overhead on a remote host
+/// against the same job here, with the payloads already built on both sides.
+#[test]
+#[ignore]
+fn measure_remote_job_overhead() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
+    let t = &lab.hosts.timings;
+    eprintln!(
+        "hosts: {} ready; image {:.1} s, to sshd {:.1} s, to ready (incusd, guest image) {:.1} s",
+        lab.hosts.hosts.len(),
+        t.image.as_secs_f64(),
+        t.to_sshd.as_secs_f64(),
+        t.to_ready.as_secs_f64()
+    );
+    let mem = |label: &str| {
+        for h in &lab.hosts.hosts {
+            eprintln!("memory of `{}` {label}: {:?} MiB", h.name, lab.hosts.memory_mib(h));
+        }
+    };
+    mem("idle");
+    let host = lab.host.name.clone();
+    let timing = |args: &[&str]| -> (u64, u64) {
+        let t0 = std::time::Instant::now();
+        let out =
+            lab.pikaci(flake.path(), &[&["run", "view", "--runtime", "incus", "--output", "json"], args].concat());
+        let wall = t0.elapsed().as_millis() as u64;
+        assert_eq!(out.code, 0, "{out:?}");
+        let job = out.json()["jobs"][0]["duration_ms"].as_u64().unwrap();
+        (job, wall)
+    };
+    for (label, args) in [("local", vec![]), ("remote", vec!["--remote", host.as_str()])] {
+        timing(&args); // builds the payloads
+        let runs: Vec<(u64, u64)> = (0..5).map(|_| timing(&args)).collect();
+        eprintln!("{label}: job ms / run wall ms, payloads built: {runs:?}");
+        let mut runs: Vec<_> = std::fs::read_dir(flake.path().join(".pikaci/runs")).unwrap().flatten().collect();
+        runs.sort_by_key(|e| e.file_name());
+        let log = runs.last().unwrap().path().join("jobs/view/host.log");
+        eprintln!("{label}: the last job's host.log:\n{}", std::fs::read_to_string(log).unwrap());
+    }
+    mem("after the runs");
+}
+
+/// The cluster fixture: two test hosts form one Incus cluster over their own layer-2
+/// bridge, and an instance asked for on the second member from the first lands there.
+#[test]
+fn the_cluster_fixture_places_an_instance_on_the_member_asked_for() {
+    let cluster = common::test_hosts::cluster();
+    let [first, second] = [&cluster.hosts[0], &cluster.hosts[1]];
+    let t = &cluster.timings;
+    eprintln!(
+        "cluster: to sshd {:.1} s, to a cluster with the guest image {:.1} s; memory {:?} / {:?} MiB",
+        t.to_sshd.as_secs_f64(),
+        t.to_ready.as_secs_f64(),
+        cluster.memory_mib(first),
+        cluster.memory_mib(second)
+    );
+    let members = cluster.sh(first, "incus cluster list -f csv -c nus");
+    for (host, addr) in [first, second].iter().zip(common::test_hosts::CLUSTER_ADDRS) {
+        assert!(
+            members.lines().any(|l| l == format!("{},https://{addr}:8443,ONLINE", host.name)),
+            "`{}` is an online member:\n{members}",
+            host.name
+        );
+    }
+    // The bridge has no address on this machine.
+    let net = cluster.network.as_deref().unwrap();
+    let addrs = std::process::Command::new("ip").args(["-o", "addr", "show", "dev", net]).output().unwrap();
+    assert!(String::from_utf8_lossy(&addrs.stdout).trim().is_empty(), "{net} has an address here");
+    let placed = cluster.sh(
+        first,
+        &format!(
+            "incus init pikaci/busybox probe --target {} -q && incus list probe -c L -f csv && incus delete -f probe",
+            second.name
+        ),
+    );
+    assert_eq!(placed.trim(), second.name, "the instance is on the member asked for");
+}
+
+/// A job that times out on a remote host: recorded as timed out, and its instance is gone
+/// from that host's Incus (looked up there, the only place it could be).
+#[test]
+fn a_remote_job_that_times_out_leaves_no_instance_on_the_host() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(flake.path(), &["run", "slow", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let record = out.json();
+    assert_eq!(job_status(&record, "slow"), "timed_out", "{record:#}");
+    let run_id = record["run_id"].as_str().unwrap();
+    let instances = lab.hosts.sh(lab.host, "incus list -f csv -c n");
+    assert!(!instances.contains(run_id), "the job's instance is left on `{host}`:\n{instances}");
+    // And the guest's process with it: nothing of the job runs there any more.
+    let procs = lab.hosts.sh(lab.host, "ps -eo args");
+    assert!(!procs.contains("sleep-long"), "{procs}");
+}
+
+/// A run killed while its job runs on a remote host leaves the instance there; `pikaci gc`
+/// finds it on that host (by the state root it is tagged with) and deletes it.
+#[test]
+fn gc_deletes_an_instance_a_killed_run_left_on_the_host() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let mut lab = RemoteLab::start(flake.path());
+    lab.host = &lab.hosts.hosts[1]; // not the host the timeout test runs `slow` on
+    let host = lab.host.name.as_str();
+    let mut child = pikaci()
+        .env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
+        .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
+        .args(["run", "slow", "--runtime", "incus", "--remote", host, "--flake"])
+        .arg(flake.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        lab.hosts
+            .sh(lab.host, "incus list -f csv -c ns")
+            .lines()
+            .find(|l| l.ends_with("-slow,RUNNING"))
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let instance = loop {
+        if let Some(line) = running() {
+            break line.split(',').next().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "the job's instance never ran on `{host}`");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(running().is_some(), "the killed run's instance is still there");
+
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(gc.stdout.contains(", 1 instance;"), "gc counts what it deleted there:\n{}", gc.stdout);
+    let instances = lab.hosts.sh(lab.host, "incus list -f csv -c n");
+    assert!(!instances.lines().any(|l| l == instance), "`{instance}` is still on `{host}`:\n{instances}");
 }

@@ -99,7 +99,8 @@ pub enum Command {
     },
     /// Check nix, the runtimes, the guest image and SSH; say how to fix what is missing.
     Doctor {
-        /// Also check that this SSH host answers.
+        /// Also check this SSH host: ssh, nix there (version), its Incus, the guest
+        /// image there, free disk under the remote state root.
         #[arg(long, value_name = "HOST")]
         remote: Option<String>,
     },
@@ -131,6 +132,10 @@ pub enum ImageCommand {
         /// Replace an existing image with the same alias.
         #[arg(long)]
         force: bool,
+        /// Import it into the Incus of this SSH host instead (the tarball is built or read
+        /// here and sent there).
+        #[arg(long, value_name = "HOST")]
+        remote: Option<String>,
     },
 }
 
@@ -256,9 +261,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(exit::SUCCESS)
         }
-        Command::Image(ImageCommand::Import { alias, from, force }) => {
-            let fingerprint = crate::executor::runtime::incus::import_image(&alias, from.as_deref(), force)?;
-            println!("imported image `{alias}` ({fingerprint})");
+        Command::Image(ImageCommand::Import { alias, from, force, remote }) => {
+            let fingerprint =
+                crate::executor::runtime::incus::import_image(&alias, from.as_deref(), force, remote.as_deref())?;
+            match remote {
+                Some(host) => println!("imported image `{alias}` ({fingerprint}) on `{host}`"),
+                None => println!("imported image `{alias}` ({fingerprint})"),
+            }
             Ok(exit::SUCCESS)
         }
     }

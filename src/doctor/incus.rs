@@ -75,7 +75,7 @@ pub fn doctor_checks(state: &StateRoot) -> Vec<Check> {
 }
 
 /// The default profile gives instances a root disk in a pool that exists.
-fn storage_check(incus: &Incus) -> Check {
+pub fn storage_check(incus: &Incus) -> Check {
     let fix = "create a storage pool and a default profile with a root disk: `incus admin init --preseed` (see `scripts/bootstrap`)";
     let wait = Wait::Interruptible(crate::tools::incus::QUERY_TIMEOUT);
     let profile = match incus.query("/1.0/profiles/default", None, wait) {
@@ -112,21 +112,20 @@ fn storage_check(incus: &Incus) -> Check {
     }
 }
 
-fn image_check(incus: &Incus) -> Check {
+/// The default image is imported (on the host `incus` reaches).
+pub fn image_check(incus: &Incus) -> Check {
+    let fix = match incus.remote_host() {
+        Some(host) => format!("`pikaci image import --remote {host}`"),
+        None => "`pikaci image import`".to_string(),
+    };
     match incus.alias_target(DEFAULT_IMAGE) {
         Ok(Some(fingerprint)) => Check::ok(
             "incus image",
             format!("`{DEFAULT_IMAGE}` is imported ({})", &fingerprint[..fingerprint.len().min(12)]),
         ),
-        Ok(None) => Check::fail(
-            "incus image",
-            format!("the default image `{DEFAULT_IMAGE}` is not imported"),
-            "`pikaci image import`",
-        ),
-        Err(e) => Check::fail(
-            "incus image",
-            format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)),
-            "`pikaci image import`",
-        ),
+        Ok(None) => Check::fail("incus image", format!("the default image `{DEFAULT_IMAGE}` is not imported"), fix),
+        Err(e) => {
+            Check::fail("incus image", format!("could not look up `{DEFAULT_IMAGE}`: {}", incus_failure(&e)), fix)
+        }
     }
 }

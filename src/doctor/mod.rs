@@ -1,6 +1,7 @@
 //! `pikaci doctor`: is everything a run needs here, and if not, how to fix it.
 
 mod incus;
+mod remote;
 
 use crate::error::{self, exit};
 use crate::state::StateRoot;
@@ -26,7 +27,8 @@ impl Check {
 }
 
 /// Run every check, print them, and return the exit code: 0 when nix and at least one
-/// runtime work (and the SSH host answers, when one is named), else 3.
+/// runtime work (and, when a host is named, everything a remote placement needs there
+/// does), else 3.
 pub fn run(state: &StateRoot, remote: Option<&str>) -> i32 {
     let mut checks = Vec::new();
     let nix = match Nix::locate() {
@@ -63,9 +65,9 @@ pub fn run(state: &StateRoot, remote: Option<&str>) -> i32 {
     checks.push(state_root_check(state));
     let ssh_ok = match remote {
         Some(host) => {
-            let c = ssh_check(host);
-            let ok = c.ok;
-            checks.push(c);
+            let remote_checks = remote::checks(host);
+            let ok = remote_checks.iter().all(|c| c.ok);
+            checks.extend(remote_checks);
             ok
         }
         None => true,

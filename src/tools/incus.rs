@@ -129,6 +129,14 @@ impl Incus {
         matches!(self.target, Target::Local(_))
     }
 
+    /// The SSH host this client reaches, if any.
+    pub fn remote_host(&self) -> Option<&str> {
+        match &self.target {
+            Target::Local(_) => None,
+            Target::Remote { host, .. } => Some(host),
+        }
+    }
+
     /// `incus ARGS`, here or through `ssh`.
     pub fn command<S: AsRef<str>>(&self, label: &str, args: &[S]) -> Cmd {
         match &self.target {

@@ -54,12 +54,17 @@ const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
 /// or a directory holding exactly one tarball, like a `nix build` result), or else
 /// pikaci's default image, built here. With the alias already present and no `force`,
 /// nothing happens. With `force`, the alias moves to the new image, and the image it
-/// left is deleted when no other alias names it.
-pub fn import_image(alias: &str, from: Option<&Path>, force: bool) -> Result<String> {
+/// left is deleted when no other alias names it. With `remote`, into that SSH host's
+/// Incus: the tarball is sent there first.
+pub fn import_image(alias: &str, from: Option<&Path>, force: bool, remote: Option<&str>) -> Result<String> {
     if alias.trim().is_empty() {
         return Err(error::usage("the image alias is empty").hint("pass `--alias NAME`").into());
     }
-    let incus = Incus::local()?;
+    let remote = remote.filter(|h| !crate::executor::placement::ssh_host_is_local(Some(h)));
+    let incus = match remote {
+        Some(host) => Incus::via_ssh(crate::tools::ssh::Ssh::new(host)?, host),
+        None => Incus::local()?,
+    };
     incus.server().map_err(|e| daemon_error(&incus, e))?;
     let existing = incus.alias_target(alias)?;
     if let Some(fingerprint) = &existing
@@ -75,7 +80,12 @@ pub fn import_image(alias: &str, from: Option<&Path>, force: bool) -> Result<Str
     };
     let mut fingerprint = sha256_file(&tarball)?;
     if incus.image(&fingerprint)?.is_none() {
-        let cmd = incus.command("incus image import", &["image", "import", &tarball.to_string_lossy()]);
+        let sent = match remote {
+            Some(host) => Some(super::remote_image::SentTarball::send(host, &tarball)?),
+            None => None,
+        };
+        let path = sent.as_ref().map_or_else(|| tarball.to_string_lossy().into_owned(), |s| s.path.clone());
+        let cmd = incus.command("incus image import", &["image", "import", &path]);
         let out = incus
             .run(&cmd, None, Wait::Interruptible(LIFECYCLE_TIMEOUT))
             .with_context(|| format!("import `{}` into Incus", tarball.display()))?;

@@ -18,6 +18,7 @@
 mod image;
 pub mod naming;
 mod reap;
+mod remote_image;
 pub mod spec;
 mod warm;
 
@@ -365,11 +366,12 @@ fn create_error(incus: &Incus, plan: &InstancePlan, err: anyhow::Error) -> anyho
     let what = incus_failure(&err);
     let lower = what.to_ascii_lowercase();
     if (lower.contains("image \"") || lower.contains("image alias")) && lower.contains("not found") {
+        let on = incus.remote_host().map(|h| format!(" --remote {h}")).unwrap_or_default();
         let hint = if plan.image == DEFAULT_IMAGE {
-            "import it: `pikaci image import`".to_string()
+            format!("import it: `pikaci image import{on}`")
         } else {
             format!(
-                "import it: `pikaci image import --alias {} --from TARBALL` (or `incus image import`); `incus image list` shows the images there are",
+                "import it: `pikaci image import{on} --alias {} --from TARBALL` (or `incus image import`); `incus image list` shows the images there are",
                 plan.image
             )
         };
@@ -463,5 +465,11 @@ mod tests {
         let rendered = error::render(&create_error(&incus, &plan, failed()));
         assert!(rendered.contains("`pikaci image import --alias team/rust --from TARBALL`"), "{rendered}");
         assert_eq!(error::kind_of(&create_error(&incus, &plan, failed())), error::ErrorKind::Infrastructure);
+        // On a remote host, the fix names it.
+        let remote = Incus::via_ssh(crate::tools::ssh::Ssh::with_program("ssh", "ci@build1"), "ci@build1");
+        plan.image = DEFAULT_IMAGE.into();
+        let rendered = error::render(&create_error(&remote, &plan, failed()));
+        assert!(rendered.contains("is not in the Incus image store on `ci@build1`"), "{rendered}");
+        assert!(rendered.ends_with("hint: import it: `pikaci image import --remote ci@build1`"), "{rendered}");
     }
 }
