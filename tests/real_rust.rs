@@ -327,6 +327,16 @@ fn pikaci_records_each_test_reruns_only_the_failed_one_and_splits_shards() {
         .collect();
     assert_eq!(results.len(), 1, "{events}");
     assert_eq!(results[0]["failed_tests"], serde_json::json!(["tests::fails_one"]));
+    // `status` shows them per job; `status --json` the same, structured.
+    let status = run_in(d, &["status", "latest"]);
+    assert!(
+        status.stdout.contains("tests: 7 passed, 1 failed, 1 skipped, 1 flaky (tests::flaky_one)"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("FAILED tests::fails_one (alpha)"), "{}", status.stdout);
+    let status = run_in(d, &["status", "latest", "--json"]).json();
+    assert_eq!(status["jobs"][0]["tests"]["failures"][0]["name"], "tests::fails_one", "{status}");
 
     // Only the failed test runs again, through the lane's filter.
     let first = run.file_name().unwrap().to_string_lossy().into_owned();

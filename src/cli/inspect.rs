@@ -11,7 +11,8 @@ use super::output::seconds;
 use crate::catalog::Catalog;
 use crate::error;
 use crate::error::exit;
-use crate::state::{JobStatus, RunRecord, RunStatus, StateRoot};
+use crate::state::record::TestsRecord;
+use crate::state::{JobRecord, RunRecord, RunStatus, StateRoot};
 
 pub fn print_lanes(catalog: &Catalog, json: bool) -> Result<()> {
     if json {
@@ -63,18 +64,10 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     }
 }
 
-/// The status as it is now: a `running` record whose process is gone was interrupted.
-pub fn effective(state: &StateRoot, mut record: RunRecord) -> RunRecord {
-    if record.status == RunStatus::Running && !state.run_is_live(&record.run_id) {
-        record.status = RunStatus::Interrupted;
-        record.message.get_or_insert_with(|| "the pikaci process running this run died".to_string());
-        for job in &mut record.jobs {
-            if !job.status.is_final() {
-                job.status = JobStatus::Interrupted;
-            }
-        }
-    }
-    record
+/// The status as it is now: a `running` record whose process is gone was interrupted
+/// (the one derivation, `RunRecord::effective`).
+pub fn effective(state: &StateRoot, record: RunRecord) -> RunRecord {
+    record.effective(state)
 }
 
 fn job_counts(record: &RunRecord) -> String {
@@ -138,6 +131,26 @@ pub fn status_record(state: &StateRoot, run_id: &str) -> Result<RunRecord> {
     Ok(effective(state, RunRecord::read(&state.run_dir(run_id))?))
 }
 
+/// A job's per-test results in full, from its `job.json` (the run record keeps counts).
+pub fn job_tests(state: &StateRoot, run_id: &str, job_id: &str) -> Option<TestsRecord> {
+    JobRecord::read(&state.job_dir(run_id, job_id)).ok()?.tests
+}
+
+/// `status --json` (and the web page's JSON): the run record, each job's `tests` in full.
+pub fn status_json(state: &StateRoot, record: &RunRecord) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(record)?;
+    if let Some(jobs) = value.get_mut("jobs").and_then(serde_json::Value::as_array_mut) {
+        for (summary, job) in record.jobs.iter().zip(jobs) {
+            if summary.tests.is_some()
+                && let Some(tests) = job_tests(state, &record.run_id, &summary.job_id)
+            {
+                job["tests"] = serde_json::to_value(tests)?;
+            }
+        }
+    }
+    Ok(value)
+}
+
 pub fn list(state: &StateRoot, json: bool) -> Result<()> {
     let listed = list_runs(state)?;
     let entries: Vec<serde_json::Value> = listed.iter().map(Listed::to_json).collect();
@@ -171,7 +184,7 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
     let run_id = state.find_run(spec)?;
     let record = status_record(state, &run_id)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        println!("{}", serde_json::to_string_pretty(&status_json(state, &record)?)?);
     } else {
         println!("run {}: {}", record.run_id, record.status.as_str());
         println!("  flake     {}", record.flake);
@@ -199,12 +212,45 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
             let why =
                 job.message.as_deref().and_then(|m| m.lines().next()).map(|m| format!("  {m}")).unwrap_or_default();
             println!("  {:<12} {}{code}{took}{why}", job.status.as_str(), job.job_id);
+            if job.tests.is_some()
+                && let Some(tests) = job_tests(state, &record.run_id, &job.job_id)
+            {
+                print_tests(&tests);
+            }
+        }
+        if !record.args.is_empty() {
+            println!("  args      {}", record.args.join(" "));
         }
     }
     Ok(match record.status {
         RunStatus::Running => exit::SUCCESS,
         other => other.exit_code(),
     })
+}
+
+/// A job's tests under its line: the counts, then each failed test with its message's
+/// first lines (at most 20 tests).
+fn print_tests(tests: &TestsRecord) {
+    let mut counts = format!("{} passed, {} failed, {} skipped", tests.passed, tests.failed, tests.skipped);
+    if tests.flaky > 0 {
+        counts.push_str(&format!(", {} flaky ({})", tests.flaky, tests.flaky_tests.join(", ")));
+    }
+    if tests.inconsistent {
+        counts.push_str("; the JUnit says tests failed, but the command exited 0");
+    }
+    println!("               tests: {counts}");
+    for failure in tests.failures.iter().take(20) {
+        println!("               FAILED {} ({})", failure.name, failure.suite);
+        for line in failure.message.lines().chain(failure.output.lines()).take(3) {
+            println!("                 {line}");
+        }
+    }
+    if tests.failures.len() > 20 {
+        println!("               and {} more failed tests", tests.failed.saturating_sub(20));
+    }
+    for warning in &tests.warnings {
+        println!("               warning: {warning}");
+    }
 }
 
 pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow: bool) -> Result<()> {

@@ -134,7 +134,10 @@ fn run_page(state: &StateRoot, run_id: &str, json: bool) -> Reply {
         }
     };
     if json {
-        return json_reply(200, &record);
+        return match inspect::status_json(state, &record) {
+            Ok(value) => json_reply(200, value),
+            Err(e) => json_reply(500, serde_json::json!({ "error": crate::error::render(&e) })),
+        };
     }
     let jobs = record.plan.iter().map(|p| job_view(state, run_id, &p.job_id)).collect();
     Reply::Html(200, pages::run(&RunView { record: &record, jobs }))
