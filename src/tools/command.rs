@@ -29,6 +29,8 @@ pub struct Cmd {
     args: Vec<OsString>,
     dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    /// Start from an empty environment instead of pikaci's.
+    env_clear: bool,
     stdin: Stdin,
     /// Where stdout goes instead of being captured.
     stdout_file: Option<PathBuf>,
@@ -135,6 +137,7 @@ impl Cmd {
             args: Vec::new(),
             dir: None,
             env: Vec::new(),
+            env_clear: false,
             stdin: Stdin::Null,
             stdout_file: None,
             time_limit: None,
@@ -163,6 +166,13 @@ impl Cmd {
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Start the program with only the variables given with [`Cmd::env`], none of
+    /// pikaci's own (a sandbox's PID 1 must not carry the host's secrets).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
         self
     }
 
@@ -211,10 +221,13 @@ impl Cmd {
 
     /// The command as a line a user can paste into a shell.
     pub fn display(&self) -> String {
-        let mut words: Vec<String> = self
+        let clear = self.env_clear.then(|| "env -i".to_string());
+        let mut words: Vec<String> = clear
+            .into_iter()
+            .chain(self
             .env
             .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy())))
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))))
             .collect();
         words.extend(self.argv().iter().map(|a| shell_quote(&a.to_string_lossy())));
         words.join(" ")
@@ -226,8 +239,12 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
-        for (k, v) in &self.env {
-            expr = expr.env(k, v);
+        if self.env_clear {
+            expr = expr.full_env(self.env.iter().cloned());
+        } else {
+            for (k, v) in &self.env {
+                expr = expr.env(k, v);
+            }
         }
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),

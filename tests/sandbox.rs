@@ -1,0 +1,228 @@
+//! Nothing a lane does reaches the host: lanes of `tests/fixtures/sandbox` try to write the
+//! host's store, `/usr` and the snapshot (remounts, device nodes, `chroot`, `pivot_root`,
+//! nested namespaces), read pikaci's environment, and leave setuid files behind. Each test
+//! runs the real runtime, as root and (for bwrap) as an unprivileged user.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::*;
+
+/// Every attempt `ci/escape.sh` makes; under bwrap each must be `held`.
+const ATTEMPTS: &[&str] = &[
+    "remount /nix/store read-write",
+    "write into /nix/store",
+    "remount /workspace read-write",
+    "write into /workspace",
+    "remount /pikaci/payloads/workspace-build read-write",
+    "write into /pikaci/payloads/workspace-build",
+    "remount /usr read-write",
+    "write into /usr",
+    "write into a payload's store path",
+    "overwrite the snapshot",
+    "mknod a character device",
+    "mount a tmpfs",
+    "pivot_root",
+    "chroot",
+    "unshare a user namespace (unshare -r)",
+    "unshare a mount namespace (unshare -m)",
+    "hold a capability",
+    "run as uid 0",
+];
+
+fn sandbox_fixture() -> tempfile::TempDir {
+    require_nix();
+    copy_fixture(&fixture_path("sandbox"))
+}
+
+fn guest_log(flake: &Path, job: &str) -> String {
+    let path = only_run(flake).join("jobs").join(job).join("guest.log");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The lines of `escape`'s log, and the host is as it was: no file the guest tried to
+/// write exists, the snapshot and the payloads are unchanged.
+fn assert_escape_held(flake: &Path, out: &Run, expected_held: &[&str]) {
+    let log = guest_log(flake, "escape");
+    for attempt in expected_held {
+        assert!(log.lines().any(|l| l == format!("held: {attempt}")), "`{attempt}` was not held:\n{log}\n{out:?}");
+    }
+    for target in ["/nix/store/pikaci-escape", "/usr/pikaci-escape"] {
+        assert!(!Path::new(target).exists(), "the guest wrote `{target}` on the host");
+    }
+    let run = only_run(flake);
+    for payload in ["workspace-deps", "workspace-build"] {
+        let store_path = std::fs::read_link(run.join("jobs/escape/staged-linux-rust").join(payload)).unwrap();
+        assert!(!store_path.join("pikaci-escape").exists(), "the guest wrote into payload {payload}");
+        assert!(!store_path.join("bin/pwned").exists(), "the guest wrote into payload {payload}");
+    }
+    let snapshots: Vec<PathBuf> =
+        std::fs::read_dir(flake.join(".pikaci/snapshots")).unwrap().map(|e| e.unwrap().path()).collect();
+    for snapshot in snapshots {
+        assert_eq!(std::fs::read_to_string(snapshot.join("marker.txt")).unwrap(), "snapshot marker\n");
+        assert!(!snapshot.join("pikaci-escape").exists(), "the guest wrote into the snapshot");
+    }
+}
+
+#[test]
+fn bwrap_as_root_holds_the_sandbox() {
+    require_bwrap();
+    assert!(is_root(), "this test runs pikaci as root, the set-up where bwrap keeps every capability");
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "escape", "--runtime", "bwrap"]);
+    assert_escape_held(dir.path(), &out, ATTEMPTS);
+    assert!(guest_log(dir.path(), "escape").ends_with("SANDBOX HELD\n"));
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn bwrap_as_an_unprivileged_user_holds_the_sandbox() {
+    require_bwrap();
+    let user = Unprivileged::new();
+    let out = user.run(&["run", "escape", "--runtime", "bwrap"], &[]);
+    assert_escape_held(&user.flake, &out, ATTEMPTS);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn incus_holds_the_host_mounts() {
+    require_incus();
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "escape", "--runtime", "incus"]);
+    // The container's root has capabilities in its own user namespace (it can mount a
+    // tmpfs or chroot inside the container); what reaches the host must be held.
+    assert_escape_held(dir.path(), &out, &ATTEMPTS[..6]);
+    assert_escape_held(dir.path(), &out, &ATTEMPTS[8..11]);
+}
+
+fn assert_no_secret(flake: &Path, out: &Run) {
+    let log = guest_log(flake, "environ");
+    // The guest did read environments (its own at least), and none had the secret.
+    assert!(log.lines().any(|l| l.ends_with(": PIKACI_JOB=environ")), "{log}\n{out:?}");
+    assert!(log.contains("ENVIRON DONE"), "{log}");
+    assert!(!log.contains("SECRET_TOKEN"), "pikaci's environment reached the guest:\n{log}");
+    assert!(!log.contains("hunter2"), "pikaci's environment reached the guest:\n{log}");
+}
+
+#[test]
+fn bwrap_keeps_pikaci_environment_from_the_guest() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let out = pikaci()
+        .env("SECRET_TOKEN", "hunter2")
+        .args(["run", "environ", "--runtime", "bwrap", "--flake"])
+        .arg(format!("path:{}", dir.path().display()))
+        .output()
+        .unwrap()
+        .into();
+    assert_no_secret(dir.path(), &out);
+}
+
+#[test]
+fn bwrap_as_an_unprivileged_user_keeps_pikaci_environment_from_the_guest() {
+    require_bwrap();
+    let user = Unprivileged::new();
+    let out = user.run(&["run", "environ", "--runtime", "bwrap"], &[("SECRET_TOKEN", "hunter2")]);
+    assert_no_secret(&user.flake, &out);
+}
+
+#[test]
+fn incus_keeps_pikaci_environment_from_the_guest() {
+    require_incus();
+    let dir = sandbox_fixture();
+    let out = pikaci()
+        .env("SECRET_TOKEN", "hunter2")
+        .args(["run", "environ", "--runtime", "incus", "--flake"])
+        .arg(format!("path:{}", dir.path().display()))
+        .output()
+        .unwrap()
+        .into();
+    assert_no_secret(dir.path(), &out);
+}
+
+pub fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run `id -u`");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// pikaci run by `nobody` (uid 65534) on a copy of the fixture that `nobody` owns, with a
+/// private `nix-daemon` (started by this test as root, on a socket in the temp dir) as its
+/// store: the set-up of a developer without root.
+pub struct Unprivileged {
+    _dir: tempfile::TempDir,
+    pub flake: PathBuf,
+    home: PathBuf,
+    socket: PathBuf,
+    daemon: Child,
+}
+
+const NOBODY: &str = "65534";
+
+impl Unprivileged {
+    pub fn new() -> Unprivileged {
+        require_nix();
+        assert!(is_root(), "this test needs root, to start a `nix-daemon` and switch to `nobody` with `setpriv`");
+        for tool in ["setpriv", "nix-daemon"] {
+            assert!(which(tool).is_some(), "`{tool}` is required by this test: run `scripts/bootstrap`");
+        }
+        let dir = tempfile::Builder::new().prefix("pikaci-unpriv-").tempdir().unwrap();
+        let flake = dir.path().join("flake");
+        copy_tree(&fixture_path("sandbox"), &flake);
+        std::fs::write(flake.join("salt"), dir.path().file_name().unwrap().to_string_lossy().as_bytes()).unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        chown_nobody(dir.path());
+        let socket = dir.path().join("daemon.sock");
+        let daemon = Command::new("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nix-daemon");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(socket.exists(), "nix-daemon did not create `{}`", socket.display());
+        Unprivileged { _dir: dir, flake, home, socket, daemon }
+    }
+
+    /// `pikaci ARGS --flake path:<flake>` as `nobody`, with only the given variables
+    /// added to a minimal environment.
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_pikaci"))
+            .args(args)
+            .arg("--flake")
+            .arg(format!("path:{}", self.flake.display()))
+            .current_dir(&self.flake)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env("NIX_REMOTE", "daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &self.socket);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run pikaci as nobody").into()
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // What `nobody` left (the state root) is removed with the temp dir, by root.
+    }
+}
+
+fn chown_nobody(path: &Path) {
+    let status = Command::new("chown").args(["-R", "65534:65534"]).arg(path).status().expect("run chown");
+    assert!(status.success(), "chown -R nobody {}", path.display());
+}
