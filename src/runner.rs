@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use crate::catalog::{self, Catalog, FlakeSource};
 use crate::error;
 use crate::executor::{
-    self, GuestOutcome, HostContext, JobIo, OutputSink, Placement, Runtime, RuntimeChoice, RuntimeReport, guest,
-    placement,
+    self, GuestOutcome, HostContext, JobIo, OutputSink, Placement, Runtime, RuntimeChoice, RuntimeReport, artifacts,
+    guest, placement,
 };
 use crate::plan::{self, ChangedFiles, PlannedJob, Selection};
 use crate::prepare;
@@ -618,6 +618,7 @@ fn run_job_inner(
     };
     let mut report = RuntimeReport::default();
     let outcome = setup.runtime.run(&ctx, &io, &mut report);
+    let safe = artifacts::sanitize(&ctx.artifacts_dir, &host_log);
     job.instance = report.instance;
     job.reproduce.extend(report.reproduce);
     let outcome = outcome.map_err(|error| {
@@ -628,6 +629,8 @@ fn run_job_inner(
         remote
             .download_artifacts(&ctx.artifacts_dir, &host_log)
             .map_err(|e| infra(e.context("the command ran, but its artifacts could not be fetched")))?;
+        artifacts::sanitize(&ctx.artifacts_dir, &host_log).map_err(infra)?;
     }
+    safe.map_err(|e| infra(e.context("the command ran, but its artifacts could not be made safe to keep")))?;
     Ok(outcome)
 }

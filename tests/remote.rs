@@ -6,6 +6,8 @@
 //! brought back, and gc cleaning up there.
 
 mod common;
+#[path = "common/sandbox_checks.rs"]
+mod sandbox_checks;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -170,7 +172,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(logs.matches("'sh -c '\\''set -e; d=$1;").count(), 1, "the snapshot is sent once:\n{logs}");
     let view_log = std::fs::read_to_string(local_job.join("host.log")).unwrap();
     assert_eq!(
-        view_log.matches("-- 'mkdir -p --").count(),
+        view_log.matches("'mkdir -p -- \"$@\"").count(),
         1,
         "one mkdir -p for all of a job's directories:\n{view_log}"
     );
@@ -190,6 +192,19 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
     assert!(!lab.remote_root().join("runs").join(run_id).exists(), "gc removes the remote job directories");
     assert!(!lab.remote_root().join("snapshots").join(snapshot).exists(), "and the remote snapshot");
+}
+
+#[test]
+fn artifacts_come_back_from_a_remote_host_without_setid_bits_or_devices() {
+    let lab = RemoteLab::start();
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let out = lab.pikaci(flake.path(), &["run", "leave-setuid", "--runtime", "incus", "--remote", &lab.host]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let job_dir = only_run(flake.path()).join("jobs/leave-setuid");
+    sandbox_checks::assert_artifacts_safe(&job_dir);
+    use std::os::unix::fs::PermissionsExt;
+    let remote_mode = std::fs::metadata(lab.remote_root()).unwrap().permissions().mode();
+    assert_eq!(remote_mode & 0o007, 0, "the remote state root is open to other users: {remote_mode:o}");
 }
 
 #[test]

@@ -4,11 +4,14 @@
 //! runs the real runtime, as root and (for bwrap) as an unprivileged user.
 
 mod common;
+#[path = "common/sandbox_checks.rs"]
+mod sandbox_checks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use common::*;
+use sandbox_checks::assert_artifacts_safe;
 
 /// Every attempt `ci/escape.sh` makes; under bwrap each must be `held`.
 const ATTEMPTS: &[&str] = &[
@@ -225,4 +228,62 @@ impl Drop for Unprivileged {
 fn chown_nobody(path: &Path) {
     let status = Command::new("chown").args(["-R", "65534:65534"]).arg(path).status().expect("run chown");
     assert!(status.success(), "chown -R nobody {}", path.display());
+}
+
+/// The state root is closed to other users, and records and logs share one mode.
+pub fn assert_state_root_modes(flake: &Path, job: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let root = flake.join(".pikaci");
+    assert_eq!(mode(&root) & 0o007, 0, "the state root is open to other users: {:o}", mode(&root));
+    let run = only_run(flake);
+    for file in ["run.json", "events.jsonl"] {
+        assert_eq!(mode(&run.join(file)), 0o640, "{file}");
+    }
+    for file in ["job.json", "guest.log", "host.log"] {
+        assert_eq!(mode(&run.join("jobs").join(job).join(file)), 0o640, "{file}");
+    }
+}
+
+#[test]
+fn bwrap_artifacts_reach_the_host_without_setid_bits_or_devices() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "leave-setuid", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let job_dir = only_run(dir.path()).join("jobs/leave-setuid");
+    // The guest did make a device node (c 0 0 needs no capability): it was removed.
+    assert!(guest_log(dir.path(), "leave-setuid").contains("whiteout"), "{out:?}");
+    assert!(std::fs::read_to_string(job_dir.join("host.log")).unwrap().contains("removed `whiteout` (device"));
+    assert_artifacts_safe(&job_dir);
+    assert_state_root_modes(dir.path(), "leave-setuid");
+    // Another user cannot reach what the lane left.
+    let suid = job_dir.join("artifacts/suid-shell");
+    let other = Command::new("setpriv")
+        .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(&suid)
+        .args(["id", "-u"])
+        .output()
+        .expect("run setpriv");
+    assert!(!other.status.success(), "`nobody` ran an artifact: {other:?}");
+}
+
+#[test]
+fn bwrap_as_an_unprivileged_user_keeps_artifacts_safe() {
+    require_bwrap();
+    let user = Unprivileged::new();
+    let out = user.run(&["run", "leave-setuid", "--runtime", "bwrap"], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_artifacts_safe(&only_run(&user.flake).join("jobs/leave-setuid"));
+    assert_state_root_modes(&user.flake, "leave-setuid");
+}
+
+#[test]
+fn incus_artifacts_reach_the_host_without_setid_bits_or_devices() {
+    require_incus();
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "leave-setuid", "--runtime", "incus"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_artifacts_safe(&only_run(dir.path()).join("jobs/leave-setuid"));
+    assert_state_root_modes(dir.path(), "leave-setuid");
 }

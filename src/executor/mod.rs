@@ -2,6 +2,7 @@
 //! ([`placement`]) and what isolates it (a [`Runtime`]: [`incus`] or [`bwrap`]). Both
 //! runtimes give the same guest view ([`guest`]).
 
+pub mod artifacts;
 pub mod bwrap;
 pub mod guest;
 pub mod incus;

@@ -5,6 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     let mut guest_log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::tools::command::LOG_MODE)
         .open(&io.guest_log)
         .with_context(|| format!("open `{}`", io.guest_log.display()))?;
     let output = io.output.clone();

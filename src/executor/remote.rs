@@ -28,9 +28,13 @@ impl RemoteHost {
         Ok(self.remote_state_root.join(rel))
     }
 
-    /// Create every directory a job needs on the remote side, with one `mkdir -p`.
+    /// Create every directory a job needs on the remote side, with one `mkdir -p`, and
+    /// keep the remote state root closed to other users there, as the local one is (what
+    /// a lane leaves in its artifacts stays there until `gc`).
     pub fn ensure_remote_linux_vm_directories(&self, local_dirs: &[PathBuf], log: &HostLog) -> Result<()> {
-        let mut argv = vec!["mkdir".to_string(), "-p".to_string(), "--".to_string()];
+        let script = r#"mkdir -p -- "$@" && chmod o-rwx -- "$0""#;
+        let root = self.remote_state_root.display().to_string();
+        let mut argv = vec!["sh".to_string(), "-c".to_string(), script.to_string(), root];
         for dir in local_dirs {
             argv.push(self.path_of(dir)?.display().to_string());
         }

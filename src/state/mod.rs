@@ -8,6 +8,7 @@
 //! a snapshot that a starting run is about to use.
 
 pub mod events;
+pub mod modes;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -54,10 +55,11 @@ impl StateRoot {
         self.root.join("snapshot-cache")
     }
 
+    /// Create the state root, and keep it closed to other users (see [`modes`]).
     pub fn ensure(&self) -> Result<()> {
         fs::create_dir_all(self.runs_dir())
             .with_context(|| format!("create the state root `{}`", self.root.display()))?;
-        Ok(())
+        modes::close_to_others(&self.root)
     }
 
     fn root_lock_file(&self) -> Result<File> {
@@ -159,6 +161,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("create a temporary file in `{}`", dir.display()))?;
+    modes::set_file_mode(tmp.as_file(), path)?;
     tmp.write_all(bytes).with_context(|| format!("write `{}`", path.display()))?;
     tmp.as_file().sync_data().ok();
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("replace `{}`", path.display()))?;

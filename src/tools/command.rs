@@ -6,6 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ use crate::signals;
 
 /// How many stderr lines an error message carries.
 const ERROR_TAIL_LINES: usize = 12;
+/// The mode of the logs pikaci writes: the same as its records (`docs/state-root.md`).
+pub const LOG_MODE: u32 = 0o640;
 /// How often a running command checks for Ctrl-C.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
@@ -224,10 +227,9 @@ impl Cmd {
         let clear = self.env_clear.then(|| "env -i".to_string());
         let mut words: Vec<String> = clear
             .into_iter()
-            .chain(self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))))
+            .chain(
+                self.env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))),
+            )
             .collect();
         words.extend(self.argv().iter().map(|a| shell_quote(&a.to_string_lossy())));
         words.join(" ")
@@ -358,6 +360,7 @@ impl HostLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(LOG_MODE)
             .open(path)
             .with_context(|| format!("open host log `{}`", path.display()))?;
         Ok(HostLog { inner: Arc::new(Mutex::new(HostLogInner { file, started: Instant::now() })) })
