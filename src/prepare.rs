@@ -97,6 +97,7 @@ pub fn prepare(
         prepared.reproduce.extend(reproduce);
         prepared.payloads.push(payload);
     }
+    crate::catalog::manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
     Ok(prepared)
 }
 

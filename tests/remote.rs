@@ -208,6 +208,27 @@ fn artifacts_come_back_from_a_remote_host_without_setid_bits_or_devices() {
 }
 
 #[test]
+fn payload_manifests_on_a_remote_host_are_read_without_following_links_and_bounded() {
+    let lab = RemoteLab::start();
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let lanes = ["manifest-shadow-link", "manifest-dir-link", "manifest-directory", "manifest-huge"];
+    let args = [&["run", "--runtime", "incus", "--remote", &lab.host, "--output", "json"], &lanes[..]].concat();
+    let out = lab.pikaci(flake.path(), &args);
+    assert_eq!(out.code, 1, "{out:?}");
+    let record = out.json();
+    for (lane, why) in [
+        ("manifest-shadow-link", "a part of its path is a symbolic link, and links are not followed"),
+        ("manifest-dir-link", "a part of its path is a symbolic link, and links are not followed"),
+        ("manifest-directory", "it is a directory; it must be a JSON file"),
+        ("manifest-huge", "it is larger than 1048576 bytes"),
+    ] {
+        let job = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == lane).unwrap();
+        assert_eq!(job["status"], "failed", "{lane}: {job:#}");
+        assert!(job["message"].as_str().unwrap().contains(why), "{lane}: {job:#}");
+    }
+}
+
+#[test]
 fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     let lab = RemoteLab::start();
     let flake = copy_fixture(&fixture_path("lanes"));

@@ -287,3 +287,34 @@ fn incus_artifacts_reach_the_host_without_setid_bits_or_devices() {
     assert_artifacts_safe(&only_run(dir.path()).join("jobs/leave-setuid"));
     assert_state_root_modes(dir.path(), "leave-setuid");
 }
+
+/// Each `manifest-*` lane and what its failure says.
+pub const BAD_MANIFESTS: &[(&str, &str)] = &[
+    ("manifest-shadow-link", "`share/pikaci/payload-manifest.json` is a symbolic link, and links are not followed"),
+    ("manifest-zero-link", "`share/pikaci/payload-manifest.json` is a symbolic link, and links are not followed"),
+    ("manifest-dir-link", "`share/pikaci` is a symbolic link, and links are not followed"),
+    ("manifest-directory", "it is a directory; it must be a JSON file"),
+    ("manifest-huge", "it is larger than 1048576 bytes"),
+    ("manifest-same-guest-path", "two payload manifest mounts have the same guest_path `/opt/x`"),
+    ("manifest-nested-guest-path", "payload manifest mount guest_path `/opt/x/y` is inside `/opt/x`, another mount's"),
+];
+
+#[test]
+fn payload_manifests_are_read_without_following_links_and_bounded() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let lanes: Vec<&str> = BAD_MANIFESTS.iter().map(|(lane, _)| *lane).collect();
+    let started = std::time::Instant::now();
+    let out = run_in(dir.path(), &[&["run", "--runtime", "bwrap", "--output", "json"], &lanes[..]].concat());
+    assert!(started.elapsed().as_secs() < 60, "a manifest read without bound (/dev/zero) is slow");
+    // Failed jobs (the payload is the lane's own), not infrastructure errors.
+    assert_eq!(out.code, 1, "{out:?}");
+    let record = out.json();
+    for (lane, why) in BAD_MANIFESTS {
+        let job = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == *lane).unwrap();
+        assert_eq!(job["status"], "failed", "{lane}: {job:#}");
+        let message = job["message"].as_str().unwrap();
+        assert!(message.contains(why), "{lane}: {message}");
+    }
+    assert!(!out.stdout.contains("root:") && !out.stderr.contains("root:"), "/etc/shadow was read: {out:?}");
+}

@@ -130,12 +130,10 @@ impl PayloadManifest {
     /// realized store path, reached through `link`). No manifest is fine: `Ok(None)`.
     pub fn load(root: &Path, link: &Path, name: &str) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
         let file = root.join(MANIFEST_PATH);
-        let bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", file.display()))),
-        };
         let label = file.display().to_string();
+        let Some(bytes) = read_manifest_file(root, name, &label)? else {
+            return Ok(None);
+        };
         let manifest = PayloadManifest::parse(&bytes, name, &label)?;
         let root = root.canonicalize().with_context(|| format!("resolve payload root `{}`", root.display()))?;
         let probed: Vec<Probed> = manifest
@@ -146,6 +144,78 @@ impl PayloadManifest {
         let mounts = manifest.resolve(name, &label, &root, link, &probed)?;
         Ok(Some((manifest, mounts)))
     }
+}
+
+/// Read the manifest of the payload at `root` without following a link anywhere under
+/// the root (`share`, `share/pikaci`, the file itself): a link could point anywhere on
+/// the host (`/etc/shadow`, `/dev/zero`). It must be a regular file of at most
+/// [`MAX_MANIFEST_BYTES`]. `Ok(None)` when there is none.
+fn read_manifest_file(root: &Path, name: &str, label: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut at = root.to_path_buf();
+    for part in Path::new(MANIFEST_PATH).components() {
+        at.push(part);
+        match at.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                let rel = at.strip_prefix(root).unwrap_or(&at).display().to_string();
+                return Err(invalid(name, label, format!("`{rel}` is a symbolic link, and links are not followed")));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{label}`"))),
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&at)
+        .with_context(|| format!("open `{label}`"))?;
+    let meta = file.metadata().with_context(|| format!("stat `{label}`"))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
+        return Err(invalid(name, label, format!("it is {what}; it must be a JSON file")));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).with_context(|| format!("read `{label}`"))?;
+    check_manifest_size(bytes.len() as u64, name, label)?;
+    Ok(Some(bytes))
+}
+
+/// A manifest larger than this is refused unread (it lists a few paths).
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+pub fn check_manifest_size(len: u64, name: &str, label: &str) -> Result<()> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(invalid(name, label, format!("it is larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Two extra mounts of one job (of one payload or of several) at the same guest path, or
+/// one inside another: bwrap would let the last win and Incus would refuse, so it is
+/// refused here, the same for both.
+pub fn check_mounts_apart(mounts: &[ResolvedMount], lane: &str) -> Result<()> {
+    for (i, a) in mounts.iter().enumerate() {
+        for b in &mounts[i + 1..] {
+            let (pa, pb) = (Path::new(&a.guest_path), Path::new(&b.guest_path));
+            if pa.starts_with(pb) || pb.starts_with(pa) {
+                let what = if pa == pb {
+                    format!("two payload manifest mounts have the same guest_path `{}`", a.guest_path)
+                } else {
+                    let (outer, inner) = if pb.starts_with(pa) { (a, b) } else { (b, a) };
+                    format!(
+                        "payload manifest mount guest_path `{}` is inside `{}`, another mount's",
+                        inner.guest_path, outer.guest_path
+                    )
+                };
+                return Err(error::config(format!("lane `{lane}`: {what}"))
+                    .hint("give each manifest mount its own guest_path, none inside another")
+                    .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn invalid(name: &str, file: &str, why: String) -> anyhow::Error {

@@ -10,7 +10,10 @@ use anyhow::{Context, Result};
 
 use super::placement::RemoteHost;
 use crate::catalog::Payload;
-use crate::catalog::manifest::{MANIFEST_PATH, PayloadManifest, Probed, ResolvedMount};
+use crate::catalog::manifest::{
+    MANIFEST_PATH, MAX_MANIFEST_BYTES, PayloadManifest, Probed, ResolvedMount, check_manifest_size,
+};
+use crate::error;
 use crate::tools::command::{Cmd, HostLog};
 use crate::tools::nix::Nix;
 use crate::tools::ssh::Ssh;
@@ -129,15 +132,25 @@ impl RemoteHost {
     ) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
         let ssh = self.ssh()?;
         let file = format!("{root}/{MANIFEST_PATH}");
-        let cat = ssh
-            .command("ssh cat", &["sh", "-c", r#"if [ -f "$1" ]; then cat "$1"; else exit 3; fi"#, "sh", &file])
-            .run_unchecked(Some(log))?;
+        // No link is followed (`share`, `share/pikaci`, the file), a directory is refused,
+        // and at most one byte more than the limit is read.
+        let script = r#"for p in "$1" "${1%/*}" "${1%/*/*}"; do [ -L "$p" ] && exit 4; done
+            [ -d "$1" ] && exit 5; [ -f "$1" ] || exit 3; head -c "$2" -- "$1""#;
+        let limit = (MAX_MANIFEST_BYTES + 1).to_string();
+        let cat = ssh.command("ssh cat", &["sh", "-c", script, "sh", &file, &limit]).run_unchecked(Some(log))?;
+        let label = format!("{}:{file}", self.host);
+        let refuse = |why: &str| {
+            error::config(format!("payload `{name}`: invalid `{MANIFEST_PATH}`: {why}"))
+                .hint(format!("fix the derivation that writes `{label}`"))
+        };
         match cat.status.code() {
             Some(0) => {}
             Some(3) => return Ok(None),
+            Some(4) => return Err(refuse("a part of its path is a symbolic link, and links are not followed").into()),
+            Some(5) => return Err(refuse("it is a directory; it must be a JSON file").into()),
             _ => anyhow::bail!("read `{file}` on `{}`: {}", self.host, cat.stderr_str().trim()),
         }
-        let label = format!("{}:{file}", self.host);
+        check_manifest_size(cat.stdout.len() as u64, name, &label)?;
         let manifest = PayloadManifest::parse(&cat.stdout, name, &label)?;
         let paths: Vec<String> = manifest.paths().iter().map(|rel| format!("{root}/{rel}")).collect();
         let probed = if paths.is_empty() { Vec::new() } else { self.probe(&ssh, &paths, log)? };
