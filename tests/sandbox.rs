@@ -318,3 +318,22 @@ fn payload_manifests_are_read_without_following_links_and_bounded() {
     }
     assert!(!out.stdout.contains("root:") && !out.stderr.contains("root:"), "/etc/shadow was read: {out:?}");
 }
+
+fn long_manifest_mount(runtime: &str) {
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "long-mount", "--runtime", runtime]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(guest_log(dir.path(), "long-mount"), "long-mount-content\n");
+}
+
+#[test]
+fn incus_mounts_a_manifest_guest_path_longer_than_a_device_name() {
+    require_incus();
+    long_manifest_mount("incus");
+}
+
+#[test]
+fn bwrap_mounts_a_long_manifest_guest_path() {
+    require_bwrap();
+    long_manifest_mount("bwrap");
+}
