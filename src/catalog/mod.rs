@@ -2,6 +2,7 @@
 //! `nix eval --json --apply` call (nothing is built), then validated in full so that every
 //! broken lane is reported at once.
 
+pub mod flake_url;
 mod lane;
 pub mod manifest;
 
@@ -70,7 +71,7 @@ impl Catalog {
     /// messages (the user's spelling, not the snapshot directory it was read from).
     pub fn load(nix: &Nix, dir: &Path, system: &str, flake_label: &str) -> Result<Catalog> {
         let attr = format!("pikaci.{system}.lanes");
-        let installable = format!("path:{}#{attr}", dir.display());
+        let installable = format!("{}#{attr}", flake_url::path_url(dir));
         let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
         let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
         Ok(Catalog { lanes })
@@ -166,13 +167,20 @@ impl FlakeSource {
         let cwd = std::env::current_dir().context("read the current directory")?;
         let (dir, label) = match flake {
             Some(spec) => {
-                let path = spec.strip_prefix("path:").unwrap_or(spec);
-                if path.contains(':') && !spec.starts_with("path:") {
-                    return Err(error::usage(format!("`--flake {spec}`: pikaci runs lanes of a local flake"))
-                        .hint("pass a directory or a `path:` URL, e.g. `--flake path:.`")
-                        .into());
-                }
-                let path = path.split(['?', '#']).next().unwrap_or(path);
+                // A `path:` URL is decoded as Nix would; a plain directory is taken as it is
+                // (it may hold `?`, `#` or `%`).
+                let path = match spec.strip_prefix("path:") {
+                    Some(url) => flake_url::url_path(url).ok_or_else(|| {
+                        error::usage(format!("`--flake {spec}`: a malformed `%` escape"))
+                            .hint("write `%` as `%25` in a `path:` URL, or pass the directory itself")
+                    })?,
+                    None if spec.contains(':') => {
+                        return Err(error::usage(format!("`--flake {spec}`: pikaci runs lanes of a local flake"))
+                            .hint("pass a directory or a `path:` URL, e.g. `--flake path:.`")
+                            .into());
+                    }
+                    None => std::path::PathBuf::from(spec),
+                };
                 (cwd.join(path), spec.to_string())
             }
             None => {
