@@ -23,7 +23,8 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Result<GuestOutcome> {
     let started = Instant::now();
-    let deadline = started + timeout;
+    // The catalog bounds a lane's timeout; a deadline past the clock's range is none at all.
+    let deadline = started.checked_add(timeout);
     let (mut reader, writer) = std::io::pipe().context("create the guest output pipe")?;
     let handle = {
         // stdout goes to the pipe first, then stderr joins it (duct applies the outer
@@ -66,7 +67,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     });
 
     let outcome = loop {
-        let step = POLL.min(deadline.saturating_duration_since(Instant::now()));
+        let step = deadline.map_or(POLL, |d| POLL.min(d.saturating_duration_since(Instant::now())));
         match handle.wait_timeout(step).with_context(|| format!("wait for `{}`", cmd.label()))? {
             Some(out) => {
                 break match (out.status.code(), out.status.signal()) {
@@ -81,7 +82,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
                 io.host_log.line("interrupted: killed the guest command");
                 break GuestOutcome::Interrupted;
             }
-            None if Instant::now() >= deadline => {
+            None if deadline.is_some_and(|d| Instant::now() >= d) => {
                 let _ = handle.kill();
                 let _ = handle.wait();
                 io.host_log.line(&format!("timed out after {}s: killed the guest command", timeout.as_secs()));
@@ -129,6 +130,14 @@ mod tests {
         assert_eq!(outcome, GuestOutcome::Exited(7));
         assert_eq!(*lines.0.lock().unwrap(), ["j: out", "j: err", "j: tail"]);
         assert_eq!(std::fs::read_to_string(dir.path().join("guest.log")).unwrap(), "out\nerr\ntail");
+    }
+
+    #[test]
+    fn a_timeout_past_the_clock_range_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cmd::new("true", "/bin/sh").args(["-c", "exit 0"]);
+        let outcome = run_guest(&cmd, "j", Duration::MAX, &io(dir.path(), Arc::new(Lines::default()))).unwrap();
+        assert_eq!(outcome, GuestOutcome::Exited(0));
     }
 
     #[test]
