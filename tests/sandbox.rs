@@ -337,3 +337,50 @@ fn bwrap_mounts_a_long_manifest_guest_path() {
     require_bwrap();
     long_manifest_mount("bwrap");
 }
+
+/// Run `lane` on bwrap with the terminal view on (human output, to a pipe that is
+/// drained), and compare its `guest.log` with the same script run on the host.
+fn output_is_kept_byte_exact(lane: &str) {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let started = std::time::Instant::now();
+    let out = pikaci()
+        .args(["run", lane, "--runtime", "bwrap", "--flake"])
+        .arg(format!("path:{}", dir.path().display()))
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    eprintln!("{lane}: pikaci run took {:.2}s", started.elapsed().as_secs_f64());
+    assert!(out.success(), "{out:?}");
+    let expected = Command::new("/bin/sh").arg(dir.path().join("ci").join(format!("{lane}.sh"))).output().unwrap();
+    let log = std::fs::read(only_run(dir.path()).join("jobs").join(lane).join("guest.log")).unwrap();
+    assert_eq!(log.len(), expected.stdout.len(), "guest.log of {lane} has another length");
+    assert!(log == expected.stdout, "guest.log of {lane} differs from the output");
+}
+
+#[test]
+fn bwrap_keeps_a_20_mb_line_without_newline_byte_exact() {
+    output_is_kept_byte_exact("long-line");
+}
+
+#[test]
+fn bwrap_keeps_100_mb_of_output_byte_exact() {
+    output_is_kept_byte_exact("flood");
+}
+
+#[test]
+fn terminal_control_sequences_are_shown_not_obeyed() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "control", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("[control] ^[]0;pwned-title^G^[[2Jvisible\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("[control] \\u{9b}1mC1\n"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\x1b') && !out.stdout.contains('\x07'), "{:?}", out.stdout);
+    // guest.log keeps the bytes as they came.
+    assert_eq!(
+        std::fs::read(only_run(dir.path()).join("jobs/control/guest.log")).unwrap(),
+        b"\x1b]0;pwned-title\x07\x1b[2Jvisible\n\xc2\x9b1mC1\n"
+    );
+}

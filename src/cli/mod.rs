@@ -3,6 +3,7 @@
 
 mod inspect;
 pub mod output;
+mod terminal;
 
 use std::path::PathBuf;
 

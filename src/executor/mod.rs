@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod bwrap;
 pub mod guest;
 pub mod incus;
+pub mod lines;
 pub mod placement;
 pub mod process;
 pub mod remote;
@@ -69,9 +70,23 @@ pub enum GuestOutcome {
     Interrupted,
 }
 
+impl GuestOutcome {
+    /// How it ended, in words, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            GuestOutcome::Exited(code) => format!("exit {code}"),
+            GuestOutcome::Signaled(sig) => format!("killed by signal {sig}"),
+            GuestOutcome::TimedOut => "timed out".into(),
+            GuestOutcome::Interrupted => "interrupted".into(),
+        }
+    }
+}
+
 /// Receives the guest's output, line by line, as it comes.
 pub trait OutputSink: Send + Sync {
     fn guest_line(&self, job_id: &str, line: &[u8]);
+    /// The lines of one read of the guest's output were given: show them now.
+    fn flush(&self) {}
 }
 
 /// A job's logs and output stream.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::lines::LineSplitter;
 use super::{GuestOutcome, JobIo};
+use crate::error;
 use crate::signals;
 use crate::tools::command::{Cmd, spawn_error};
 
@@ -43,27 +45,33 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
         .with_context(|| format!("open `{}`", io.guest_log.display()))?;
     let output = io.output.clone();
     let job = job_id.to_string();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
+    // The reader sends, when the output ends, the first error writing `guest.log` (a full
+    // disk): the log is then incomplete, and the job says so.
+    let (done_tx, done_rx) = mpsc::channel::<Option<std::io::Error>>();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = LineSplitter::default();
+        let mut emit = |line: &[u8]| output.guest_line(&job, line);
+        let mut write_error = None;
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let _ = guest_log.write_all(&buf[..n]);
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                output.guest_line(&job, &pending[..pos]);
-                pending.drain(..=pos);
+            if write_error.is_none()
+                && let Err(e) = guest_log.write_all(&buf[..n])
+            {
+                write_error = Some(e);
             }
+            lines.push(&buf[..n], &mut emit);
+            output.flush();
         }
-        if !pending.is_empty() {
-            output.guest_line(&job, &pending);
+        lines.finish(&mut emit);
+        output.flush();
+        if let (None, Err(e)) = (&write_error, guest_log.flush()) {
+            write_error = Some(e);
         }
-        let _ = guest_log.flush();
-        let _ = done_tx.send(());
+        let _ = done_tx.send(write_error);
     });
 
     let outcome = loop {
@@ -91,10 +99,24 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
             None => {}
         }
     };
-    if done_rx.recv_timeout(DRAIN_GRACE).is_err() {
-        io.host_log.line("guest output was still open after the command ended; stopped reading it");
-    }
+    let write_error = match done_rx.recv_timeout(DRAIN_GRACE) {
+        Ok(e) => e,
+        Err(_) => {
+            io.host_log.line("guest output was still open after the command ended; stopped reading it");
+            None
+        }
+    };
     io.host_log.line(&format!("guest command: {outcome:?} after {:.3}s", started.elapsed().as_secs_f64()));
+    if let Some(e) = write_error {
+        io.host_log.line(&format!("`{}` could not be written: {e}", io.guest_log.display()));
+        return Err(error::infra(format!(
+            "the command ended ({}), but its output could not be written to `{}`: {e}",
+            outcome.describe(),
+            io.guest_log.display()
+        ))
+        .hint("free space under the state root (`pikaci gc`), then rerun")
+        .into());
+    }
     Ok(outcome)
 }
 
