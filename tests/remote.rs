@@ -247,3 +247,20 @@ fn an_unreachable_host_is_an_infrastructure_error_naming_it() {
     assert_eq!(bwrap.code, 2, "{bwrap:?}");
     assert!(bwrap.stderr.contains("the bwrap runtime runs jobs on this machine only"), "{}", bwrap.stderr);
 }
+
+#[test]
+fn a_remote_host_that_would_be_an_ssh_option_is_refused() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let marker = flake.path().join("pwned");
+    let out: Run = pikaci()
+        .args(["run", "escape", "--runtime", "incus"])
+        .arg(format!("--remote=-oProxyCommand=touch {}", marker.display()))
+        .arg("--flake")
+        .arg(flake.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("starts with `-`, so `ssh` would read it as an option"), "{}", out.stderr);
+    assert!(!marker.exists(), "ssh ran the ProxyCommand");
+}

@@ -97,7 +97,7 @@ pub enum Command {
     /// Check nix, the runtimes, the guest image and SSH; say how to fix what is missing.
     Doctor {
         /// Also check that this SSH host answers.
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", value_parser = crate::tools::ssh::parse_host)]
         remote: Option<String>,
     },
     /// Take (or reuse) the source snapshot a run would see, and print its directory.
@@ -138,7 +138,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub runtime: RuntimeChoice,
     /// Run on this SSH host (`localhost` means this machine, without SSH).
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", value_parser = crate::tools::ssh::parse_host)]
     pub remote: Option<String>,
     /// The Incus image for lanes that do not name one.
     #[arg(long, value_name = "ALIAS")]
