@@ -15,6 +15,7 @@ pub mod exit;
 pub mod gc;
 pub mod plan;
 pub mod prepare;
+pub mod replay;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;

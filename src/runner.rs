@@ -150,6 +150,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
     let nix = Nix::locate()?;
     let version_reader = read_version_meanwhile(&nix, &req.state);
     let old = RunRecord::read(&req.state.run_dir(&req.run_id))?;
+    crate::replay::check_record(&old, &req.run_id, &req.state)?;
     req.state.ensure()?;
     let guard = req.state.lock_shared()?;
     if !old.snapshot.dir.is_dir() {

@@ -252,3 +252,33 @@ fn rerun_replays_the_recorded_plan_on_the_recorded_snapshot() {
     let none = run_in(dir.path(), &["rerun", "nope"]);
     assert_eq!(none.code, 2);
 }
+
+#[test]
+fn rerun_refuses_a_record_whose_names_would_leave_the_state_root() {
+    let dir = fixture();
+    assert_eq!(run_in(dir.path(), &["run", "fail", "--runtime", "bwrap"]).code, 1);
+    let first = runs(dir.path())[0].clone();
+    let run_json = dir.path().join(".pikaci/runs").join(&first).join("run.json");
+    let original = read_json(&run_json);
+    let escape = dir.path().join("outside");
+    std::fs::create_dir(&escape).unwrap();
+    let target = escape.join("x");
+    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+        (
+            "has a payload name `../../../../outside/x`",
+            Box::new(|r| r["plan"][0]["lane"]["payloads"][0]["name"] = "../../../../outside/x".into()),
+        ),
+        ("has a job id `../x`", Box::new(|r| r["plan"][0]["job_id"] = "../x".into())),
+        ("names a snapshot outside the state root's `snapshots/`", Box::new(|r| r["snapshot"]["dir"] = "/etc".into())),
+    ];
+    for (why, edit) in edits {
+        let mut record = original.clone();
+        edit(&mut record);
+        std::fs::write(&run_json, serde_json::to_vec(&record).unwrap()).unwrap();
+        let out = run_in(dir.path(), &["rerun", &first]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(&format!("cannot be replayed: its `run.json` {why}")), "{}", out.stderr);
+        assert_eq!(runs(dir.path()).len(), 1, "a run was created");
+        assert!(!target.exists() && !target.is_symlink(), "a link was made outside the state root");
+    }
+}

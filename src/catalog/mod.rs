@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-pub use lane::{Lane, LaneError, Payload, validate_id};
+pub use lane::{Lane, LaneError, MAX_TIMEOUT_SECS, Payload, validate_id};
 
 use crate::error;
 use crate::tools::command::CommandFailed;
