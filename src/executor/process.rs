@@ -32,7 +32,12 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
         // stdout goes to the pipe first, then stderr joins it (duct applies the outer
         // redirection first). The expression, and with it our copy of the write end, is
         // dropped at the end of this block so that EOF arrives when the guest exits.
-        let expr = cmd.expression().stderr_to_stdout().stdout_file(writer).unchecked();
+        // In a process group of its own, so that Ctrl-C at the terminal reaches only
+        // pikaci, which records the interruption and then stops the runtime's client.
+        let expr = cmd.expression().stderr_to_stdout().stdout_file(writer).unchecked().before_spawn(|c| {
+            std::os::unix::process::CommandExt::process_group(c, 0);
+            Ok(())
+        });
         expr.start().map_err(|e| spawn_error(cmd.label(), cmd.program(), e))?
     };
     io.host_log.line(&format!("$ {}", cmd.display()));

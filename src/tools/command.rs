@@ -41,6 +41,8 @@ pub struct Cmd {
     time_limit: Option<Duration>,
     /// Whether Ctrl-C kills it (see [`Cmd::uninterruptible`]).
     interruptible: bool,
+    /// Started in a process group of its own (see [`Cmd::own_process_group`]).
+    own_group: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +147,7 @@ impl Cmd {
             stdout_file: None,
             time_limit: None,
             interruptible: true,
+            own_group: false,
         }
     }
 
@@ -209,6 +212,15 @@ impl Cmd {
         self
     }
 
+    /// Start it in a process group of its own: Ctrl-C at the terminal (SIGINT to the
+    /// foreground group) then reaches only pikaci, which stops the command itself, and
+    /// stops it gently (SIGTERM to the group, SIGKILL after [`TERM_GRACE`]) so that it
+    /// can end what it started (`nix-store` kills its builder).
+    pub fn own_process_group(mut self) -> Self {
+        self.own_group = true;
+        self
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -248,6 +260,12 @@ impl Cmd {
                 expr = expr.env(k, v);
             }
         }
+        if self.own_group {
+            expr = expr.before_spawn(|c| {
+                std::os::unix::process::CommandExt::process_group(c, 0);
+                Ok(())
+            });
+        }
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),
             Stdin::Bytes(bytes) => expr.stdin_bytes(bytes.clone()),
@@ -280,8 +298,7 @@ impl Cmd {
                 break;
             }
             if self.interruptible && signals::interrupted() {
-                let _ = handle.kill();
-                let _ = handle.wait();
+                self.stop(&handle);
                 if let Some(log) = log {
                     log.line(&format!("interrupted: {}", self.display()));
                 }
@@ -298,6 +315,14 @@ impl Cmd {
                 return Err(TimeLimitExceeded { label: self.label.clone(), limit }.into());
             }
         }
+        if self.interruptible && signals::interrupted() {
+            // It ended on the same Ctrl-C (a group that got the signal too): that is an
+            // interruption, not a failure of the command.
+            if let Some(log) = log {
+                log.line(&format!("interrupted: {}", self.display()));
+            }
+            return Err(Interrupted.into());
+        }
         // Finished: taking the output moves it out of the handle instead of copying it.
         let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
         let out = CmdOutput {
@@ -311,6 +336,42 @@ impl Cmd {
         }
         Ok(out)
     }
+}
+
+impl Cmd {
+    /// Stop a running command: its whole process group, gently first, when it has one of
+    /// its own; else the process.
+    pub fn stop(&self, handle: &duct::Handle) {
+        if self.own_group {
+            stop_group(handle);
+        } else {
+            let _ = handle.kill();
+        }
+        let _ = handle.wait();
+    }
+}
+
+/// How long a process group gets to end after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(10);
+
+fn stop_group(handle: &duct::Handle) {
+    let signal_group = |sig: libc::c_int| {
+        for pid in handle.pids() {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory
+            // is involved.
+            unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+        }
+    };
+    signal_group(libc::SIGTERM);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if matches!(handle.wait_timeout(INTERRUPT_POLL), Ok(Some(_))) {
+            // The leader is gone; what is left of its group goes now.
+            signal_group(libc::SIGKILL);
+            return;
+        }
+    }
+    signal_group(libc::SIGKILL);
 }
 
 /// "`incus` is not installed" is a clearer message than "No such file or directory".

@@ -116,10 +116,13 @@ impl Nix {
     /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
     /// the others). Returned unrun so that job records can show it.
     pub fn realise_cmd(&self, path: &str, root: &Path) -> Cmd {
+        // Its own process group: on Ctrl-C pikaci sends it SIGTERM, and it stops its
+        // builder (SIGKILL would leave the builder running, re-parented to PID 1).
         Cmd::new("nix-store --realise", &self.nix_store)
             .args(["--realise", path, "--add-root"])
             .arg(root)
             .arg("--indirect")
+            .own_process_group()
     }
 
     /// `nix copy --derivation --to <store> <drv>`: the `.drv` and its closure (the input

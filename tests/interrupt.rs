@@ -1,0 +1,106 @@
+//! Ctrl-C at a terminal sends SIGINT to the whole foreground process group: pikaci, and
+//! whatever it started in that group. The run must end `interrupted` (exit 130), not
+//! `failed` because the sandbox died of the signal first, and a payload build must not
+//! leave its builder running. Each test starts pikaci in a process group of its own and
+//! signals that group, as a terminal would.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn start_in_own_group(flake: &Path, args: &[&str]) -> Child {
+    pikaci()
+        .args(args)
+        .arg("--flake")
+        .arg(format!("path:{}", flake.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start pikaci")
+}
+
+fn sigint_group(child: &Child) {
+    sigint(child, true);
+}
+
+/// SIGINT to pikaci's process group (Ctrl-C at a terminal) or to pikaci alone (`kill -INT`).
+fn sigint(child: &Child, group: bool) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2); no memory involved.
+    let rc = unsafe { libc::kill(if group { -pid } else { pid }, libc::SIGINT) };
+    assert_eq!(rc, 0, "kill {pid}");
+}
+
+fn alive(pid: i32) -> bool {
+    // /proc/<pid> exists and is not a zombie.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_under_bwrap_records_interrupted() {
+    require_nix();
+    require_bwrap();
+    let dir = copy_fixture(&fixture_path("sandbox"));
+    let mut child = start_in_own_group(dir.path(), &["run", "sleeper", "--runtime", "bwrap"]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("[sleeper] started") {
+        line.clear();
+    }
+    assert!(line.contains("started"), "the guest never started");
+    sigint_group(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let record = read_json(&only_run(dir.path()).join("run.json"));
+    assert_eq!(job_status(&record, "sleeper"), "interrupted", "{record:#}");
+    assert_eq!(record["status"], "interrupted");
+    assert!(sandboxes_of(dir.path()).is_empty(), "a sandbox survived");
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_during_a_build_stops_the_builder() {
+    interrupt_a_build(true);
+}
+
+#[test]
+fn sigint_to_pikaci_alone_during_a_build_stops_the_builder() {
+    interrupt_a_build(false);
+}
+
+fn interrupt_a_build(group: bool) {
+    require_nix();
+    require_bwrap();
+    let dir = copy_fixture(&fixture_path("sandbox"));
+    let salt = std::fs::read_to_string(dir.path().join("salt")).unwrap();
+    let pid_file = std::path::PathBuf::from(format!("/tmp/pikaci-builder-{salt}.pid"));
+    let mut child = start_in_own_group(dir.path(), &["run", "slow-build", "--runtime", "bwrap"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let builder = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(alive(builder));
+    sigint(&child, group);
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let record = read_json(&only_run(dir.path()).join("run.json"));
+    assert_eq!(job_status(&record, "slow-build"), "interrupted", "{record:#}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(builder) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(builder), "the builder {builder} kept running after the build was interrupted");
+}
