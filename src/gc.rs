@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -54,7 +54,12 @@ impl fmt::Display for GcReport {
 }
 
 pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
-    let _lock = state.lock_exclusive()?;
+    collect_waiting(state, keep, &|_| {})
+}
+
+/// [`collect`], calling `on_wait` once when a starting run holds the state root's lock.
+pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) -> Result<GcReport> {
+    let _lock = state.lock_exclusive_waiting(on_wait)?;
     let mut report = GcReport::default();
     let ids = state.run_ids()?;
     let cut = ids.len().saturating_sub(keep);

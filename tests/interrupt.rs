@@ -104,3 +104,64 @@ fn interrupt_a_build(group: bool) {
     }
     assert!(!alive(builder), "the builder {builder} kept running after the build was interrupted");
 }
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("pikaci did not exit within {within:?} of the first Ctrl-C");
+}
+
+#[test]
+fn gc_says_what_it_waits_for_and_the_first_ctrl_c_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    std::fs::create_dir_all(root.join("runs")).unwrap();
+    // A starting run holds the root lock shared.
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(root.join("lock")).unwrap();
+    lock.lock_shared().unwrap();
+    let mut gc = pikaci()
+        .args(["gc", "--state-root"])
+        .arg(&root)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(gc.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for") && line.contains("a run of this state root is starting"), "{line}");
+    sigint(&gc, false);
+    assert_eq!(wait_exit(&mut gc, Duration::from_secs(5)), Some(130));
+}
+
+#[test]
+fn logs_follow_stops_at_the_first_ctrl_c() {
+    require_nix();
+    require_bwrap();
+    let dir = copy_fixture(&fixture_path("sandbox"));
+    let mut run = start_in_own_group(dir.path(), &["run", "sleeper", "--runtime", "bwrap"]);
+    let mut out = BufReader::new(run.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("[sleeper] started") {
+        line.clear();
+    }
+    let mut follow = start_in_own_group(dir.path(), &["logs", "latest", "--follow"]);
+    let mut followed = BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    followed.read_line(&mut first).unwrap();
+    assert!(first.contains("started"), "{first}");
+    sigint(&follow, false);
+    assert_eq!(wait_exit(&mut follow, Duration::from_secs(5)), Some(130));
+    // The run itself goes on until it is interrupted in turn.
+    assert!(run.try_wait().unwrap().is_none(), "following stopped the run");
+    sigint_group(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(130));
+}

@@ -248,6 +248,10 @@ fn follow_files(state: &StateRoot, run_id: &str, files: &[(String, PathBuf)], pr
             return Ok(());
         }
         drop(out);
+        if crate::signals::interrupted() {
+            // Ctrl-C (or SIGTERM) ends following at once; the run goes on.
+            return Err(crate::tools::command::Interrupted.into());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -210,7 +210,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Gc { keep } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
-            let report = gc::collect(&state, keep)?;
+            let report = gc::collect_waiting(&state, keep, &|lock| {
+                eprintln!(
+                    "pikaci: waiting for `{}`: a run of this state root is starting (taking its snapshot, \
+                     evaluating the flake); gc goes on when it has started. Ctrl-C stops waiting.",
+                    lock.display()
+                )
+            })?;
             println!("{report}");
             Ok(exit::SUCCESS)
         }

@@ -80,6 +80,33 @@ impl StateRoot {
         Ok(file)
     }
 
+    /// Held by `gc`. While a run is being created (its flake evaluated), `on_wait` is
+    /// called once, to say what gc waits for; Ctrl-C stops the wait ([`Interrupted`]).
+    ///
+    /// [`Interrupted`]: crate::tools::command::Interrupted
+    pub fn lock_exclusive_waiting(&self, on_wait: &dyn Fn(&Path)) -> Result<File> {
+        let file = self.root_lock_file()?;
+        let path = self.root.join("lock");
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(anyhow::Error::new(e).context(format!("lock `{}`", path.display())));
+                }
+            }
+            if crate::signals::interrupted() {
+                return Err(crate::tools::command::Interrupted.into());
+            }
+            if !said {
+                on_wait(&path);
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Held by `gc`.
     pub fn lock_exclusive(&self) -> Result<File> {
         let file = self.root_lock_file()?;
