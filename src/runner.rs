@@ -610,6 +610,7 @@ fn run_job_inner(
         image: planned.lane.image.clone().or_else(|| setup.image.clone()),
         staged_payload_mounts: prepared.mounts,
         extra_mounts: prepared.extra_mounts,
+        store_closure: prepared.store_closure,
         placement: setup.placement.clone(),
     };
     let io = JobIo {

@@ -666,6 +666,7 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
                 device_prefix: "workspace-build".into(),
             }],
             extra_mounts: vec![],
+            store_closure: None,
             placement: Placement::Local,
         }
     };
@@ -730,6 +731,7 @@ fn a_panic_after_create_still_deletes_the_instance() {
         image: None,
         staged_payload_mounts: vec![],
         extra_mounts: vec![],
+        store_closure: None,
         placement: Placement::Local,
     };
     let runtime = Arc::new(IncusRuntime::connect(&Placement::Local, None).unwrap());

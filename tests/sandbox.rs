@@ -384,3 +384,26 @@ fn terminal_control_sequences_are_shown_not_obeyed() {
         b"\x1b]0;pwned-title\x07\x1b[2Jvisible\n\xc2\x9b1mC1\n"
     );
 }
+
+#[test]
+fn bwrap_shows_the_guest_only_the_closure_of_its_payloads() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let out = run_in(dir.path(), &["run", "store-view", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let staged = only_run(dir.path()).join("jobs/store-view/staged-linux-rust");
+    let roots: Vec<PathBuf> =
+        std::fs::read_dir(&staged).unwrap().map(|e| std::fs::read_link(e.unwrap().path()).unwrap()).collect();
+    let closure = Command::new("nix-store").arg("--query").arg("--requisites").args(&roots).output().unwrap();
+    assert!(closure.status.success(), "{closure:?}");
+    let mut expected: Vec<String> = String::from_utf8_lossy(&closure.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("/nix/store/").to_string())
+        .collect();
+    expected.sort();
+    let mut seen: Vec<String> = guest_log(dir.path(), "store-view").lines().map(str::to_string).collect();
+    seen.sort();
+    assert_eq!(seen, expected, "the guest's /nix/store is not the closure of its payloads");
+    // The host's store holds far more (at least this test's other derivations).
+    assert!(std::fs::read_dir("/nix/store").unwrap().count() > seen.len());
+}

@@ -103,8 +103,20 @@ impl BwrapRuntime {
                 cmd = cmd.arg("--ro-bind").arg(&host).arg(&host);
             }
         }
-        if Path::new(guest::NIX_STORE).is_dir() {
-            cmd = cmd.args(["--ro-bind", guest::NIX_STORE, guest::NIX_STORE]);
+        match &ctx.store_closure {
+            // Only the payloads' closure: an empty `/nix/store`, each closure path bound
+            // into it, then made read-only (no new entries either).
+            Some(closure) => {
+                cmd = cmd.args(["--tmpfs", guest::NIX_STORE]);
+                for path in closure {
+                    cmd = cmd.arg("--ro-bind").arg(path).arg(path);
+                }
+                cmd = cmd.args(["--remount-ro", guest::NIX_STORE]);
+            }
+            None if Path::new(guest::NIX_STORE).is_dir() => {
+                cmd = cmd.args(["--ro-bind", guest::NIX_STORE, guest::NIX_STORE]);
+            }
+            None => {}
         }
         cmd = cmd.arg("--ro-bind").arg(&ctx.snapshot_dir).arg(guest::WORKSPACE);
         for mount in &ctx.staged_payload_mounts {

@@ -58,6 +58,8 @@ pub struct HostContext {
     pub staged_payload_mounts: Vec<StagedPayloadMount>,
     /// Extra read-only mounts declared by payload manifests.
     pub extra_mounts: Vec<ResolvedMount>,
+    /// The store paths the guest may see (the payloads' closure); `None`: the whole store.
+    pub store_closure: Option<Vec<PathBuf>>,
     pub placement: Placement,
 }
 

@@ -137,6 +137,16 @@ impl Nix {
         Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
     }
 
+    /// `nix-store --query --requisites PATH...`: the store closure of the paths, with
+    /// one call for all of them.
+    pub fn requisites(&self, paths: &[&str], log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
+        let out = Cmd::new("nix-store --query --requisites", &self.nix_store)
+            .args(["--query", "--requisites"])
+            .args(paths)
+            .run(log)?;
+        Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+    }
+
     /// The command's executable, for `doctor`.
     pub fn program(&self) -> &Path {
         &self.nix

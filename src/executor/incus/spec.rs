@@ -179,6 +179,7 @@ mod tests {
                 source: staged.join("workspace-build/share/assets"),
                 guest_path: "/opt/assets".into(),
             }],
+            store_closure: None,
             placement,
         };
         Fixture { _dir: dir, ctx, store_a }
