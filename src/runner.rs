@@ -28,6 +28,7 @@ use crate::signals;
 use crate::snapshot::{self, Snapshot};
 use crate::state::events::{Event, EventLog};
 use crate::state::record::{JobSummary, RunSnapshot, SCHEMA_VERSION};
+use crate::state::reserve::Reserve;
 use crate::state::{self, JobRecord, JobStatus, RunRecord, RunStatus, StateRoot};
 use crate::tools::command::{HostLog, is_interrupted};
 use crate::tools::git;
@@ -280,6 +281,8 @@ struct Recorder {
     record: Mutex<RunRecord>,
     events: EventLog,
     reporter: Arc<dyn Reporter>,
+    /// Room for the records when a lane fills the disk.
+    reserve: Reserve,
 }
 
 impl Recorder {
@@ -294,7 +297,7 @@ impl Recorder {
     fn update(&self, f: impl FnOnce(&mut RunRecord)) {
         let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut record);
-        if let Err(e) = record.write(&self.run_dir) {
+        if let Err(e) = self.reserve.write_or_free(|| record.write(&self.run_dir)) {
             eprintln!("pikaci: warning: {e:#}");
         }
     }
@@ -372,6 +375,7 @@ fn execute(mut setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
         record: Mutex::new(record),
         events: EventLog::create(&run_dir)?,
         reporter,
+        reserve: Reserve::create(&run_dir),
     };
     recorder.emit(Event::RunStarted {
         run_id: run_id.clone(),
@@ -445,6 +449,7 @@ fn execute(mut setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
         r.duration_ms = Some(duration_ms);
     });
     recorder.emit(Event::RunFinished { run_id: run_id.clone(), status, duration_ms, counts, at: state::now_rfc3339() });
+    recorder.reserve.free();
     drop(run_lock);
     let record = recorder.record.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(record)
@@ -502,7 +507,8 @@ fn run_job(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorde
     job.finished_at = Some(state::now_rfc3339());
     let duration_ms = started.elapsed().as_millis() as u64;
     job.duration_ms = Some(duration_ms);
-    if let Err(e) = std::fs::create_dir_all(&job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(&job_dir)) {
+    let write = || std::fs::create_dir_all(&job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(&job_dir));
+    if let Err(e) = recorder.reserve.write_or_free(write) {
         eprintln!("pikaci: warning: could not write the record of job `{job_id}`: {e:#}");
     }
     JobSummary { job_id: job_id.clone(), status, exit_code, duration_ms: Some(duration_ms), message }

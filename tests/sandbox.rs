@@ -407,3 +407,55 @@ fn bwrap_shows_the_guest_only_the_closure_of_its_payloads() {
     // The host's store holds far more (at least this test's other derivations).
     assert!(std::fs::read_dir("/nix/store").unwrap().count() > seen.len());
 }
+
+/// A tmpfs of `size`, mounted by this test (as root) and unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        assert!(is_root(), "this test mounts a small tmpfs, which needs root");
+        let dir = tempfile::Builder::new().prefix("pikaci-full-").tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "pikaci-test-full"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount a tmpfs of {size}");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_under_the_state_root_is_a_recorded_error_and_the_record_is_written() {
+    require_bwrap();
+    let dir = sandbox_fixture();
+    let disk = SmallDisk::new("8m");
+    let state = disk.dir.path().join("state");
+    let out: Run = pikaci()
+        .args(["run", "flood", "--runtime", "bwrap", "--output", "json", "--state-root"])
+        .arg(&state)
+        .arg("--flake")
+        .arg(format!("path:{}", dir.path().display()))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    let runs: Vec<PathBuf> = std::fs::read_dir(state.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1);
+    let record = read_json(&runs[0].join("run.json"));
+    assert_eq!(record["status"], "error", "{record:#}");
+    assert!(record["finished_at"].is_string(), "the final record was not written: {record:#}");
+    let job = read_json(&runs[0].join("jobs/flood/job.json"));
+    assert_eq!(job["status"], "error", "{job:#}");
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains("its output could not be written to") && message.contains("guest.log"), "{message}");
+}

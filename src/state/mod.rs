@@ -10,6 +10,7 @@
 pub mod events;
 pub mod modes;
 pub mod record;
+pub mod reserve;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
