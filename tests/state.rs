@@ -113,6 +113,13 @@ fn a_corrupt_run_record_is_reported_and_the_other_runs_stay_readable() {
     // Its logs are still there.
     let logs = run_in(dir.path(), &["logs", &ids[1], "--job", "view"]);
     assert!(logs.stdout.contains("VIEW OK"));
+    // And the damaged run's logs stay readable, as the hint says.
+    let logs = run_in(dir.path(), &["logs", &ids[0]]);
+    assert_eq!(logs.code, 0, "{logs:?}");
+    assert!(logs.stdout.contains("VIEW OK"), "{logs:?}");
+    assert!(logs.stderr.contains("showing the logs found under `jobs/`"), "{}", logs.stderr);
+    let logs = run_in(dir.path(), &["logs", &ids[0], "--job", "view", "--host"]);
+    assert_eq!(logs.code, 0, "{logs:?}");
 }
 
 #[test]
