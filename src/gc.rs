@@ -70,7 +70,10 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
     // not look. Liveness is asked only of such runs.
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
     let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
-        if record.runtime == "incus" && record.status == RunStatus::Running && !live() {
+        let not_deleted = || {
+            record.jobs.iter().any(|j| j.message.as_deref().is_some_and(|m| m.contains(incus::INSTANCE_NOT_DELETED)))
+        };
+        if record.runtime == "incus" && (record.status == RunStatus::Running && !live() || not_deleted()) {
             died_on_incus.insert(record.remote.clone());
         }
     };
@@ -134,8 +137,8 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
     match incus::reap_orphans(state) {
         Ok(Some(reaped)) => report.reaped_instances = reaped,
         Ok(None) if died_on_incus.contains(&None) => report.warnings.push(
-            "a run that died while using Incus may have left an instance, and Incus does not answer on this \
-             machine, so none was looked for; run `pikaci gc` again once incusd runs"
+            "a run that died while using Incus, or could not delete its instance, may have left an instance, and \
+             Incus does not answer on this machine, so none was looked for; run `pikaci gc` again once incusd runs"
                 .into(),
         ),
         Ok(None) => {}
@@ -148,8 +151,8 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
         match reaped {
             Ok(Some(reaped)) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
             Ok(None) if died_on_incus.contains(&Some(host.clone())) => report.warnings.push(format!(
-                "a run that died while using Incus on `{host}` may have left an instance there, and Incus does not \
-                 answer on `{host}`, so none was looked for"
+                "a run that died while using Incus on `{host}`, or could not delete its instance there, may have left \
+                 an instance there, and Incus does not answer on `{host}`, so none was looked for"
             )),
             Ok(None) => {}
             Err(e) => report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}")),
