@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::executor::incus;
 use crate::executor::placement::{Placement, remote_state_root};
+use crate::gc_pending;
 use crate::state::{RunRecord, RunStatus, StateRoot};
 use crate::tools::incus::Incus;
 
@@ -63,8 +64,15 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
     let mut report = GcReport::default();
     let ids = state.run_ids()?;
     let cut = ids.len().saturating_sub(keep);
-    // Runs that ran on other hosts left job directories (and GC roots) there too.
-    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    // Runs that ran on other hosts left job directories (and GC roots) there too; and an
+    // earlier gc may have found a host unreachable.
+    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = match gc_pending::load(state) {
+        Ok(pending) => pending,
+        Err(e) => {
+            report.warnings.push(format!("{e:#}"));
+            BTreeMap::new()
+        }
+    };
     // A run that died (its record still says running) while using Incus, here (`None`) or
     // on a host, may have left an instance: if Incus does not answer now, gc says it could
     // not look. Liveness is asked only of such runs.
@@ -126,12 +134,20 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
         }
     }
 
+    let mut still_pending = gc_pending::Leftovers::new();
     for (host, dirs) in &remote_leftovers {
         if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
             && let Err(e) = remote.remove(dirs)
         {
-            report.warnings.push(format!("{e:#}"));
+            report.warnings.push(format!(
+                "{e:#}; kept in `{}`, the next `pikaci gc` tries again",
+                state.root.join(gc_pending::FILE).display()
+            ));
+            still_pending.insert(host.clone(), dirs.clone());
         }
+    }
+    if let Err(e) = gc_pending::store(state, &still_pending) {
+        report.warnings.push(format!("{e:#}"));
     }
 
     match incus::reap_orphans(state) {

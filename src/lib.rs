@@ -13,6 +13,7 @@ pub mod error;
 pub mod executor;
 pub mod exit;
 pub mod gc;
+pub mod gc_pending;
 pub mod plan;
 pub mod prepare;
 pub mod replay;

@@ -97,6 +97,40 @@ impl RemoteLab {
             .status
     }
 
+    /// The host becomes unreachable: sshd stops, and pikaci's shared connection to it
+    /// (which outlives the listener) is closed.
+    fn stop_sshd(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+        let control = std::env::temp_dir().join(format!("pikaci-ssh-{}", uid.trim())).join("%C");
+        let _ = Command::new("ssh")
+            .arg("-F")
+            .arg(self.dir.path().join("ssh_config"))
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
+            .args(["-O", "exit", &self.host])
+            .output();
+    }
+
+    /// The same sshd again, on the same port.
+    fn restart_sshd(&mut self) {
+        let d = self.dir.path();
+        self.sshd = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ssh(&["true"]).success() {
+            assert!(Instant::now() < deadline, "the test sshd did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn remote_root(&self) -> PathBuf {
         self.dir.path().join("remote-state")
     }
@@ -263,4 +297,31 @@ fn a_remote_host_that_would_be_an_ssh_option_is_refused() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("starts with `-`, so `ssh` would read it as an option"), "{}", out.stderr);
     assert!(!marker.exists(), "ssh ran the ProxyCommand");
+}
+
+#[test]
+fn gc_with_the_remote_host_unreachable_keeps_what_to_clean_there_and_the_next_gc_does() {
+    let mut lab = RemoteLab::start();
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let out =
+        lab.pikaci(flake.path(), &["run", "environ", "--runtime", "incus", "--remote", &lab.host, "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run_id = out.json()["run_id"].as_str().unwrap().to_string();
+    let remote_run = lab.remote_root().join("runs").join(&run_id);
+    assert!(remote_run.is_dir());
+
+    lab.stop_sshd();
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(gc.stdout.contains("the next `pikaci gc` tries again"), "{}", gc.stdout);
+    assert!(remote_run.is_dir(), "the remote host was unreachable");
+    let pending = read_json(&flake.path().join(".pikaci/remote-leftovers.json"));
+    assert!(pending[&lab.host].as_array().is_some_and(|a| !a.is_empty()), "{pending:#}");
+
+    lab.restart_sshd();
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
+    assert!(!remote_run.exists(), "the next gc removes the remote run directory");
+    assert!(!flake.path().join(".pikaci/remote-leftovers.json").exists());
 }
