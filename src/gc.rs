@@ -134,21 +134,7 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
         }
     }
 
-    let mut still_pending = gc_pending::Leftovers::new();
-    for (host, dirs) in &remote_leftovers {
-        if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
-            && let Err(e) = remote.remove(dirs)
-        {
-            report.warnings.push(format!(
-                "{e:#}; kept in `{}`, the next `pikaci gc` tries again",
-                state.root.join(gc_pending::FILE).display()
-            ));
-            still_pending.insert(host.clone(), dirs.clone());
-        }
-    }
-    if let Err(e) = gc_pending::store(state, &still_pending) {
-        report.warnings.push(format!("{e:#}"));
-    }
+    remove_remote_leftovers(state, &remote_leftovers, &mut report);
 
     match incus::reap_orphans(state) {
         Ok(Some(reaped)) => report.reaped_instances = reaped,
@@ -175,4 +161,24 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
         }
     }
     Ok(report)
+}
+
+/// Remove, on each remote host, what runs left there; what could not be removed (an
+/// unreachable host) is kept for the next gc.
+fn remove_remote_leftovers(state: &StateRoot, leftovers: &gc_pending::Leftovers, report: &mut GcReport) {
+    let mut still_pending = gc_pending::Leftovers::new();
+    for (host, dirs) in leftovers {
+        if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
+            && let Err(e) = remote.remove(dirs)
+        {
+            report.warnings.push(format!(
+                "{e:#}; kept in `{}`, the next `pikaci gc` tries again",
+                state.root.join(gc_pending::FILE).display()
+            ));
+            still_pending.insert(host.clone(), dirs.clone());
+        }
+    }
+    if let Err(e) = gc_pending::store(state, &still_pending) {
+        report.warnings.push(format!("{e:#}"));
+    }
 }

@@ -83,7 +83,7 @@ fn bwrap_as_root_holds_the_sandbox() {
 #[test]
 fn bwrap_as_an_unprivileged_user_holds_the_sandbox() {
     require_bwrap();
-    let user = Unprivileged::new();
+    let user = Unprivileged::start();
     let out = user.run(&["run", "escape", "--runtime", "bwrap"], &[]);
     assert_escape_held(&user.flake, &out, ATTEMPTS);
     assert_eq!(out.code, 0, "{out:?}");
@@ -126,7 +126,7 @@ fn bwrap_keeps_pikaci_environment_from_the_guest() {
 #[test]
 fn bwrap_as_an_unprivileged_user_keeps_pikaci_environment_from_the_guest() {
     require_bwrap();
-    let user = Unprivileged::new();
+    let user = Unprivileged::start();
     let out = user.run(&["run", "environ", "--runtime", "bwrap"], &[("SECRET_TOKEN", "hunter2")]);
     assert_no_secret(&user.flake, &out);
 }
@@ -164,7 +164,7 @@ pub struct Unprivileged {
 const NOBODY: &str = "65534";
 
 impl Unprivileged {
-    pub fn new() -> Unprivileged {
+    pub fn start() -> Unprivileged {
         require_nix();
         assert!(is_root(), "this test needs root, to start a `nix-daemon` and switch to `nobody` with `setpriv`");
         for tool in ["setpriv", "nix-daemon"] {
@@ -271,7 +271,7 @@ fn bwrap_artifacts_reach_the_host_without_setid_bits_or_devices() {
 #[test]
 fn bwrap_as_an_unprivileged_user_keeps_artifacts_safe() {
     require_bwrap();
-    let user = Unprivileged::new();
+    let user = Unprivileged::start();
     let out = user.run(&["run", "leave-setuid", "--runtime", "bwrap"], &[]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_artifacts_safe(&only_run(&user.flake).join("jobs/leave-setuid"));

@@ -270,7 +270,8 @@ fn rerun_refuses_a_record_whose_names_would_leave_the_state_root() {
     let escape = dir.path().join("outside");
     std::fs::create_dir(&escape).unwrap();
     let target = escape.join("x");
-    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: [(&str, Edit); 3] = [
         (
             "has a payload name `../../../../outside/x`",
             Box::new(|r| r["plan"][0]["lane"]["payloads"][0]["name"] = "../../../../outside/x".into()),

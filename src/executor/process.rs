@@ -27,7 +27,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     let started = Instant::now();
     // The catalog bounds a lane's timeout; a deadline past the clock's range is none at all.
     let deadline = started.checked_add(timeout);
-    let (mut reader, writer) = std::io::pipe().context("create the guest output pipe")?;
+    let (reader, writer) = std::io::pipe().context("create the guest output pipe")?;
     let handle = {
         // stdout goes to the pipe first, then stderr joins it (duct applies the outer
         // redirection first). The expression, and with it our copy of the write end, is
@@ -42,42 +42,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     };
     io.host_log.line(&format!("$ {}", cmd.display()));
 
-    let mut guest_log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(crate::tools::command::LOG_MODE)
-        .open(&io.guest_log)
-        .with_context(|| format!("open `{}`", io.guest_log.display()))?;
-    let output = io.output.clone();
-    let job = job_id.to_string();
-    // The reader sends, when the output ends, the first error writing `guest.log` (a full
-    // disk): the log is then incomplete, and the job says so.
-    let (done_tx, done_rx) = mpsc::channel::<Option<std::io::Error>>();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut lines = LineSplitter::default();
-        let mut emit = |line: &[u8]| output.guest_line(&job, line);
-        let mut write_error = None;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if write_error.is_none()
-                && let Err(e) = guest_log.write_all(&buf[..n])
-            {
-                write_error = Some(e);
-            }
-            lines.push(&buf[..n], &mut emit);
-            output.flush();
-        }
-        lines.finish(&mut emit);
-        output.flush();
-        if let (None, Err(e)) = (&write_error, guest_log.flush()) {
-            write_error = Some(e);
-        }
-        let _ = done_tx.send(write_error);
-    });
+    let done_rx = spawn_reader(reader, job_id, io)?;
 
     let outcome = loop {
         let step = deadline.map_or(POLL, |d| POLL.min(d.saturating_duration_since(Instant::now())));
@@ -123,6 +88,52 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
         .into());
     }
     Ok(outcome)
+}
+
+/// Read the guest's output until it ends: raw into `guest.log`, split into lines for the
+/// live view. The receiver gets, at the end, the first error writing `guest.log`.
+fn spawn_reader(
+    mut reader: std::io::PipeReader,
+    job_id: &str,
+    io: &JobIo,
+) -> Result<mpsc::Receiver<Option<std::io::Error>>> {
+    let mut guest_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::tools::command::LOG_MODE)
+        .open(&io.guest_log)
+        .with_context(|| format!("open `{}`", io.guest_log.display()))?;
+    let output = io.output.clone();
+    let job = job_id.to_string();
+    // The reader sends, when the output ends, the first error writing `guest.log` (a full
+    // disk): the log is then incomplete, and the job says so.
+    let (done_tx, done_rx) = mpsc::channel::<Option<std::io::Error>>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = LineSplitter::default();
+        let mut emit = |line: &[u8]| output.guest_line(&job, line);
+        let mut write_error = None;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if write_error.is_none()
+                && let Err(e) = guest_log.write_all(&buf[..n])
+            {
+                write_error = Some(e);
+            }
+            lines.push(&buf[..n], &mut emit);
+            output.flush();
+        }
+        lines.finish(&mut emit);
+        output.flush();
+        if let (None, Err(e)) = (&write_error, guest_log.flush()) {
+            write_error = Some(e);
+        }
+        let _ = done_tx.send(write_error);
+    });
+    Ok(done_rx)
 }
 
 #[cfg(test)]
