@@ -38,6 +38,17 @@ fn sigint(child: &Child, group: bool) {
     assert_eq!(rc, 0, "kill {pid}");
 }
 
+/// The `sleep` that the slow build of this test's fixture copy runs: the process whose
+/// environment has the copy's `salt` (in Nix's build sandbox or not, /proc shows it).
+fn builder_of(salt: &str) -> Option<i32> {
+    let needle = format!("salt={salt}\0");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|pid| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&environ).contains(&needle) && String::from_utf8_lossy(&cmdline).starts_with("sleep")
+    })
+}
+
 fn alive(pid: i32) -> bool {
     // /proc/<pid> exists and is not a zombie.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -81,11 +92,10 @@ fn interrupt_a_build(group: bool) {
     require_bwrap();
     let dir = copy_fixture(&fixture_path("sandbox"));
     let salt = std::fs::read_to_string(dir.path().join("salt")).unwrap();
-    let pid_file = std::path::PathBuf::from(format!("/tmp/pikaci-builder-{salt}.pid"));
     let mut child = start_in_own_group(dir.path(), &["run", "slow-build", "--runtime", "bwrap"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let builder = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        if let Some(pid) = builder_of(&salt) {
             break pid;
         }
         assert!(Instant::now() < deadline, "the build never started");
@@ -94,7 +104,6 @@ fn interrupt_a_build(group: bool) {
     assert!(alive(builder));
     sigint(&child, group);
     let status = child.wait().unwrap();
-    let _ = std::fs::remove_file(&pid_file);
     assert_eq!(status.code(), Some(130), "{status:?}");
     let record = read_json(&only_run(dir.path()).join("run.json"));
     assert_eq!(job_status(&record, "slow-build"), "interrupted", "{record:#}");
