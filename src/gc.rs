@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::executor::placement::{Placement, remote_state_root};
 use crate::executor::runtime::incus;
+use crate::gc_pending;
 use crate::state::record::RuntimeName;
 use crate::state::{RunRecord, RunStatus, StateRoot};
 use crate::tools::incus::Incus;
@@ -55,18 +56,37 @@ impl fmt::Display for GcReport {
 }
 
 pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
-    let _lock = state.lock_exclusive()?;
+    collect_waiting(state, keep, &|_| {})
+}
+
+/// [`collect`], calling `on_wait` once when a starting run holds the state root's lock.
+pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) -> Result<GcReport> {
+    let _lock = state.lock_exclusive_waiting(on_wait)?;
     let mut report = GcReport::default();
     let ids = state.run_ids()?;
     let cut = ids.len().saturating_sub(keep);
-    // Runs that ran on other hosts left job directories (and GC roots) there too.
-    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    // Runs that ran on other hosts left job directories (and GC roots) there too; and an
+    // earlier gc may have found a host unreachable.
+    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = match gc_pending::load(state) {
+        Ok(pending) => pending,
+        Err(e) => {
+            report.warnings.push(format!("{e:#}"));
+            BTreeMap::new()
+        }
+    };
     // A run that died (its record still says running) while using Incus, here (`None`) or
     // on a host, may have left an instance: if Incus does not answer now, gc says it could
     // not look. Liveness is asked only of such runs.
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
     let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
-        if record.runtime == RuntimeName::Incus && record.status == RunStatus::Running && !live() {
+        let not_deleted = || {
+            record
+                .message
+                .iter()
+                .chain(record.jobs.iter().filter_map(|j| j.message.as_ref()))
+                .any(|m| m.contains(incus::INSTANCE_NOT_DELETED))
+        };
+        if record.runtime == RuntimeName::Incus && (record.status == RunStatus::Running && !live() || not_deleted()) {
             died_on_incus.insert(record.remote.clone());
         }
     };
@@ -119,19 +139,13 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         }
     }
 
-    for (host, dirs) in &remote_leftovers {
-        if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
-            && let Err(e) = remote.remove(dirs)
-        {
-            report.warnings.push(format!("{e:#}"));
-        }
-    }
+    remove_remote_leftovers(state, &remote_leftovers, &mut report);
 
     match incus::reap_orphans(state) {
         Ok(Some(reaped)) => report.reaped_instances = reaped,
         Ok(None) if died_on_incus.contains(&None) => report.warnings.push(
-            "a run that died while using Incus may have left an instance, and Incus does not answer on this \
-             machine, so none was looked for; run `pikaci gc` again once incusd runs"
+            "a run that died while using Incus, or could not delete its instance, may have left an instance, and \
+             Incus does not answer on this machine, so none was looked for; run `pikaci gc` again once incusd runs"
                 .into(),
         ),
         Ok(None) => {}
@@ -144,12 +158,32 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         match reaped {
             Ok(Some(reaped)) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
             Ok(None) if died_on_incus.contains(&Some(host.clone())) => report.warnings.push(format!(
-                "a run that died while using Incus on `{host}` may have left an instance there, and Incus does not \
-                 answer on `{host}`, so none was looked for"
+                "a run that died while using Incus on `{host}`, or could not delete its instance there, may have left \
+                 an instance there, and Incus does not answer on `{host}`, so none was looked for"
             )),
             Ok(None) => {}
             Err(e) => report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}")),
         }
     }
     Ok(report)
+}
+
+/// Remove, on each remote host, what runs left there; what could not be removed (an
+/// unreachable host) is kept for the next gc.
+fn remove_remote_leftovers(state: &StateRoot, leftovers: &gc_pending::Leftovers, report: &mut GcReport) {
+    let mut still_pending = gc_pending::Leftovers::new();
+    for (host, dirs) in leftovers {
+        if let Placement::Remote(remote) = Placement::new(Some(host), &state.root, &remote_state_root())
+            && let Err(e) = remote.remove(dirs)
+        {
+            report.warnings.push(format!(
+                "{e:#}; kept in `{}`, the next `pikaci gc` tries again",
+                state.root.join(gc_pending::FILE).display()
+            ));
+            still_pending.insert(host.clone(), dirs.clone());
+        }
+    }
+    if let Err(e) = gc_pending::store(state, &still_pending) {
+        report.warnings.push(format!("{e:#}"));
+    }
 }

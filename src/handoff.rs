@@ -76,6 +76,8 @@ pub struct HostContext {
     pub staged_payload_mounts: Vec<StagedPayloadMount>,
     /// Sub-paths of the staged payloads that their manifests expose elsewhere.
     pub extra_mounts: Vec<ExtraMount>,
+    /// The store paths the guest may see (the payloads' closure); `None`: the whole store.
+    pub store_closure: Option<Vec<PathBuf>>,
 }
 
 pub const WORKSPACE: &str = "/workspace";

@@ -487,7 +487,7 @@ fn save_cache(path: &Path, source: &Path, entries: &[Entry], changed: bool) {
         out.push(b'\n');
     }
     // The cache only saves time; failing to write it must not fail a run.
-    let _ = atomic_write(path, &out);
+    let _ = atomic_write(path, &out, crate::tools::fs::FILE_MODE);
 }
 
 fn unhex(text: &str) -> Option<Digest32> {

@@ -253,3 +253,31 @@ fn an_unchanged_source_is_not_evaluated_again() {
     assert!(changed.stdout.contains("\"other\""), "{changed:?}");
     assert_eq!(evals(), 4);
 }
+
+#[test]
+fn durations_env_names_and_paths_that_cannot_work_are_config_errors() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{
+          huge-timeout = ok // { timeout = 9223372036854775807; };
+          bad-env = ok // { env = { "A B" = "1"; "X\nY" = "2"; }; };
+          never-paths = ok // { paths = [ "" "/abs/**" "../up" ]; };
+        }"#,
+    );
+    let out = run_in(dir.path(), &["lanes"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    for expected in [
+        "declares 3 invalid lanes",
+        "lane `huge-timeout`: `timeout` is 9223372036854775807 seconds, more than the most a lane may take (604800, 7 days)",
+        "lane `bad-env`: `env` name `A B` is not a variable name (`[A-Za-z_][A-Za-z0-9_]*`)",
+        "lane `bad-env`: `env` name `X\\nY` is not a variable name",
+        "lane `never-paths`: `paths` entry `` can never match a changed file: it is empty",
+        "lane `never-paths`: `paths` entry `/abs/**` can never match a changed file: it is absolute",
+        "lane `never-paths`: `paths` entry `../up` can never match a changed file: it has a `..`",
+    ] {
+        assert!(out.stderr.contains(expected), "missing {expected:?} in:\n{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}

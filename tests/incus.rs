@@ -666,6 +666,7 @@ fn device_sources_that_vanish_before_create_or_start_are_clear_errors() {
                 device_prefix: "workspace-build".into(),
             }],
             extra_mounts: vec![],
+            store_closure: None,
         }
     };
     let runtime = IncusRuntime::connect(&Placement::Local, None, &root).unwrap();
@@ -729,6 +730,7 @@ fn a_panic_after_create_still_deletes_the_instance() {
         image: None,
         staged_payload_mounts: vec![],
         extra_mounts: vec![],
+        store_closure: None,
     };
     let runtime = Arc::new(IncusRuntime::connect(&Placement::Local, None, &work.path().join("state")).unwrap());
     let plan = runtime.plan(&ctx).unwrap();
@@ -798,7 +800,9 @@ fn gc_reaps_instances_of_dead_runs_of_this_state_root_only() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("0 instances"), "{}", out.stdout);
     assert!(
-        out.stdout.contains("warning: a run that died while using Incus may have left an instance"),
+        out.stdout.contains(
+            "warning: a run that died while using Incus, or could not delete its instance, may have left an instance"
+        ),
         "{}",
         out.stdout
     );
@@ -813,6 +817,34 @@ fn gc_reaps_instances_of_dead_runs_of_this_state_root_only() {
     assert!(instance_exists(&live), "a live run's instance is not touched");
     drop(lock);
     drop(hand);
+}
+
+#[test]
+fn gc_warns_when_it_cannot_reap_what_a_run_that_could_not_delete_its_instance_left() {
+    setup();
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let out = run_in(flake.path(), &["run", "environ", "--runtime", "incus"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The record such a run leaves when incusd dies before `incus delete` (a fault that
+    // cannot be made here without stopping the shared daemon): the job is `error` with the
+    // message pikaci writes then.
+    let run_json = only_run(flake.path()).join("run.json");
+    let mut record = read_json(&run_json);
+    record["status"] = "error".into();
+    record["jobs"][0]["status"] = "error".into();
+    record["jobs"][0]["message"] =
+        "the command ended (exit 0), then: could not delete instance `pikaci-x`: the daemon does not answer".into();
+    fs::write(&run_json, serde_json::to_vec(&record).unwrap()).unwrap();
+    let unreachable = tempfile::tempdir().unwrap();
+    let out: Run = pikaci()
+        .env("INCUS_DIR", unreachable.path())
+        .args(["gc", "--keep", "100"])
+        .current_dir(flake.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("or could not delete its instance, may have left an instance"), "{}", out.stdout);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 //! local disk.
 
 mod common;
+#[path = "common/sandbox_checks.rs"]
+mod sandbox_checks;
 
 use std::path::Path;
 
@@ -105,7 +107,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(logs.matches("'sh -c '\\''set -e; d=$1;").count(), 1, "the snapshot is sent once:\n{logs}");
     let view_log = std::fs::read_to_string(local_job.join("host.log")).unwrap();
     assert_eq!(
-        view_log.matches("-- 'mkdir -p --").count(),
+        view_log.matches("'mkdir -p -- \"$@\"").count(),
         1,
         "one mkdir -p for all of a job's directories:\n{view_log}"
     );
@@ -367,4 +369,112 @@ fn gc_deletes_an_instance_a_killed_run_left_on_the_host() {
     assert!(gc.stdout.contains(", 1 instance;"), "gc counts what it deleted there:\n{}", gc.stdout);
     let instances = lab.hosts.sh(lab.host, "incus list -f csv -c n");
     assert!(!instances.lines().any(|l| l == instance), "`{instance}` is still on `{host}`:\n{instances}");
+}
+
+#[test]
+fn artifacts_come_back_from_a_remote_host_without_setid_bits_or_devices() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let lab = RemoteLab::start(flake.path());
+    let out = lab.pikaci(flake.path(), &["run", "leave-setuid", "--runtime", "incus", "--remote", &lab.host.name]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let job_dir = only_run(flake.path()).join("jobs/leave-setuid");
+    sandbox_checks::assert_artifacts_safe(&job_dir);
+    // The remote state root is closed to other users there (read over SSH).
+    let mode = lab.hosts.sh(lab.host, &format!("stat -c %a {}", lab.remote_root));
+    let mode = u32::from_str_radix(mode.trim(), 8).unwrap();
+    assert_eq!(mode & 0o007, 0, "the remote state root is open to other users: {mode:o}");
+}
+
+#[test]
+fn payload_manifests_on_a_remote_host_are_read_without_following_links_and_bounded() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let lab = RemoteLab::start(flake.path());
+    let lanes = ["manifest-shadow-link", "manifest-dir-link", "manifest-directory", "manifest-huge"];
+    let host = lab.host.name.as_str();
+    let args = [&["run", "--runtime", "incus", "--remote", host, "--output", "json"], &lanes[..]].concat();
+    let out = lab.pikaci(flake.path(), &args);
+    assert_eq!(out.code, 1, "{out:?}");
+    let record = out.json();
+    for (lane, why) in [
+        ("manifest-shadow-link", "is a symbolic link, and links are not followed"),
+        ("manifest-dir-link", "is a symbolic link, and links are not followed"),
+        ("manifest-directory", "it is a directory; it must be a JSON file"),
+        ("manifest-huge", "it is larger than 1048576 bytes"),
+    ] {
+        let job = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == lane).unwrap();
+        assert_eq!(job["status"], "failed", "{lane}: {job:#}");
+        assert!(job["message"].as_str().unwrap().contains(why), "{lane}: {job:#}");
+    }
+}
+
+#[test]
+fn a_remote_host_that_would_be_an_ssh_option_is_refused() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let marker = flake.path().join("pwned");
+    let out: Run = pikaci()
+        .args(["run", "escape", "--runtime", "incus"])
+        .arg(format!("--remote=-oProxyCommand=touch {}", marker.display()))
+        .arg("--flake")
+        .arg(flake.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("starts with `-`, so `ssh` would read it as an option"), "{}", out.stderr);
+    assert!(!marker.exists(), "ssh ran the ProxyCommand");
+}
+
+/// The host's sshd stops (inside the test host, through Incus), and pikaci's shared
+/// connection to it (which outlives the listener) is closed; or it starts again.
+fn set_sshd(lab: &RemoteLab, running: bool) {
+    let verb = if running { "start" } else { "stop" };
+    let out = std::process::Command::new("incus")
+        .args(["exec", &lab.host.name, "--", "systemctl", verb, "ssh.socket", "ssh.service"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "systemctl {verb} ssh: {}", String::from_utf8_lossy(&out.stderr));
+    if !running {
+        let uid = String::from_utf8(std::process::Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+        let control = std::env::temp_dir().join(format!("pikaci-ssh-{}", uid.trim())).join("%C");
+        let _ = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&lab.hosts.ssh_config)
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
+            .args(["-O", "exit", &lab.host.name])
+            .output();
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !lab.hosts.test(lab.host, &["-d", "/"]) {
+        assert!(std::time::Instant::now() < deadline, "the host's sshd did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn gc_with_the_remote_host_unreachable_keeps_what_to_clean_there_and_the_next_gc_does() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(flake.path(), &["run", "environ", "--runtime", "incus", "--remote", host, "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run_id = out.json()["run_id"].as_str().unwrap().to_string();
+    let remote_run = format!("{}/runs/{run_id}", lab.remote_root);
+    assert!(lab.hosts.test(lab.host, &["-d", &remote_run]));
+
+    set_sshd(&lab, false);
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    set_sshd(&lab, true);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(gc.stdout.contains("the next `pikaci gc` tries again"), "{}", gc.stdout);
+    assert!(lab.hosts.test(lab.host, &["-d", &remote_run]), "the remote host was unreachable");
+    let pending = read_json(&flake.path().join(".pikaci/remote-leftovers.json"));
+    assert!(pending[host].as_array().is_some_and(|a| !a.is_empty()), "{pending:#}");
+
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(!gc.stdout.contains("warning"), "{}", gc.stdout);
+    assert!(!lab.hosts.test(lab.host, &["-e", &remote_run]), "the next gc removes the remote run directory");
+    assert!(!flake.path().join(".pikaci/remote-leftovers.json").exists());
 }

@@ -113,6 +113,13 @@ fn a_corrupt_run_record_is_reported_and_the_other_runs_stay_readable() {
     // Its logs are still there.
     let logs = run_in(dir.path(), &["logs", &ids[1], "--job", "view"]);
     assert!(logs.stdout.contains("VIEW OK"));
+    // And the damaged run's logs stay readable, as the hint says.
+    let logs = run_in(dir.path(), &["logs", &ids[0]]);
+    assert_eq!(logs.code, 0, "{logs:?}");
+    assert!(logs.stdout.contains("VIEW OK"), "{logs:?}");
+    assert!(logs.stderr.contains("showing the logs found under `jobs/`"), "{}", logs.stderr);
+    let logs = run_in(dir.path(), &["logs", &ids[0], "--job", "view", "--host"]);
+    assert_eq!(logs.code, 0, "{logs:?}");
 }
 
 #[test]
@@ -398,4 +405,35 @@ fn a_run_recorded_by_the_previous_release_is_listed_shown_and_rerun() {
     let jobs: Vec<&str> = again["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(jobs, ["fail"]);
     assert_eq!(job_status(&again, "fail"), "failed");
+}
+
+#[test]
+fn rerun_refuses_a_record_whose_names_would_leave_the_state_root() {
+    let dir = fixture();
+    assert_eq!(run_in(dir.path(), &["run", "fail", "--runtime", "bwrap"]).code, 1);
+    let first = runs(dir.path())[0].clone();
+    let run_json = dir.path().join(".pikaci/runs").join(&first).join("run.json");
+    let original = read_json(&run_json);
+    let escape = dir.path().join("outside");
+    std::fs::create_dir(&escape).unwrap();
+    let target = escape.join("x");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: [(&str, Edit); 3] = [
+        (
+            "has a payload name `../../../../outside/x`",
+            Box::new(|r| r["plan"][0]["lane"]["payloads"][0]["name"] = "../../../../outside/x".into()),
+        ),
+        ("has a job id `../x`", Box::new(|r| r["plan"][0]["job_id"] = "../x".into())),
+        ("names a snapshot outside the state root's `snapshots/`", Box::new(|r| r["snapshot"]["dir"] = "/etc".into())),
+    ];
+    for (why, edit) in edits {
+        let mut record = original.clone();
+        edit(&mut record);
+        std::fs::write(&run_json, serde_json::to_vec(&record).unwrap()).unwrap();
+        let out = run_in(dir.path(), &["rerun", &first]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(&format!("cannot be replayed: its `run.json` {why}")), "{}", out.stderr);
+        assert_eq!(runs(dir.path()).len(), 1, "a run was created");
+        assert!(!target.exists() && !target.is_symlink(), "a link was made outside the state root");
+    }
 }

@@ -59,7 +59,8 @@ impl CatalogCache {
         let entry = Entry { schema_version: ENTRY_VERSION, drv_paths: drv_paths(raw), raw: raw.clone() };
         let Ok(bytes) = serde_json::to_vec(&entry) else { return };
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let _ = crate::tools::fs::atomic_write(&self.dir.join(key.file_name()), &bytes);
+            let _ =
+                crate::tools::fs::atomic_write(&self.dir.join(key.file_name()), &bytes, crate::tools::fs::FILE_MODE);
         }
     }
 }

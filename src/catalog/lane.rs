@@ -198,6 +198,9 @@ impl Lane {
                 let mut globs = Vec::new();
                 for item in items {
                     match item.as_str() {
+                        Some(glob) if let Err(why) = check_path_glob(glob) => {
+                            err(format!("`paths` entry `{glob}` can never match a changed file: {why}"))
+                        }
                         Some(glob) => match super::glob::compile_glob(glob) {
                             Ok(_) => globs.push(glob.to_string()),
                             Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
@@ -216,6 +219,12 @@ impl Lane {
         let timeout_secs = match field("timeout") {
             None => DEFAULT_TIMEOUT_SECS,
             Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) if secs > MAX_TIMEOUT_SECS => {
+                    err(format!(
+                        "`timeout` is {secs} seconds, more than the most a lane may take ({MAX_TIMEOUT_SECS}, 7 days)"
+                    ));
+                    DEFAULT_TIMEOUT_SECS
+                }
                 Some(secs) if secs > 0 => secs,
                 _ => {
                     err(format!("`timeout` must be a positive whole number of seconds, got {n}"));
@@ -233,8 +242,11 @@ impl Lane {
             None => {}
             Some(Value::Object(map)) => {
                 for (k, v) in map {
-                    if k.is_empty() || k.contains('=') || k.contains('\0') {
-                        err(format!("`env` name `{k}` is not a valid variable name"));
+                    if !is_env_name(k) {
+                        err(format!(
+                            "`env` name `{}` is not a variable name (`[A-Za-z_][A-Za-z0-9_]*`)",
+                            k.escape_debug()
+                        ));
                     }
                     match v.as_str() {
                         Some(s) => {
@@ -314,6 +326,33 @@ fn whole_number(value: Option<&Value>, default: u32, min: u64, max: u64) -> Resu
         },
         Some(other) => Err(format!("must be a whole number from {min} to {max}, got a {}", type_name(other))),
     }
+}
+
+/// The longest `timeout` a lane may declare: 7 days. Longer is a mistake (and a deadline
+/// that far would overflow the clock arithmetic).
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// A name both runtimes pass on unchanged: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `paths` globs match paths relative to the repository root, as git names changed files:
+/// an empty, absolute or `..` entry never matches, and the lane would silently never run
+/// with `--changed-since`.
+fn check_path_glob(glob: &str) -> Result<(), &'static str> {
+    if glob.is_empty() {
+        return Err("it is empty");
+    }
+    if glob.starts_with('/') {
+        return Err("it is absolute; paths are relative to the repository root");
+    }
+    if glob.split('/').any(|part| part == "..") {
+        return Err("it has a `..`; paths are inside the repository");
+    }
+    Ok(())
 }
 
 fn parse_payload(name: &str, value: &Value) -> Result<Payload, String> {
@@ -455,6 +494,33 @@ mod tests {
             all.iter().any(|e| e.ends_with("`shards` must be a whole number from 1 to 64, got a string")),
             "{all:?}"
         );
+    }
+
+    #[test]
+    fn durations_env_names_and_paths_that_cannot_work_are_refused() {
+        let mut v = good();
+        v["timeout"] = json!(9223372036854775807u64);
+        v["env"] = json!({"A B": "1", "X\nY": "2", "1A": "3", "_OK_1": "4"});
+        v["paths"] = json!(["", "/abs/**", "../up", "a/../b", "crates/**"]);
+        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        for needle in [
+            "`timeout` is 9223372036854775807 seconds, more than the most a lane may take (604800, 7 days)",
+            "`env` name `A B` is not a variable name",
+            "`env` name `X\\nY` is not a variable name",
+            "`env` name `1A` is not a variable name",
+            "`paths` entry `` can never match a changed file: it is empty",
+            "`paths` entry `/abs/**` can never match a changed file: it is absolute",
+            "`paths` entry `../up` can never match a changed file: it has a `..`",
+            "`paths` entry `a/../b` can never match",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("_OK_1") && !all.contains("crates/**"), "{all}");
+        v["timeout"] = json!(MAX_TIMEOUT_SECS);
+        v["env"] = json!({});
+        v["paths"] = json!([]);
+        assert_eq!(Lane::from_json("unit", &v).unwrap().timeout_secs, MAX_TIMEOUT_SECS);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod filter;
+pub mod flake_url;
 pub mod glob;
 mod lane;
 
@@ -12,7 +13,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub use cache::{CacheKey, CatalogCache};
-pub use lane::{Lane, LaneError, Payload, validate_id};
+pub use flake_url::path_url;
+pub use lane::{Lane, LaneError, MAX_TIMEOUT_SECS, Payload, validate_id};
 
 use crate::error;
 use crate::tools::command::CommandFailed;
@@ -62,11 +64,6 @@ in
 if builtins.isAttrs lanes then builtins.mapAttrs (_: lane) lanes else builtins.typeOf lanes
 "#;
 
-/// The `path:` flake URL of a local directory.
-pub fn path_url(dir: &Path) -> String {
-    format!("path:{}", dir.display())
-}
-
 /// The Nix system pikaci runs lanes for (`x86_64-linux` on these hosts).
 pub fn current_system() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
@@ -83,7 +80,7 @@ impl Catalog {
     /// messages (the user's spelling, not the snapshot directory it was read from).
     pub fn load(nix: &Nix, dir: &Path, system: &str, flake_label: &str) -> Result<Catalog> {
         let attr = format!("pikaci.{system}.lanes");
-        let installable = format!("{}#{attr}", path_url(dir));
+        let installable = format!("{}#{attr}", flake_url::path_url(dir));
         let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
         let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
         Ok(Catalog { lanes })
@@ -106,7 +103,7 @@ impl Catalog {
         let raw = match cache.get(&key).filter(|_| !refresh) {
             Some(raw) => raw,
             None => {
-                let installable = format!("{}#{attr}", path_url(snapshot.0));
+                let installable = format!("{}#{attr}", flake_url::path_url(snapshot.0));
                 let raw =
                     nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
                 cache.put(&key, &raw);
@@ -206,13 +203,20 @@ impl FlakeSource {
         let cwd = std::env::current_dir().context("read the current directory")?;
         let (dir, label) = match flake {
             Some(spec) => {
-                let path = spec.strip_prefix("path:").unwrap_or(spec);
-                if path.contains(':') && !spec.starts_with("path:") {
-                    return Err(error::usage(format!("`--flake {spec}`: pikaci runs lanes of a local flake"))
-                        .hint("pass a directory or a `path:` URL, e.g. `--flake path:.`")
-                        .into());
-                }
-                let path = path.split(['?', '#']).next().unwrap_or(path);
+                // A `path:` URL is decoded as Nix would; a plain directory is taken as it is
+                // (it may hold `?`, `#` or `%`).
+                let path = match spec.strip_prefix("path:") {
+                    Some(url) => flake_url::url_path(url).ok_or_else(|| {
+                        error::usage(format!("`--flake {spec}`: a malformed `%` escape"))
+                            .hint("write `%` as `%25` in a `path:` URL, or pass the directory itself")
+                    })?,
+                    None if spec.contains(':') => {
+                        return Err(error::usage(format!("`--flake {spec}`: pikaci runs lanes of a local flake"))
+                            .hint("pass a directory or a `path:` URL, e.g. `--flake path:.`")
+                            .into());
+                    }
+                    None => std::path::PathBuf::from(spec),
+                };
                 (cwd.join(path), spec.to_string())
             }
             None => {

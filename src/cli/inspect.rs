@@ -255,16 +255,30 @@ fn print_tests(tests: &TestsRecord) {
 
 pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow: bool) -> Result<()> {
     let run_id = state.find_run(spec)?;
-    let record = RunRecord::read(&state.run_dir(&run_id))?;
+    // A damaged run.json does not hide the logs: the jobs are then those under `jobs/`.
+    let record = match RunRecord::read(&state.run_dir(&run_id)) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            eprintln!(
+                "pikaci: warning: {}; showing the logs found under `jobs/`",
+                format!("{e:#}").lines().next().unwrap_or("")
+            );
+            None
+        }
+    };
+    let job_ids: Vec<String> = match &record {
+        Some(record) => record.plan.iter().map(|p| p.job_id.clone()).collect(),
+        None => jobs_on_disk(&state.run_dir(&run_id)),
+    };
     let jobs: Vec<&str> = match job {
-        Some(j) if record.plan.iter().any(|p| p.job_id == j) => vec![j],
+        Some(j) if job_ids.iter().any(|id| id == j) => vec![j],
         Some(j) => {
-            let known: Vec<&str> = record.plan.iter().map(|p| p.job_id.as_str()).collect();
+            let known: Vec<&str> = job_ids.iter().map(String::as_str).collect();
             return Err(error::usage(format!("run `{run_id}` has no job `{j}`"))
                 .hint(format!("its jobs are: {}", known.join(", ")))
                 .into());
         }
-        None => record.plan.iter().map(|p| p.job_id.as_str()).collect(),
+        None => job_ids.iter().map(String::as_str).collect(),
     };
     let file = if host { "host.log" } else { "guest.log" };
     let files: Vec<(String, PathBuf)> =
@@ -279,7 +293,8 @@ pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow
             match std::fs::read(path) {
                 Ok(bytes) => out.write_all(&bytes)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let status = record.job(job).map(|j| j.status.as_str()).unwrap_or("unknown");
+                    let status =
+                        record.as_ref().and_then(|r| r.job(job)).map(|j| j.status.as_str()).unwrap_or("unknown");
                     writeln!(out, "(no {file}: job `{job}` is {status})")?;
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", path.display()))),
@@ -288,6 +303,22 @@ pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow
         return Ok(());
     }
     follow_files(state, &run_id, &files, prefix)
+}
+
+/// The job directories of a run, by name, for a run whose record cannot be read; only
+/// names a job id can have.
+fn jobs_on_disk(run_dir: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(run_dir.join("jobs"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| crate::catalog::validate_id(name).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
 }
 
 /// Print what each file gains until the run is no longer live, then the rest.
@@ -327,6 +358,10 @@ fn follow_files(state: &StateRoot, run_id: &str, files: &[(String, PathBuf)], pr
             return Ok(());
         }
         drop(out);
+        if crate::signals::interrupted() {
+            // Ctrl-C (or SIGTERM) ends following at once; the run goes on.
+            return Err(crate::tools::command::Interrupted.into());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod inspect;
 pub mod output;
+mod terminal;
 
 use std::path::PathBuf;
 
@@ -101,7 +102,7 @@ pub enum Command {
     Doctor {
         /// Also check this SSH host: ssh, nix there (version), its Incus, the guest
         /// image there, free disk under the remote state root.
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", value_parser = crate::tools::ssh::parse_host)]
         remote: Option<String>,
     },
     /// Serve a read-only web page of the runs (and their JSON under `/api/`).
@@ -153,7 +154,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub runtime: RuntimeChoice,
     /// Run on this SSH host (`localhost` means this machine, without SSH).
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", value_parser = crate::tools::ssh::parse_host)]
     pub remote: Option<String>,
     /// The Incus image for lanes that do not name one.
     #[arg(long, value_name = "ALIAS")]
@@ -234,7 +235,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Gc { keep } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
-            let report = gc::collect(&state, keep)?;
+            let report = gc::collect_waiting(&state, keep, &|lock| {
+                eprintln!(
+                    "pikaci: waiting for `{}`: a run of this state root is starting (taking its snapshot, \
+                     evaluating the flake); gc goes on when it has started. Ctrl-C stops waiting.",
+                    lock.display()
+                )
+            })?;
             println!("{report}");
             Ok(exit::SUCCESS)
         }

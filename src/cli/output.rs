@@ -28,10 +28,12 @@ pub fn reporter(format: OutputFormat) -> std::sync::Arc<dyn Reporter> {
 
 /// Guest output on stderr, prefixed with the job, for the machine-readable formats.
 fn guest_line_to_stderr(job_id: &str, line: &[u8]) {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(err, "[{job_id}] ");
-    let _ = err.write_all(line);
-    let _ = err.write_all(b"\n");
+    let line = super::terminal::neutralize(line);
+    let mut text = Vec::with_capacity(job_id.len() + line.len() + 4);
+    let _ = write!(text, "[{job_id}] ");
+    text.extend_from_slice(&line);
+    text.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&text);
 }
 
 struct Quiet;
@@ -65,7 +67,9 @@ impl EventSink for Jsonl {
 
 struct Human {
     color: bool,
-    lock: Mutex<()>,
+    /// Guest lines are buffered and flushed once per read of the guest's output (not one
+    /// write per line: 100 MB of short lines are millions of lines); events flush at once.
+    out: Mutex<std::io::BufWriter<std::io::Stdout>>,
     /// Every job's test results so far, for the summary.
     tests: Mutex<TestTally>,
 }
@@ -111,7 +115,11 @@ impl TestTally {
 impl Human {
     fn new() -> Human {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Human { color, lock: Mutex::new(()), tests: Mutex::new(TestTally::default()) }
+        Human {
+            color,
+            out: Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+            tests: Mutex::new(TestTally::default()),
+        }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -119,8 +127,7 @@ impl Human {
     }
 
     fn say(&self, line: &str) {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = std::io::stdout().lock();
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
@@ -132,11 +139,16 @@ pub fn seconds(ms: u64) -> String {
 
 impl OutputSink for Human {
     fn guest_line(&self, job_id: &str, line: &[u8]) {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{} ", self.paint("2", &format!("[{job_id}]")));
-        let _ = out.write_all(line);
+        let prefix = self.paint("2", &format!("[{job_id}]"));
+        let line = super::terminal::neutralize(line);
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = write!(out, "{prefix} ");
+        let _ = out.write_all(&line);
         let _ = out.write_all(b"\n");
+    }
+
+    fn flush(&self) {
+        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
     }
 }
 

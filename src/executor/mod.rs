@@ -2,6 +2,8 @@
 //! every path on it) and what isolates it ([`runtime`]: Incus or bubblewrap). It receives
 //! a job as the [`crate::handoff::HostContext`] and knows nothing of lanes or the catalog.
 
+pub mod artifacts;
+pub mod lines;
 pub mod placement;
 pub mod runtime;
 

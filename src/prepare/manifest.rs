@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error;
 use crate::executor::Placement;
-use crate::executor::placement::Probed;
+use crate::executor::placement::{PayloadFile, Probed};
 use crate::tools::log::HostLog;
 
 pub const MANIFEST_PATH: &str = "share/pikaci/payload-manifest.json";
@@ -131,11 +131,24 @@ impl PayloadManifest {
         log: &HostLog,
     ) -> Result<Option<(PayloadManifest, Vec<ResolvedMount>)>> {
         let file = format!("{root}/{MANIFEST_PATH}");
-        let Some(bytes) = placement.read_file(&file, log)? else { return Ok(None) };
         let label = match placement {
             Placement::Local => file.clone(),
             Placement::Remote(remote) => format!("{}:{file}", remote.host),
         };
+        // No link is followed anywhere under the root (`share`, `share/pikaci`, the file):
+        // a link could point anywhere on the host (`/etc/shadow`, `/dev/zero`).
+        let bytes = match placement.read_payload_file(root, MANIFEST_PATH, MAX_MANIFEST_BYTES, log)? {
+            PayloadFile::Missing => return Ok(None),
+            PayloadFile::Link(rel) => {
+                return Err(invalid(name, &label, format!("`{rel}` is a symbolic link, and links are not followed")));
+            }
+            PayloadFile::NotRegular { directory } => {
+                let what = if directory { "a directory" } else { "not a regular file" };
+                return Err(invalid(name, &label, format!("it is {what}; it must be a JSON file")));
+            }
+            PayloadFile::Bytes(bytes) => bytes,
+        };
+        check_manifest_size(bytes.len() as u64, name, &label)?;
         let manifest = PayloadManifest::parse(&bytes, name, &label)?;
         // The root first, so that it is compared in its canonical form too.
         let mut paths = vec![root.to_string()];
@@ -148,6 +161,42 @@ impl PayloadManifest {
         let mounts = manifest.resolve(name, &label, &canonical_root, link, &probed)?;
         Ok(Some((manifest, mounts)))
     }
+}
+
+/// A manifest larger than this is refused unread (it lists a few paths).
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+pub fn check_manifest_size(len: u64, name: &str, label: &str) -> Result<()> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(invalid(name, label, format!("it is larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Two extra mounts of one job (of one payload or of several) at the same guest path, or
+/// one inside another: bwrap would let the last win and Incus would refuse, so it is
+/// refused here, the same for both.
+pub fn check_mounts_apart(mounts: &[ResolvedMount], lane: &str) -> Result<()> {
+    for (i, a) in mounts.iter().enumerate() {
+        for b in &mounts[i + 1..] {
+            let (pa, pb) = (Path::new(&a.guest_path), Path::new(&b.guest_path));
+            if pa.starts_with(pb) || pb.starts_with(pa) {
+                let what = if pa == pb {
+                    format!("two payload manifest mounts have the same guest_path `{}`", a.guest_path)
+                } else {
+                    let (outer, inner) = if pb.starts_with(pa) { (a, b) } else { (b, a) };
+                    format!(
+                        "payload manifest mount guest_path `{}` is inside `{}`, another mount's",
+                        inner.guest_path, outer.guest_path
+                    )
+                };
+                return Err(error::config(format!("lane `{lane}`: {what}"))
+                    .hint("give each manifest mount its own guest_path, none inside another")
+                    .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn invalid(name: &str, file: &str, why: String) -> anyhow::Error {

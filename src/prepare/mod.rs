@@ -44,6 +44,9 @@ pub struct Prepared {
     pub extra_mounts: Vec<ResolvedMount>,
     /// The realization commands, for the job record's `reproduce`.
     pub reproduce: Vec<String>,
+    /// The store closure of every payload output, when the job runs on this machine:
+    /// all of `/nix/store` the guest gets to see.
+    pub store_closure: Option<Vec<PathBuf>>,
 }
 
 /// Lets the jobs of a run share builds: the first job to need a derivation builds it,
@@ -113,6 +116,14 @@ pub fn prepare(
         prepared.extra_mounts.extend(payload.extra_mounts.iter().cloned());
         prepared.reproduce.extend(reproduce);
         prepared.payloads.push(payload);
+    }
+    manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
+    if placement.is_local() {
+        let outputs: Vec<&str> =
+            prepared.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
+        let closure = nix.requisites(&outputs, Some(log)).context("find the store closure of the payloads")?;
+        log.line(&format!("store closure of the payloads: {} paths", closure.len()));
+        prepared.store_closure = Some(closure);
     }
     Ok(prepared)
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use super::Reporter;
 use super::setup::{RuntimeSlot, Setup};
 use crate::error;
-use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport};
+use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport, artifacts};
 use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::plan::PlannedJob;
 use crate::prepare::{self, Prepared, PreparedPayload};
@@ -77,7 +77,7 @@ pub fn run_job(
         Ok(outcome) => judge(outcome, planned.lane.timeout_secs),
         Err(JobError { status, error }) => (status, None, Some(one_line(&error))),
     };
-    finish_record(&scope.job_dir, &mut job, status, exit_code, message, started.elapsed())
+    finish_record(recorder, &scope.job_dir, &mut job, status, exit_code, message, started.elapsed())
 }
 
 /// A test-only fault: with `PIKACI_DEBUG_PANIC_IN_JOB=<job id>`, a debug build panics in
@@ -107,11 +107,11 @@ pub fn preview(setup: &Setup, run_id: &str, planned: &PlannedJob) -> Result<JobP
 }
 
 /// A job ended by a panic (a bug): recorded as `error` with the panic's message.
-pub fn record_bug(setup: &Setup, run_id: &str, planned: &PlannedJob, bug: &str) -> JobSummary {
+pub fn record_bug(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorder, bug: &str) -> JobSummary {
     let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
     let mut job = JobRecord::read(&job_dir).unwrap_or_else(|_| new_record(setup, run_id, planned));
     let message = Some(format!("internal error (a bug in pikaci): {bug}"));
-    finish_record(&job_dir, &mut job, JobStatus::Error, None, message, Duration::ZERO)
+    finish_record(recorder, &job_dir, &mut job, JobStatus::Error, None, message, Duration::ZERO)
 }
 
 fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
@@ -136,6 +136,7 @@ fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
 }
 
 fn finish_record(
+    recorder: &Recorder,
     job_dir: &Path,
     job: &mut JobRecord,
     status: JobStatus,
@@ -149,7 +150,8 @@ fn finish_record(
     job.finished_at = Some(state::now_rfc3339());
     let duration_ms = if took.is_zero() { job.duration_ms } else { Some(took.as_millis() as u64) };
     job.duration_ms = duration_ms;
-    if let Err(e) = std::fs::create_dir_all(job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(job_dir)) {
+    let write = || std::fs::create_dir_all(job_dir).map_err(anyhow::Error::from).and_then(|_| job.write(job_dir));
+    if let Err(e) = recorder.write_or_free(write) {
         eprintln!("pikaci: warning: could not write the record of job `{}`: {e:#}", job.job_id);
     }
     let tests = job.tests.as_ref().map(TestsRecord::counts);
@@ -205,6 +207,7 @@ impl JobScope<'_> {
         };
         let mut report = RuntimeReport::default();
         let outcome = runtime.run(&ctx, &io, &mut report);
+        let safe = artifacts::sanitize(&ctx.artifacts_dir, &host_log);
         job.instance = report.instance;
         job.reproduce.extend(report.reproduce);
         let outcome = outcome.map_err(|error| {
@@ -215,6 +218,13 @@ impl JobScope<'_> {
             .placement
             .fetch_artifacts(&ctx.artifacts_dir, &host_log)
             .map_err(|e| JobError::infra(e.context("the command ran, but its artifacts could not be fetched")))?;
+        if !self.setup.placement.is_local() {
+            // What came back through the tar is made safe too.
+            artifacts::sanitize(&ctx.artifacts_dir, &host_log).map_err(JobError::infra)?;
+        }
+        safe.map_err(|e| {
+            JobError::infra(e.context("the command ran, but its artifacts could not be made safe to keep"))
+        })?;
         job.tests = self.test_results(&ctx.artifacts_dir, outcome, &host_log);
         Ok(outcome)
     }
@@ -347,6 +357,7 @@ impl JobScope<'_> {
             image: planned.lane.image.clone().or_else(|| setup.choices.image.clone()),
             staged_payload_mounts: prepared.mounts,
             extra_mounts: prepared.extra_mounts,
+            store_closure: prepared.store_closure,
         }
     }
 }

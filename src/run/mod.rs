@@ -173,6 +173,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
     // Read as it is now: the jobs of a run whose process died are interrupted, and so
     // among the failed ones.
     let old = RunRecord::read(&req.state.run_dir(&req.run_id))?.effective(&req.state);
+    crate::replay::check_record(&old, &req.run_id, &req.state)?;
     req.state.ensure()?;
     let guard = req.state.lock_shared()?;
     let version = setup::join_version(version)?;

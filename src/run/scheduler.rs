@@ -42,9 +42,7 @@ pub fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
 
     let bugs = run_jobs(&setup, &run_id, &recorder, &reporter);
     // Instances still being deleted, or warmed for jobs that never ran.
-    if let Some(runtime) = setup.runtime.ready() {
-        runtime.finish();
-    }
+    let leftovers = setup.runtime.ready().map(|r| r.finish()).unwrap_or_default();
 
     let jobs = recorder.record().jobs;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -59,9 +57,12 @@ pub fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
         r.duration_ms = Some(duration_ms);
         if let Some(first) = bugs.first() {
             r.message = Some(format!("internal error (a bug in pikaci): {first}"));
+        } else if !leftovers.is_empty() {
+            r.message = Some(leftovers.join("; "));
         }
     });
     recorder.emit(Event::RunFinished { run_id: run_id.clone(), status, duration_ms, counts, at: state::now_rfc3339() });
+    recorder.free_reserve();
     drop(run_lock);
     match bugs.into_iter().next() {
         Some(bug) => Err(error::internal(format!("run `{run_id}` hit a bug in pikaci: {bug}"))
@@ -173,7 +174,7 @@ fn run_jobs(setup: &Setup, run_id: &str, recorder: &Recorder, reporter: &Arc<dyn
                         attempt.unwrap_or_else(|payload| {
                             let bug = error::panic_message(payload.as_ref());
                             bugs.lock().unwrap_or_else(|p| p.into_inner()).push(bug.clone());
-                            job::record_bug(setup, run_id, planned, &bug)
+                            job::record_bug(setup, run_id, planned, recorder, &bug)
                         })
                     };
                     recorder.finish_job(summary);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -102,6 +103,7 @@ impl EventLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(super::modes::FILE_MODE)
             .open(&path)
             .with_context(|| format!("open `{}`", path.display()))?;
         Ok(EventLog { file: Mutex::new(file) })

@@ -8,8 +8,10 @@
 //! a snapshot that a starting run is about to use.
 
 pub mod events;
+pub mod modes;
 pub mod record;
 pub mod recorder;
+pub mod reserve;
 mod status;
 
 use std::fs::{self, File, OpenOptions};
@@ -56,10 +58,11 @@ impl StateRoot {
         self.root.join("snapshot-cache")
     }
 
+    /// Create the state root, and keep it closed to other users (see [`modes`]).
     pub fn ensure(&self) -> Result<()> {
         fs::create_dir_all(self.runs_dir())
             .with_context(|| format!("create the state root `{}`", self.root.display()))?;
-        Ok(())
+        modes::close_to_others(&self.root)
     }
 
     fn root_lock_file(&self) -> Result<File> {
@@ -78,6 +81,33 @@ impl StateRoot {
         let file = self.root_lock_file()?;
         file.lock_shared().with_context(|| format!("lock `{}`", self.root.join("lock").display()))?;
         Ok(file)
+    }
+
+    /// Held by `gc`. While a run is being created (its flake evaluated), `on_wait` is
+    /// called once, to say what gc waits for; Ctrl-C stops the wait ([`Interrupted`]).
+    ///
+    /// [`Interrupted`]: crate::tools::command::Interrupted
+    pub fn lock_exclusive_waiting(&self, on_wait: &dyn Fn(&Path)) -> Result<File> {
+        let file = self.root_lock_file()?;
+        let path = self.root.join("lock");
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(anyhow::Error::new(e).context(format!("lock `{}`", path.display())));
+                }
+            }
+            if crate::signals::interrupted() {
+                return Err(crate::tools::command::Interrupted.into());
+            }
+            if !said {
+                on_wait(&path);
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Held by `gc`.
@@ -156,7 +186,10 @@ impl StateRoot {
     }
 }
 
-pub use crate::tools::fs::atomic_write;
+/// Write a file atomically with the state root's file mode ([`modes::FILE_MODE`]).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::tools::fs::atomic_write(path, bytes, modes::FILE_MODE)
+}
 
 /// A new run id: UTC time to the millisecond, then 4 random hex digits, e.g.
 /// `20261121-163300-123-9f3a`. Sorts by time; safe in paths and Incus names.

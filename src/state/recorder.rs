@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use super::events::{Event, EventLog};
 use super::record::{JobStatus, JobSummary, RunRecord};
+use super::reserve::Reserve;
 
 /// Receives every event of a run as it happens.
 pub trait EventSink: Send + Sync {
@@ -20,6 +21,8 @@ pub struct Recorder {
     record: Mutex<RunRecord>,
     events: EventLog,
     sink: Arc<dyn EventSink>,
+    /// Room for the records when a lane fills the disk.
+    reserve: Reserve,
 }
 
 impl Recorder {
@@ -31,6 +34,7 @@ impl Recorder {
             events: EventLog::create(run_dir)?,
             record: Mutex::new(record),
             sink,
+            reserve: Reserve::create(run_dir),
         })
     }
 
@@ -54,7 +58,7 @@ impl Recorder {
     pub fn update(&self, f: impl FnOnce(&mut RunRecord)) {
         let mut record = self.lock();
         f(&mut record);
-        if let Err(e) = record.write(&self.run_dir) {
+        if let Err(e) = self.reserve.write_or_free(|| record.write(&self.run_dir)) {
             eprintln!("pikaci: warning: {e:#}");
         }
     }
@@ -84,6 +88,17 @@ impl Recorder {
             }
         });
         self.emit(event);
+    }
+
+    /// Write a record (a job's) that must not be lost to a full disk: the reserve is
+    /// freed for it when the disk is full.
+    pub fn write_or_free(&self, write: impl Fn() -> Result<()>) -> Result<()> {
+        self.reserve.write_or_free(write)
+    }
+
+    /// The run is over: give back the space reserved for its records.
+    pub fn free_reserve(&self) {
+        self.reserve.free();
     }
 
     /// The record as it is now.

@@ -15,6 +15,8 @@ use crate::signals;
 
 /// How many stderr lines an error message carries.
 const ERROR_TAIL_LINES: usize = 12;
+/// The mode of the logs pikaci writes: the same as its records (`docs/state-root.md`).
+pub const LOG_MODE: u32 = super::fs::FILE_MODE;
 /// How often a running command checks for Ctrl-C.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
@@ -27,6 +29,8 @@ pub struct Cmd {
     args: Vec<OsString>,
     dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    /// Start from an empty environment instead of pikaci's.
+    env_clear: bool,
     stdin: Stdin,
     /// Where stdout goes instead of being captured.
     stdout_file: Option<PathBuf>,
@@ -34,6 +38,8 @@ pub struct Cmd {
     time_limit: Option<Duration>,
     /// Whether Ctrl-C kills it (see [`Cmd::uninterruptible`]).
     interruptible: bool,
+    /// Started in a process group of its own (see [`Cmd::own_process_group`]).
+    own_group: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -133,10 +139,12 @@ impl Cmd {
             args: Vec::new(),
             dir: None,
             env: Vec::new(),
+            env_clear: false,
             stdin: Stdin::Null,
             stdout_file: None,
             time_limit: None,
             interruptible: true,
+            own_group: false,
         }
     }
 
@@ -161,6 +169,13 @@ impl Cmd {
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Start the program with only the variables given with [`Cmd::env`], none of
+    /// pikaci's own (a sandbox's PID 1 must not carry the host's secrets).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
         self
     }
 
@@ -194,6 +209,15 @@ impl Cmd {
         self
     }
 
+    /// Start it in a process group of its own: Ctrl-C at the terminal (SIGINT to the
+    /// foreground group) then reaches only pikaci, which stops the command itself, and
+    /// stops it gently (SIGTERM to the group, SIGKILL after [`TERM_GRACE`]) so that it
+    /// can end what it started (`nix-store` kills its builder).
+    pub fn own_process_group(mut self) -> Self {
+        self.own_group = true;
+        self
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -209,10 +233,12 @@ impl Cmd {
 
     /// The command as a line a user can paste into a shell.
     pub fn display(&self) -> String {
-        let mut words: Vec<String> = self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy())))
+        let clear = self.env_clear.then(|| "env -i".to_string());
+        let mut words: Vec<String> = clear
+            .into_iter()
+            .chain(
+                self.env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy()))),
+            )
             .collect();
         words.extend(self.argv().iter().map(|a| shell_quote(&a.to_string_lossy())));
         words.join(" ")
@@ -224,8 +250,18 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
-        for (k, v) in &self.env {
-            expr = expr.env(k, v);
+        if self.env_clear {
+            expr = expr.full_env(self.env.iter().cloned());
+        } else {
+            for (k, v) in &self.env {
+                expr = expr.env(k, v);
+            }
+        }
+        if self.own_group {
+            expr = expr.before_spawn(|c| {
+                std::os::unix::process::CommandExt::process_group(c, 0);
+                Ok(())
+            });
         }
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),
@@ -259,8 +295,7 @@ impl Cmd {
                 break;
             }
             if self.interruptible && signals::interrupted() {
-                let _ = handle.kill();
-                let _ = handle.wait();
+                self.stop(&handle);
                 if let Some(log) = log {
                     log.line(&format!("interrupted: {}", self.display()));
                 }
@@ -277,6 +312,14 @@ impl Cmd {
                 return Err(TimeLimitExceeded { label: self.label.clone(), limit }.into());
             }
         }
+        if self.interruptible && signals::interrupted() {
+            // It ended on the same Ctrl-C (a group that got the signal too): that is an
+            // interruption, not a failure of the command.
+            if let Some(log) = log {
+                log.line(&format!("interrupted: {}", self.display()));
+            }
+            return Err(Interrupted.into());
+        }
         // Finished: taking the output moves it out of the handle instead of copying it.
         let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
         let out = CmdOutput {
@@ -290,6 +333,42 @@ impl Cmd {
         }
         Ok(out)
     }
+}
+
+impl Cmd {
+    /// Stop a running command: its whole process group, gently first, when it has one of
+    /// its own; else the process.
+    pub fn stop(&self, handle: &duct::Handle) {
+        if self.own_group {
+            stop_group(handle);
+        } else {
+            let _ = handle.kill();
+        }
+        let _ = handle.wait();
+    }
+}
+
+/// How long a process group gets to end after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(10);
+
+fn stop_group(handle: &duct::Handle) {
+    let signal_group = |sig: libc::c_int| {
+        for pid in handle.pids() {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory
+            // is involved.
+            unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+        }
+    };
+    signal_group(libc::SIGTERM);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if matches!(handle.wait_timeout(INTERRUPT_POLL), Ok(Some(_))) {
+            // The leader is gone; what is left of its group goes now.
+            signal_group(libc::SIGKILL);
+            return;
+        }
+    }
+    signal_group(libc::SIGKILL);
 }
 
 /// "`incus` is not installed" is a clearer message than "No such file or directory".

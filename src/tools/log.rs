@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -28,6 +29,7 @@ impl HostLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(super::command::LOG_MODE)
             .open(path)
             .with_context(|| format!("open host log `{}`", path.display()))?;
         Ok(HostLog { inner: Arc::new(Mutex::new(HostLogInner { file, started: Instant::now() })) })

@@ -94,7 +94,7 @@ impl Nix {
         }
         let version = self.version()?;
         if let Ok(bytes) = serde_json::to_vec(&(key, &version)) {
-            let _ = super::fs::atomic_write(cache, &bytes);
+            let _ = super::fs::atomic_write(cache, &bytes, super::fs::FILE_MODE);
         }
         Ok(version)
     }
@@ -144,10 +144,13 @@ impl Nix {
     /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
     /// the others). Returned unrun so that job records can show it.
     pub fn realise_cmd(&self, path: &str, root: &Path) -> Cmd {
+        // Its own process group: on Ctrl-C pikaci sends it SIGTERM, and it stops its
+        // builder (SIGKILL would leave the builder running, re-parented to PID 1).
         Cmd::new("nix-store --realise", &self.nix_store)
             .args(["--realise", path, "--add-root"])
             .arg(root)
             .arg("--indirect")
+            .own_process_group()
     }
 
     /// `nix copy --derivation --to <store> <drv>`: the `.drv` and its closure (the input
@@ -159,6 +162,16 @@ impl Nix {
     /// Run a [`Nix::realise_cmd`] and return the root links it printed.
     pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
         let out = self.realise_cmd(path, root).run(log)?;
+        Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+    }
+
+    /// `nix-store --query --requisites PATH...`: the store closure of the paths, with
+    /// one call for all of them.
+    pub fn requisites(&self, paths: &[&str], log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
+        let out = Cmd::new("nix-store --query --requisites", &self.nix_store)
+            .args(["--query", "--requisites"])
+            .args(paths)
+            .run(log)?;
         Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
     }
 

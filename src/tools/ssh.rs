@@ -23,8 +23,27 @@ pub struct Ssh {
 /// `nix copy`'s), e.g. a CI machine's dedicated keys and host aliases.
 pub const CONFIG_ENV: &str = "PIKACI_SSH_CONFIG";
 
+/// A destination for `ssh`: not empty, not starting with `-` (which `ssh` or `nix copy`'s
+/// `ssh` would take as an option, e.g. `-oProxyCommand=...`), no whitespace or control
+/// character. For clap's `--remote`, and checked again by [`Ssh::new`].
+pub fn parse_host(host: &str) -> Result<String, String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.starts_with('-') {
+        return Err(format!("`{host}` starts with `-`, so `ssh` would read it as an option; name a host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{}` has a space or a control character", host.escape_debug()));
+    }
+    Ok(host.to_string())
+}
+
 impl Ssh {
     pub fn new(host: &str) -> Result<Ssh> {
+        parse_host(host).map_err(|why| {
+            error::usage(format!("not an SSH host: {why}")).hint("pass `--remote HOST`, `user@host` or an alias")
+        })?;
         let program = which::which("ssh").map_err(|_| {
             error::infra("`ssh` was not found on PATH")
                 .hint("install OpenSSH's client (`apt-get install openssh-client`)")
@@ -73,7 +92,8 @@ impl Ssh {
     /// `ssh <host> -- <argv, each word quoted>`, never prompting.
     pub fn command<S: AsRef<str>>(&self, label: &str, argv: &[S]) -> Cmd {
         let remote: Vec<String> = argv.iter().map(|a| shell_quote(a.as_ref())).collect();
-        Cmd::new(label, &self.program).args(self.options()).args([self.host.as_str(), "--"]).arg(remote.join(" "))
+        // `--` ends ssh's options before the destination: nothing after it is an option.
+        Cmd::new(label, &self.program).args(self.options()).args(["--", self.host.as_str()]).arg(remote.join(" "))
     }
 
     pub fn probe(&self) -> Result<()> {
@@ -104,8 +124,8 @@ mod tests {
         let cmd = ssh.command("mkdir", &["mkdir", "-p", "/var/tmp/a b", "/x/it's"]);
         let argv: Vec<String> = cmd.argv().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(argv.last().unwrap(), r"mkdir -p '/var/tmp/a b' '/x/it'\''s'");
-        assert_eq!(argv[5], "ci@builder");
-        assert_eq!(argv[6], "--");
+        assert_eq!(argv[5], "--");
+        assert_eq!(argv[6], "ci@builder");
         let with_config = Ssh { config: Some("/etc/pikaci/ssh_config".into()), ..ssh };
         let argv: Vec<String> =
             with_config.command("x", &["true"]).argv().iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -113,5 +133,14 @@ mod tests {
         assert_eq!(with_config.nix_sshopts(), "-F /etc/pikaci/ssh_config -o BatchMode=yes -o ConnectTimeout=10");
         let shared = Ssh { control_dir: Some("/tmp/pikaci-ssh-0".into()), ..with_config };
         assert!(shared.nix_sshopts().ends_with("-o ControlPath=/tmp/pikaci-ssh-0/%C -o ControlPersist=60"));
+    }
+
+    #[test]
+    fn a_host_that_would_be_an_option_is_refused() {
+        assert!(parse_host("-oProxyCommand=touch /tmp/x").unwrap_err().contains("starts with `-`"));
+        assert!(parse_host("").is_err());
+        assert!(parse_host("a b").is_err());
+        assert_eq!(parse_host("ci@builder.example").unwrap(), "ci@builder.example");
+        assert!(Ssh::new("-oProxyCommand=x").is_err());
     }
 }

@@ -151,16 +151,13 @@ impl Placement {
         Ok((roots, cmd.display()))
     }
 
-    /// The content of a regular file on the host (a file of a realized store path), or
-    /// `None` when there is none.
-    pub fn read_file(&self, path: &str, log: &HostLog) -> Result<Option<Vec<u8>>> {
+    /// A file under a realized payload `root` on the host, read without following a link
+    /// anywhere below the root, and at most `limit` + 1 bytes of it (so that a caller sees
+    /// that it is too large).
+    pub fn read_payload_file(&self, root: &str, rel: &str, limit: u64, log: &HostLog) -> Result<PayloadFile> {
         match self {
-            Placement::Local => match std::fs::read(path) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(anyhow::Error::new(e).context(format!("read `{path}`"))),
-            },
-            Placement::Remote(remote) => remote.read_file(path, log),
+            Placement::Local => read_payload_file_here(Path::new(root), rel, limit),
+            Placement::Remote(remote) => remote.read_payload_file(root, rel, limit, log),
         }
     }
 
@@ -182,6 +179,48 @@ impl Placement {
             Placement::Remote(remote) => remote.download_artifacts(local_dir, log),
         }
     }
+}
+
+/// What [`Placement::read_payload_file`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PayloadFile {
+    Missing,
+    /// This part of the path (relative to the root) is a symbolic link.
+    Link(String),
+    NotRegular {
+        directory: bool,
+    },
+    Bytes(Vec<u8>),
+}
+
+fn read_payload_file_here(root: &Path, rel: &str, limit: u64) -> Result<PayloadFile> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut at = root.to_path_buf();
+    for part in Path::new(rel).components() {
+        at.push(part);
+        match at.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Ok(PayloadFile::Link(at.strip_prefix(root).unwrap_or(&at).display().to_string()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PayloadFile::Missing),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", at.display()))),
+        }
+    }
+    // O_NOFOLLOW against a link swapped in since the check; O_NONBLOCK against a FIFO.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&at)
+        .with_context(|| format!("open `{}`", at.display()))?;
+    let meta = file.metadata().with_context(|| format!("stat `{}`", at.display()))?;
+    if !meta.is_file() {
+        return Ok(PayloadFile::NotRegular { directory: meta.is_dir() });
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).with_context(|| format!("read `{}`", at.display()))?;
+    Ok(PayloadFile::Bytes(bytes))
 }
 
 /// What a path turned out to be on the host: its canonical path and whether it is a

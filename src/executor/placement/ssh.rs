@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Probed, RemoteHost};
+use super::{PayloadFile, Probed, RemoteHost};
 use crate::tools::command::Cmd;
 use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
@@ -27,9 +27,13 @@ impl RemoteHost {
         Ok(self.remote_state_root.join(rel))
     }
 
-    /// Create every directory a job needs on the remote side, with one `mkdir -p`.
+    /// Create every directory a job needs on the remote side, with one `mkdir -p`, and
+    /// keep the remote state root closed to other users there, as the local one is (what
+    /// a lane leaves in its artifacts stays there until `gc`).
     pub fn ensure_remote_linux_vm_directories(&self, local_dirs: &[PathBuf], log: &HostLog) -> Result<()> {
-        let mut argv = vec!["mkdir".to_string(), "-p".to_string(), "--".to_string()];
+        let script = r#"mkdir -p -- "$@" && chmod o-rwx -- "$0""#;
+        let root = self.remote_state_root.display().to_string();
+        let mut argv = vec!["sh".to_string(), "-c".to_string(), script.to_string(), root];
         for dir in local_dirs {
             argv.push(self.path_of(dir)?.display().to_string());
         }
@@ -87,16 +91,24 @@ impl RemoteHost {
         Ok(self.ssh()?.command(&format!("ssh {}", cmd.label()), &words))
     }
 
-    /// The content of a regular file on the host, or `None` when there is none.
-    pub fn read_file(&self, path: &str, log: &HostLog) -> Result<Option<Vec<u8>>> {
-        let cat = self
-            .ssh()?
-            .command("ssh cat", &["sh", "-c", r#"if [ -f "$1" ]; then cat "$1"; else exit 3; fi"#, "sh", path])
-            .run_unchecked(Some(log))?;
+    /// A file under a payload root on the host: no link followed below the root, a
+    /// directory or other non-file refused, at most `limit` + 1 bytes read.
+    pub fn read_payload_file(&self, root: &str, rel: &str, limit: u64, log: &HostLog) -> Result<PayloadFile> {
+        // Exit 4 names the first part of `rel` that is a link; 5 a directory; 6 another
+        // non-file; 3 nothing there.
+        let script = r#"r=$1; p=$r; old=$IFS; IFS=/; set -f; for part in $2; do p=$p/$part;
+            if [ -L "$p" ]; then printf '%s' "${p#"$r"/}"; exit 4; fi; done; IFS=$old
+            [ -d "$p" ] && exit 5; [ -e "$p" ] || exit 3; [ -f "$p" ] || exit 6; head -c "$3" -- "$p""#;
+        let limit = (limit + 1).to_string();
+        let cat =
+            self.ssh()?.command("ssh cat", &["sh", "-c", script, "sh", root, rel, &limit]).run_unchecked(Some(log))?;
         match cat.status.code() {
-            Some(0) => Ok(Some(cat.stdout)),
-            Some(3) => Ok(None),
-            _ => anyhow::bail!("read `{path}` on `{}`: {}", self.host, cat.stderr_str().trim()),
+            Some(0) => Ok(PayloadFile::Bytes(cat.stdout)),
+            Some(3) => Ok(PayloadFile::Missing),
+            Some(4) => Ok(PayloadFile::Link(cat.stdout_str())),
+            Some(5) => Ok(PayloadFile::NotRegular { directory: true }),
+            Some(6) => Ok(PayloadFile::NotRegular { directory: false }),
+            _ => anyhow::bail!("read `{root}/{rel}` on `{}`: {}", self.host, cat.stderr_str().trim()),
         }
     }
 

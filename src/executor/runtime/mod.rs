@@ -28,9 +28,23 @@ pub enum GuestOutcome {
     Interrupted,
 }
 
+impl GuestOutcome {
+    /// How it ended, in words, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            GuestOutcome::Exited(code) => format!("exit {code}"),
+            GuestOutcome::Signaled(sig) => format!("killed by signal {sig}"),
+            GuestOutcome::TimedOut => "timed out".into(),
+            GuestOutcome::Interrupted => "interrupted".into(),
+        }
+    }
+}
+
 /// Receives the guest's output, line by line, as it comes.
 pub trait OutputSink: Send + Sync {
     fn guest_line(&self, job_id: &str, line: &[u8]);
+    /// The lines of one read of the guest's output were given: show them now.
+    fn flush(&self) {}
 }
 
 /// A job's logs and output stream.
@@ -68,8 +82,11 @@ pub trait Runtime: Send + Sync {
         None
     }
     /// The run is over: wait for the work left in the background (deleting instances)
-    /// and remove what was warmed for jobs that never ran.
-    fn finish(&self) {}
+    /// and remove what was warmed for jobs that never ran. Returns what could not be
+    /// cleaned up, for the run's record.
+    fn finish(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -5,6 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::{GuestOutcome, JobIo};
+use crate::error;
+use crate::executor::lines::LineSplitter;
 use crate::signals;
 use crate::tools::command::{Cmd, spawn_error};
 
@@ -22,49 +25,27 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Result<GuestOutcome> {
     let started = Instant::now();
-    let deadline = started + timeout;
-    let (mut reader, writer) = std::io::pipe().context("create the guest output pipe")?;
+    // The catalog bounds a lane's timeout; a deadline past the clock's range is none at all.
+    let deadline = started.checked_add(timeout);
+    let (reader, writer) = std::io::pipe().context("create the guest output pipe")?;
     let handle = {
         // stdout goes to the pipe first, then stderr joins it (duct applies the outer
         // redirection first). The expression, and with it our copy of the write end, is
         // dropped at the end of this block so that EOF arrives when the guest exits.
-        let expr = cmd.expression().stderr_to_stdout().stdout_file(writer).unchecked();
+        // In a process group of its own, so that Ctrl-C at the terminal reaches only
+        // pikaci, which records the interruption and then stops the runtime's client.
+        let expr = cmd.expression().stderr_to_stdout().stdout_file(writer).unchecked().before_spawn(|c| {
+            std::os::unix::process::CommandExt::process_group(c, 0);
+            Ok(())
+        });
         expr.start().map_err(|e| spawn_error(cmd.label(), cmd.program(), e))?
     };
     io.host_log.line(&format!("$ {}", cmd.display()));
 
-    let mut guest_log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&io.guest_log)
-        .with_context(|| format!("open `{}`", io.guest_log.display()))?;
-    let output = io.output.clone();
-    let job = job_id.to_string();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let _ = guest_log.write_all(&buf[..n]);
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                output.guest_line(&job, &pending[..pos]);
-                pending.drain(..=pos);
-            }
-        }
-        if !pending.is_empty() {
-            output.guest_line(&job, &pending);
-        }
-        let _ = guest_log.flush();
-        let _ = done_tx.send(());
-    });
+    let done_rx = spawn_reader(reader, job_id, io)?;
 
     let outcome = loop {
-        let step = POLL.min(deadline.saturating_duration_since(Instant::now()));
+        let step = deadline.map_or(POLL, |d| POLL.min(d.saturating_duration_since(Instant::now())));
         match handle.wait_timeout(step).with_context(|| format!("wait for `{}`", cmd.label()))? {
             Some(out) => {
                 break match (out.status.code(), out.status.signal()) {
@@ -79,7 +60,7 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
                 io.host_log.line("interrupted: killed the guest command");
                 break GuestOutcome::Interrupted;
             }
-            None if Instant::now() >= deadline => {
+            None if deadline.is_some_and(|d| Instant::now() >= d) => {
                 let _ = handle.kill();
                 let _ = handle.wait();
                 io.host_log.line(&format!("timed out after {}s: killed the guest command", timeout.as_secs()));
@@ -88,11 +69,71 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
             None => {}
         }
     };
-    if done_rx.recv_timeout(DRAIN_GRACE).is_err() {
-        io.host_log.line("guest output was still open after the command ended; stopped reading it");
-    }
+    let write_error = match done_rx.recv_timeout(DRAIN_GRACE) {
+        Ok(e) => e,
+        Err(_) => {
+            io.host_log.line("guest output was still open after the command ended; stopped reading it");
+            None
+        }
+    };
     io.host_log.line(&format!("guest command: {outcome:?} after {:.3}s", started.elapsed().as_secs_f64()));
+    if let Some(e) = write_error {
+        io.host_log.line(&format!("`{}` could not be written: {e}", io.guest_log.display()));
+        return Err(error::infra(format!(
+            "the command ended ({}), but its output could not be written to `{}`: {e}",
+            outcome.describe(),
+            io.guest_log.display()
+        ))
+        .hint("free space under the state root (`pikaci gc`), then rerun")
+        .into());
+    }
     Ok(outcome)
+}
+
+/// Read the guest's output until it ends: raw into `guest.log`, split into lines for the
+/// live view. The receiver gets, at the end, the first error writing `guest.log`.
+fn spawn_reader(
+    mut reader: std::io::PipeReader,
+    job_id: &str,
+    io: &JobIo,
+) -> Result<mpsc::Receiver<Option<std::io::Error>>> {
+    let mut guest_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::tools::command::LOG_MODE)
+        .open(&io.guest_log)
+        .with_context(|| format!("open `{}`", io.guest_log.display()))?;
+    let output = io.output.clone();
+    let job = job_id.to_string();
+    // The reader sends, when the output ends, the first error writing `guest.log` (a full
+    // disk): the log is then incomplete, and the job says so.
+    let (done_tx, done_rx) = mpsc::channel::<Option<std::io::Error>>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = LineSplitter::default();
+        let mut emit = |line: &[u8]| output.guest_line(&job, line);
+        let mut write_error = None;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if write_error.is_none()
+                && let Err(e) = guest_log.write_all(&buf[..n])
+            {
+                write_error = Some(e);
+            }
+            lines.push(&buf[..n], &mut emit);
+            output.flush();
+        }
+        lines.finish(&mut emit);
+        output.flush();
+        if let (None, Err(e)) = (&write_error, guest_log.flush()) {
+            write_error = Some(e);
+        }
+        let _ = done_tx.send(write_error);
+    });
+    Ok(done_rx)
 }
 
 #[cfg(test)]
@@ -127,6 +168,14 @@ mod tests {
         assert_eq!(outcome, GuestOutcome::Exited(7));
         assert_eq!(*lines.0.lock().unwrap(), ["j: out", "j: err", "j: tail"]);
         assert_eq!(std::fs::read_to_string(dir.path().join("guest.log")).unwrap(), "out\nerr\ntail");
+    }
+
+    #[test]
+    fn a_timeout_past_the_clock_range_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cmd::new("true", "/bin/sh").args(["-c", "exit 0"]);
+        let outcome = run_guest(&cmd, "j", Duration::MAX, &io(dir.path(), Arc::new(Lines::default()))).unwrap();
+        assert_eq!(outcome, GuestOutcome::Exited(0));
     }
 
     #[test]

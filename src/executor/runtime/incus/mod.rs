@@ -142,10 +142,14 @@ impl Runtime for IncusRuntime {
         warm.abandon()
     }
 
-    fn finish(&self) {
-        self.warmed.finish();
+    fn finish(&self) -> Vec<String> {
+        self.warmed.finish()
     }
 }
+
+/// How a job's message begins when its instance could not be deleted; `pikaci gc` looks
+/// for it in run records to warn when it cannot reap what such a run left.
+pub const INSTANCE_NOT_DELETED: &str = "could not delete instance";
 
 /// A job's instance while it exists. Deleted by [`JobInstance::delete`], or on drop.
 pub struct JobInstance {
@@ -294,7 +298,7 @@ impl JobInstance {
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(500));
                 self.delete_now().map_err(|e| {
-                    error::infra(format!("could not delete instance `{}`: {}", self.name, incus_failure(&e)))
+                    error::infra(format!("{INSTANCE_NOT_DELETED} `{}`: {}", self.name, incus_failure(&e)))
                         .hint(format!(
                             "`pikaci gc` removes it once this run has ended, or `incus delete --force {}`",
                             self.name

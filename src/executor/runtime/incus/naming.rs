@@ -7,9 +7,9 @@
 //!   digits of the SHA-256 of the full name: still readable, still unique.
 //! - Devices: `payload-<device_prefix>` per staged payload, `extra-<n>-<guest path>` per
 //!   manifest mount, and the fixed `workspace`, `nix-store`, `artifacts`. Incus allows
-//!   1–64 characters of letters, digits, `-`, `_`, `.` (and `:` `/`, which pikaci does
+//!   1–63 characters of letters, digits, `-`, `_`, `.` (and `:` `/`, which pikaci does
 //!   not use). The prefixes keep the three families apart; the same hashing rule keeps
-//!   payload names unique when one must be shortened.
+//!   payload names unique when one must be shortened, and a long guest path readable.
 
 use sha2::{Digest, Sha256};
 
@@ -22,7 +22,7 @@ pub const TAG_JOB: &str = "user.pikaci.job";
 pub const TAG_STATE_ROOT: &str = "user.pikaci.state_root";
 
 pub const MAX_INSTANCE_NAME: usize = 63;
-pub const MAX_DEVICE_NAME: usize = 64;
+pub const MAX_DEVICE_NAME: usize = 63;
 const HASH_HEX: usize = 12;
 
 pub const DEVICE_WORKSPACE: &str = "workspace";
@@ -47,9 +47,15 @@ pub fn payload_device(device_prefix: &str) -> String {
 /// guest path makes it readable.
 pub fn extra_device(index: usize, guest_path: &str) -> String {
     let readable: String = guest_path.trim_matches('/').chars().map(device_char).collect();
-    let mut name = format!("extra-{index}-{readable}");
-    name.truncate(MAX_DEVICE_NAME);
-    name.trim_end_matches(['-', '.']).to_string()
+    let name = format!("extra-{index}-{readable}");
+    let name = name.trim_end_matches(['-', '.']);
+    if name.len() <= MAX_DEVICE_NAME {
+        return name.to_string();
+    }
+    // Too long: a readable stem and a hash of the whole guest path (device_char keeps
+    // everything ASCII, so the byte cut falls on a character boundary).
+    let stem = &name[..MAX_DEVICE_NAME - 1 - HASH_HEX];
+    format!("{}-{}", stem.trim_end_matches(['-', '.', '_']), short_hash(guest_path))
 }
 
 fn device_char(c: char) -> char {
@@ -145,6 +151,19 @@ mod tests {
         assert!(is_valid_instance_name(&a), "{a}");
         assert_ne!(a, b, "replacing `_` must not make two runs share a name");
         assert_eq!(b, "pikaci-run-1-unit");
+    }
+
+    #[test]
+    fn a_long_guest_path_gives_a_valid_distinct_device_name() {
+        let long = format!("/opt/{}", "very-long-directory-name/".repeat(8));
+        let other = format!("{long}x");
+        let (a, b) = (extra_device(0, &long), extra_device(0, &other));
+        assert!(is_valid_device_name(&a), "{a} ({} chars)", a.len());
+        assert_eq!(a.len(), MAX_DEVICE_NAME);
+        assert!(a.starts_with("extra-0-opt-very-long-directory-name"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, extra_device(0, &long), "deterministic");
+        assert_eq!(extra_device(1, "/opt/assets"), "extra-1-opt-assets");
     }
 
     #[test]

@@ -205,6 +205,7 @@ mod tests {
                 source: staged.join("workspace-build/share/assets"),
                 guest_path: "/opt/assets".into(),
             }],
+            store_closure: None,
         };
         Fixture { _dir: dir, ctx, placement, store_a }
     }

@@ -28,7 +28,7 @@ pub struct Warmed {
 struct Inner {
     /// By instance name.
     starting: HashMap<String, JoinHandle<Result<JobInstance>>>,
-    deleting: Vec<JoinHandle<()>>,
+    deleting: Vec<JoinHandle<Option<String>>>,
 }
 
 /// An instance being started for a job.
@@ -65,15 +65,19 @@ impl Warmed {
     pub fn delete_in_background(&self, instance: JobInstance) {
         let handle = std::thread::spawn(move || {
             let log = instance.log.clone();
-            if let Err(e) = instance.delete() {
-                log.line(&format!("{e:#}"));
+            let failed = instance.delete().err().map(|e| format!("{e:#}"));
+            if let Some(why) = &failed {
+                log.line(why);
             }
+            failed
         });
         self.lock().deleting.push(handle);
     }
 
     /// Wait for every deletion; delete the instances warmed for jobs that never ran.
-    pub fn finish(&self) {
+    /// Returns the deletions that failed (their messages start with
+    /// [`super::INSTANCE_NOT_DELETED`], which `pikaci gc` looks for).
+    pub fn finish(&self) -> Vec<String> {
         let (starting, deleting) = {
             let mut inner = self.lock();
             (std::mem::take(&mut inner.starting), std::mem::take(&mut inner.deleting))
@@ -81,9 +85,7 @@ impl Warmed {
         for (_, handle) in starting {
             let _ = Warm(handle).abandon();
         }
-        for handle in deleting {
-            let _ = handle.join();
-        }
+        deleting.into_iter().filter_map(|h| h.join().ok().flatten()).collect()
     }
 }
 
