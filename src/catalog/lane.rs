@@ -112,170 +112,14 @@ impl Lane {
                 ));
             }
         }
-
-        let description = match field("description") {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                err(format!("`description` must be a string, got a {}", type_name(other)));
-                String::new()
-            }
-        };
-
-        let kind = match field("kind") {
-            Some(Value::String(s)) if s == STAGED_LINUX_RUST => s.clone(),
-            Some(Value::String(s)) => {
-                err(format!("`kind` is `{s}`; the only kind is `{STAGED_LINUX_RUST}`"));
-                s.clone()
-            }
-            Some(other) => {
-                err(format!("`kind` must be the string `{STAGED_LINUX_RUST}`, got a {}", type_name(other)));
-                String::new()
-            }
-            None => {
-                err(format!("`kind` is missing (set `kind = \"{STAGED_LINUX_RUST}\";`)"));
-                String::new()
-            }
-        };
-
-        let mut payloads = Vec::new();
-        match field("payloads") {
-            Some(Value::Object(map)) => {
-                for (name, p) in map {
-                    if let Err(why) = validate_id(name) {
-                        err(format!("payload name `{name}` {why}"));
-                        continue;
-                    }
-                    match parse_payload(name, p) {
-                        Ok(payload) => payloads.push(payload),
-                        Err(rule) => err(rule),
-                    }
-                }
-                if kind == STAGED_LINUX_RUST {
-                    for required in REQUIRED_PAYLOADS {
-                        if !map.contains_key(required) {
-                            err(format!(
-                                "payload `{required}` is missing (a {STAGED_LINUX_RUST} lane declares both `workspace-deps` and `workspace-build`)"
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(Value::String(t)) if t != "null" => {
-                err(format!("`payloads` must be an attribute set of derivations, got a {t}"))
-            }
-            _ => err("`payloads` is missing (declare `workspace-deps` and `workspace-build`)".into()),
-        }
-        payloads.sort_by_key(|p| payload_order(&p.name));
-
-        let command = match field("command") {
-            Some(Value::Array(items)) if !items.is_empty() => {
-                let words: Vec<String> = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
-                if words.len() != items.len() {
-                    err("`command` must be a list of strings".into());
-                } else if words[0].is_empty() {
-                    err("`command`'s first word (the program) is empty".into());
-                }
-                words
-            }
-            Some(Value::Array(_)) => {
-                err("`command` is empty; it is the argv run in the guest, e.g. [ \"/pikaci/payloads/workspace-build/bin/run-tests\" ]".into());
-                Vec::new()
-            }
-            Some(other) => {
-                err(format!("`command` must be a list of strings (an argv), got a {}", type_name(other)));
-                Vec::new()
-            }
-            None => {
-                err("`command` is missing".into());
-                Vec::new()
-            }
-        };
-
-        let paths = match field("paths") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut globs = Vec::new();
-                for item in items {
-                    match item.as_str() {
-                        Some(glob) if let Err(why) = check_path_glob(glob) => {
-                            err(format!("`paths` entry `{glob}` can never match a changed file: {why}"))
-                        }
-                        Some(glob) => match super::glob::compile_glob(glob) {
-                            Ok(_) => globs.push(glob.to_string()),
-                            Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
-                        },
-                        None => err(format!("`paths` entries must be strings, got a {}", type_name(item))),
-                    }
-                }
-                globs
-            }
-            Some(other) => {
-                err(format!("`paths` must be a list of globs, got a {}", type_name(other)));
-                Vec::new()
-            }
-        };
-
-        let timeout_secs = match field("timeout") {
-            None => DEFAULT_TIMEOUT_SECS,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(secs) if secs > MAX_TIMEOUT_SECS => {
-                    err(format!(
-                        "`timeout` is {secs} seconds, more than the most a lane may take ({MAX_TIMEOUT_SECS}, 7 days)"
-                    ));
-                    DEFAULT_TIMEOUT_SECS
-                }
-                Some(secs) if secs > 0 => secs,
-                _ => {
-                    err(format!("`timeout` must be a positive whole number of seconds, got {n}"));
-                    DEFAULT_TIMEOUT_SECS
-                }
-            },
-            Some(other) => {
-                err(format!("`timeout` must be a positive whole number of seconds, got a {}", type_name(other)));
-                DEFAULT_TIMEOUT_SECS
-            }
-        };
-
-        let mut env = BTreeMap::new();
-        match field("env") {
-            None => {}
-            Some(Value::Object(map)) => {
-                for (k, v) in map {
-                    if !is_env_name(k) {
-                        err(format!(
-                            "`env` name `{}` is not a variable name (`[A-Za-z_][A-Za-z0-9_]*`)",
-                            k.escape_debug()
-                        ));
-                    }
-                    match v.as_str() {
-                        Some(s) => {
-                            env.insert(k.clone(), s.to_string());
-                        }
-                        None => err(format!("`env.{k}` must be a string, got a {} (write it in quotes)", type_name(v))),
-                    }
-                }
-            }
-            Some(other) => err(format!("`env` must be an attribute set of strings, got a {}", type_name(other))),
-        }
-
-        let mut image = None;
-        match field("runtime") {
-            None => {}
-            Some(Value::Object(map)) => {
-                for (k, v) in map {
-                    match (k.as_str(), v) {
-                        ("image", Value::String(s)) if !s.is_empty() => image = Some(s.clone()),
-                        ("image", other) => {
-                            err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other)))
-                        }
-                        (other, _) => err(format!("unknown field `runtime.{other}` (the only one is `image`)")),
-                    }
-                }
-            }
-            Some(other) => err(format!("`runtime` must be an attribute set, got a {}", type_name(other))),
-        }
-
+        let description = lane_description(fields, &mut err);
+        let kind = lane_kind(fields, &mut err);
+        let payloads = lane_payloads(fields, &kind, &mut err);
+        let command = lane_command(fields, &mut err);
+        let paths = lane_paths(fields, &mut err);
+        let timeout_secs = lane_timeout(fields, &mut err);
+        let env = lane_env(fields, &mut err);
+        let image = lane_image(fields, &mut err);
         let retries = whole_number(field("retries"), 0, 0, 100).unwrap_or_else(|why| {
             err(format!("`retries` {why}"));
             0
@@ -284,17 +128,7 @@ impl Lane {
             err(format!("`shards` {why}"));
             1
         });
-        let test_filter = match field("testFilterArgs") {
-            None => false,
-            Some(Value::String(t)) if t == "lambda" => true,
-            Some(other) => {
-                err(format!(
-                    "`testFilterArgs` must be a function from a list of test names to a list of arguments, got a {}",
-                    other.as_str().unwrap_or(type_name(other))
-                ));
-                false
-            }
-        };
+        let test_filter = lane_test_filter(fields, &mut err);
 
         if !errors.is_empty() {
             return Err(errors);
@@ -313,6 +147,211 @@ impl Lane {
             shards,
             test_filter,
         })
+    }
+}
+
+// One function per field: each returns the field's value (a default when it is broken)
+// and reports every broken rule through `err`.
+
+fn lane_description(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> String {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("description") {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            err(format!("`description` must be a string, got a {}", type_name(other)));
+            String::new()
+        }
+    }
+}
+
+fn lane_kind(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> String {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("kind") {
+        Some(Value::String(s)) if s == STAGED_LINUX_RUST => s.clone(),
+        Some(Value::String(s)) => {
+            err(format!("`kind` is `{s}`; the only kind is `{STAGED_LINUX_RUST}`"));
+            s.clone()
+        }
+        Some(other) => {
+            err(format!("`kind` must be the string `{STAGED_LINUX_RUST}`, got a {}", type_name(other)));
+            String::new()
+        }
+        None => {
+            err(format!("`kind` is missing (set `kind = \"{STAGED_LINUX_RUST}\";`)"));
+            String::new()
+        }
+    }
+}
+
+fn lane_payloads(fields: &serde_json::Map<String, Value>, kind: &str, err: &mut dyn FnMut(String)) -> Vec<Payload> {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    let mut payloads = Vec::new();
+    match v_of("payloads") {
+        Some(Value::Object(map)) => {
+            for (name, p) in map {
+                if let Err(why) = validate_id(name) {
+                    err(format!("payload name `{name}` {why}"));
+                    continue;
+                }
+                match parse_payload(name, p) {
+                    Ok(payload) => payloads.push(payload),
+                    Err(rule) => err(rule),
+                }
+            }
+            if kind == STAGED_LINUX_RUST {
+                for required in REQUIRED_PAYLOADS {
+                    if !map.contains_key(required) {
+                        err(format!(
+                            "payload `{required}` is missing (a {STAGED_LINUX_RUST} lane declares both `workspace-deps` and `workspace-build`)"
+                        ));
+                    }
+                }
+            }
+        }
+        Some(Value::String(t)) if t != "null" => {
+            err(format!("`payloads` must be an attribute set of derivations, got a {t}"))
+        }
+        _ => err("`payloads` is missing (declare `workspace-deps` and `workspace-build`)".into()),
+    }
+    payloads.sort_by_key(|p| payload_order(&p.name));
+    payloads
+}
+
+fn lane_command(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Vec<String> {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("command") {
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let words: Vec<String> = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            if words.len() != items.len() {
+                err("`command` must be a list of strings".into());
+            } else if words[0].is_empty() {
+                err("`command`'s first word (the program) is empty".into());
+            }
+            words
+        }
+        Some(Value::Array(_)) => {
+            err("`command` is empty; it is the argv run in the guest, e.g. [ \"/pikaci/payloads/workspace-build/bin/run-tests\" ]".into());
+            Vec::new()
+        }
+        Some(other) => {
+            err(format!("`command` must be a list of strings (an argv), got a {}", type_name(other)));
+            Vec::new()
+        }
+        None => {
+            err("`command` is missing".into());
+            Vec::new()
+        }
+    }
+}
+
+fn lane_paths(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Vec<String> {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("paths") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut globs = Vec::new();
+            for item in items {
+                match item.as_str() {
+                    Some(glob) if let Err(why) = check_path_glob(glob) => {
+                        err(format!("`paths` entry `{glob}` can never match a changed file: {why}"))
+                    }
+                    Some(glob) => match super::glob::compile_glob(glob) {
+                        Ok(_) => globs.push(glob.to_string()),
+                        Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
+                    },
+                    None => err(format!("`paths` entries must be strings, got a {}", type_name(item))),
+                }
+            }
+            globs
+        }
+        Some(other) => {
+            err(format!("`paths` must be a list of globs, got a {}", type_name(other)));
+            Vec::new()
+        }
+    }
+}
+
+fn lane_timeout(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> u64 {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("timeout") {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs) if secs > MAX_TIMEOUT_SECS => {
+                err(format!(
+                    "`timeout` is {secs} seconds, more than the most a lane may take ({MAX_TIMEOUT_SECS}, 7 days)"
+                ));
+                DEFAULT_TIMEOUT_SECS
+            }
+            Some(secs) if secs > 0 => secs,
+            _ => {
+                err(format!("`timeout` must be a positive whole number of seconds, got {n}"));
+                DEFAULT_TIMEOUT_SECS
+            }
+        },
+        Some(other) => {
+            err(format!("`timeout` must be a positive whole number of seconds, got a {}", type_name(other)));
+            DEFAULT_TIMEOUT_SECS
+        }
+    }
+}
+
+fn lane_env(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> BTreeMap<String, String> {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    let mut env = BTreeMap::new();
+    match v_of("env") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                if !is_env_name(k) {
+                    err(format!("`env` name `{}` is not a variable name (`[A-Za-z_][A-Za-z0-9_]*`)", k.escape_debug()));
+                }
+                match v.as_str() {
+                    Some(s) => {
+                        env.insert(k.clone(), s.to_string());
+                    }
+                    None => err(format!("`env.{k}` must be a string, got a {} (write it in quotes)", type_name(v))),
+                }
+            }
+        }
+        Some(other) => err(format!("`env` must be an attribute set of strings, got a {}", type_name(other))),
+    }
+    env
+}
+
+fn lane_image(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Option<String> {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    let mut image = None;
+    match v_of("runtime") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("image", Value::String(s)) if !s.is_empty() => image = Some(s.clone()),
+                    ("image", other) => {
+                        err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other)))
+                    }
+                    (other, _) => err(format!("unknown field `runtime.{other}` (the only one is `image`)")),
+                }
+            }
+        }
+        Some(other) => err(format!("`runtime` must be an attribute set, got a {}", type_name(other))),
+    }
+    image
+}
+
+fn lane_test_filter(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> bool {
+    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    match v_of("testFilterArgs") {
+        None => false,
+        Some(Value::String(t)) if t == "lambda" => true,
+        Some(other) => {
+            err(format!(
+                "`testFilterArgs` must be a function from a list of test names to a list of arguments, got a {}",
+                other.as_str().unwrap_or(type_name(other))
+            ));
+            false
+        }
     }
 }
 

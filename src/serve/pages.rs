@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::paths::percent_encode;
-use crate::cli::inspect::Listed;
+use crate::state::query::Listed;
 use crate::state::{JobRecord, RunRecord};
 
 /// How many bytes of a log one page shows.

@@ -10,7 +10,7 @@ use tiny_http::{Request, Response};
 use super::pages::{self, JobView, LogPage, RunView};
 use super::paths::{self, percent_decode};
 use super::{header, stream};
-use crate::cli::inspect;
+use crate::state::query as inspect;
 use crate::state::{JobRecord, StateRoot};
 
 /// How many runs one page of the runs list shows.

@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod modes;
+pub mod query;
 pub mod record;
 pub mod recorder;
 pub mod reserve;
