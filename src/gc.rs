@@ -62,23 +62,37 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
 /// [`collect`], calling `on_wait` once when a starting run holds the state root's lock.
 pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) -> Result<GcReport> {
     let _lock = state.lock_exclusive_waiting(on_wait)?;
-    let mut report = GcReport::default();
-    let ids = state.run_ids()?;
-    let cut = ids.len().saturating_sub(keep);
+    let mut sweep =
+        Sweep { state, report: GcReport::default(), remote_leftovers: BTreeMap::new(), died_on_incus: BTreeSet::new() };
     // Runs that ran on other hosts left job directories (and GC roots) there too; and an
     // earlier gc may have found a host unreachable.
-    let mut remote_leftovers: BTreeMap<String, Vec<PathBuf>> = match gc_pending::load(state) {
-        Ok(pending) => pending,
-        Err(e) => {
-            report.warnings.push(format!("{e:#}"));
-            BTreeMap::new()
-        }
-    };
-    // A run that died (its record still says running) while using Incus, here (`None`) or
-    // on a host, may have left an instance: if Incus does not answer now, gc says it could
-    // not look. Liveness is asked only of such runs.
-    let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
-    let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
+    match gc_pending::load(state) {
+        Ok(pending) => sweep.remote_leftovers = pending,
+        Err(e) => sweep.report.warnings.push(format!("{e:#}")),
+    }
+    let ids = state.run_ids()?;
+    let cut = ids.len().saturating_sub(keep);
+    sweep.remove_runs(&ids[..cut])?;
+    let referenced = sweep.read_kept_runs()?;
+    sweep.remove_snapshots(&referenced)?;
+    remove_remote_leftovers(state, &sweep.remote_leftovers, &mut sweep.report);
+    sweep.reap_instances();
+    Ok(sweep.report)
+}
+
+/// One gc's work and what it found on the way.
+struct Sweep<'a> {
+    state: &'a StateRoot,
+    report: GcReport,
+    remote_leftovers: BTreeMap<String, Vec<PathBuf>>,
+    /// Hosts (`None`: this machine) where a run died (its record still says running)
+    /// while using Incus, or could not delete its instance: if Incus does not answer now,
+    /// gc says it could not look. Liveness is asked only of such runs.
+    died_on_incus: BTreeSet<Option<String>>,
+}
+
+impl<'a> Sweep<'a> {
+    fn note_death(&mut self, record: &RunRecord, live: &dyn Fn() -> bool) {
         let not_deleted = || {
             record
                 .message
@@ -87,43 +101,54 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
                 .any(|m| m.contains(incus::INSTANCE_NOT_DELETED))
         };
         if record.runtime == RuntimeName::Incus && (record.status == RunStatus::Running && !live() || not_deleted()) {
-            died_on_incus.insert(record.remote.clone());
+            self.died_on_incus.insert(record.remote.clone());
         }
-    };
-    for id in &ids[..cut] {
-        // Holding the run's lock while deleting: a run cannot start under the same id.
-        let Some(_run_lock) = state.try_lock_run(id)? else {
-            report.live_runs.push(id.clone());
-            continue;
-        };
-        let dir = state.run_dir(id);
-        if let Ok(record) = RunRecord::read(&dir) {
-            note_death(&record, &|| false);
-            if let Some(host) = record.remote {
-                remote_leftovers.entry(host).or_default().push(dir.clone());
-            }
-        }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
-        report.removed_runs.push(id.clone());
     }
-    let remaining = state.run_ids()?;
-    report.kept_runs = remaining.len();
 
-    let mut referenced = HashSet::new();
-    for id in &remaining {
-        match RunRecord::read(&state.run_dir(id)) {
-            Ok(r) => {
-                note_death(&r, &|| state.run_is_live(id));
-                referenced.insert(r.snapshot.id);
-                if let Some(host) = r.remote {
-                    remote_leftovers.entry(host).or_default();
+    fn remove_runs(&mut self, ids: &[String]) -> Result<()> {
+        let state = self.state;
+        for id in ids {
+            // Holding the run's lock while deleting: a run cannot start under the same id.
+            let Some(_run_lock) = state.try_lock_run(id)? else {
+                self.report.live_runs.push(id.clone());
+                continue;
+            };
+            let dir = state.run_dir(id);
+            if let Ok(record) = RunRecord::read(&dir) {
+                self.note_death(&record, &|| false);
+                if let Some(host) = record.remote {
+                    self.remote_leftovers.entry(host).or_default().push(dir.clone());
                 }
             }
-            Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
+            std::fs::remove_dir_all(&dir).with_context(|| format!("remove run `{}`", dir.display()))?;
+            self.report.removed_runs.push(id.clone());
         }
+        Ok(())
     }
-    let snapshots = state.snapshots_dir();
-    if let Ok(entries) = std::fs::read_dir(&snapshots) {
+
+    /// The snapshots the kept runs refer to.
+    fn read_kept_runs(&mut self) -> Result<HashSet<String>> {
+        let state = self.state;
+        let remaining = state.run_ids()?;
+        self.report.kept_runs = remaining.len();
+        let mut referenced = HashSet::new();
+        for id in &remaining {
+            match RunRecord::read(&state.run_dir(id)) {
+                Ok(r) => {
+                    self.note_death(&r, &|| state.run_is_live(id));
+                    referenced.insert(r.snapshot.id);
+                    if let Some(host) = r.remote {
+                        self.remote_leftovers.entry(host).or_default();
+                    }
+                }
+                Err(e) => self.report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
+            }
+        }
+        Ok(referenced)
+    }
+
+    fn remove_snapshots(&mut self, referenced: &HashSet<String>) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.state.snapshots_dir()) else { return Ok(()) };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // `.tmp-*` are copies that a crashed run never published (a live one would
@@ -131,41 +156,46 @@ pub fn collect_waiting(state: &StateRoot, keep: usize, on_wait: &dyn Fn(&Path)) 
             if !referenced.contains(&name) {
                 std::fs::remove_dir_all(entry.path())
                     .with_context(|| format!("remove snapshot `{}`", entry.path().display()))?;
-                report.removed_snapshots += 1;
-                for dirs in remote_leftovers.values_mut() {
+                self.report.removed_snapshots += 1;
+                for dirs in self.remote_leftovers.values_mut() {
                     dirs.push(entry.path());
                 }
             }
         }
+        Ok(())
     }
 
-    remove_remote_leftovers(state, &remote_leftovers, &mut report);
-
-    match incus::reap_orphans(state) {
-        Ok(Some(reaped)) => report.reaped_instances = reaped,
-        Ok(None) if died_on_incus.contains(&None) => report.warnings.push(
-            "a run that died while using Incus, or could not delete its instance, may have left an instance, and \
-             Incus does not answer on this machine, so none was looked for; run `pikaci gc` again once incusd runs"
-                .into(),
-        ),
-        Ok(None) => {}
-        Err(e) => report.warnings.push(format!("could not look for leftover Incus instances: {e:#}")),
-    }
-    // Runs on other hosts may have left instances there, too.
-    for host in remote_leftovers.keys() {
-        let placement = Placement::new(Some(host), &state.root, &remote_state_root());
-        let reaped = Incus::locate(placement.ssh_host()).and_then(|incus| incus::reap_orphans_with(&incus, state));
-        match reaped {
-            Ok(Some(reaped)) => report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}"))),
-            Ok(None) if died_on_incus.contains(&Some(host.clone())) => report.warnings.push(format!(
-                "a run that died while using Incus on `{host}`, or could not delete its instance there, may have left \
-                 an instance there, and Incus does not answer on `{host}`, so none was looked for"
-            )),
+    /// Instances that runs which died left behind, here and on every host runs used.
+    fn reap_instances(&mut self) {
+        let state = self.state;
+        match incus::reap_orphans(state) {
+            Ok(Some(reaped)) => self.report.reaped_instances = reaped,
+            Ok(None) if self.died_on_incus.contains(&None) => self.report.warnings.push(
+                "a run that died while using Incus, or could not delete its instance, may have left an instance, and \
+                 Incus does not answer on this machine, so none was looked for; run `pikaci gc` again once incusd runs"
+                    .into(),
+            ),
             Ok(None) => {}
-            Err(e) => report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}")),
+            Err(e) => self.report.warnings.push(format!("could not look for leftover Incus instances: {e:#}")),
+        }
+        for host in self.remote_leftovers.keys() {
+            let placement = Placement::new(Some(host), &state.root, &remote_state_root());
+            let reaped = Incus::locate(placement.ssh_host()).and_then(|incus| incus::reap_orphans_with(&incus, state));
+            match reaped {
+                Ok(Some(reaped)) => {
+                    self.report.reaped_instances.extend(reaped.into_iter().map(|name| format!("{host}:{name}")))
+                }
+                Ok(None) if self.died_on_incus.contains(&Some(host.clone())) => self.report.warnings.push(format!(
+                    "a run that died while using Incus on `{host}`, or could not delete its instance there, may have \
+                     left an instance there, and Incus does not answer on `{host}`, so none was looked for"
+                )),
+                Ok(None) => {}
+                Err(e) => {
+                    self.report.warnings.push(format!("could not look for leftover Incus instances on `{host}`: {e:#}"))
+                }
+            }
         }
     }
-    Ok(report)
 }
 
 /// Remove, on each remote host, what runs left there; what could not be removed (an
