@@ -192,26 +192,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             inspect::print_lanes(&catalog, json)?;
             Ok(exit::SUCCESS)
         }
-        Command::Run(args) => {
-            let flake = FlakeSource::resolve(cli.flake.as_deref())?;
-            let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let parallelism =
-                args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let request = RunRequest {
-                flake,
-                state,
-                selection: Selection { lanes: args.lanes, all: args.all },
-                changed_since: args.changed_since,
-                runtime: args.runtime,
-                remote: args.remote,
-                image: args.image,
-                parallelism,
-                args: args.args,
-                refresh: args.refresh,
-            };
-            let record = run::run(request, output::reporter(args.output))?;
-            finish(&record, args.output)
-        }
+        Command::Run(args) => start_run(cli.flake.as_deref(), cli.state_root.as_deref(), args),
         Command::Rerun { run, failed, runtime, jobs, output } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
             let run_id = state.find_run(&run)?;
@@ -235,15 +216,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Gc { keep } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
-            let report = gc::collect_waiting(&state, keep, &|lock| {
-                eprintln!(
-                    "pikaci: waiting for `{}`: a run of this state root is starting (taking its snapshot, \
-                     evaluating the flake); gc goes on when it has started. Ctrl-C stops waiting.",
-                    lock.display()
-                )
-            })?;
-            println!("{report}");
-            Ok(exit::SUCCESS)
+            collect_garbage(&state, keep)
         }
         Command::Doctor { remote } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
@@ -257,27 +230,66 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshot => {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
-            let (snap, _guard) = run::take_snapshot(&flake, &state)?;
-            println!("{}", snap.dir.display());
-            eprintln!(
-                "snapshot {}: {} files, {} bytes{}",
-                snap.id,
-                snap.files,
-                snap.bytes,
-                if snap.reused { " (unchanged, reused)" } else { "" }
-            );
-            Ok(exit::SUCCESS)
+            print_snapshot(&flake, &state)
         }
         Command::Image(ImageCommand::Import { alias, from, force, remote }) => {
-            let fingerprint =
-                crate::executor::runtime::incus::import_image(&alias, from.as_deref(), force, remote.as_deref())?;
-            match remote {
-                Some(host) => println!("imported image `{alias}` ({fingerprint}) on `{host}`"),
-                None => println!("imported image `{alias}` ({fingerprint})"),
-            }
-            Ok(exit::SUCCESS)
+            import_image(&alias, from.as_deref(), force, remote.as_deref())
         }
     }
+}
+
+fn start_run(flake: Option<&str>, state_root: Option<&std::path::Path>, args: RunArgs) -> Result<i32> {
+    let flake = FlakeSource::resolve(flake)?;
+    let state = StateRoot::resolve(state_root, Some(&flake.dir))?;
+    let parallelism = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let request = RunRequest {
+        flake,
+        state,
+        selection: Selection { lanes: args.lanes, all: args.all },
+        changed_since: args.changed_since,
+        runtime: args.runtime,
+        remote: args.remote,
+        image: args.image,
+        parallelism,
+        args: args.args,
+        refresh: args.refresh,
+    };
+    let record = run::run(request, output::reporter(args.output))?;
+    finish(&record, args.output)
+}
+
+fn collect_garbage(state: &StateRoot, keep: usize) -> Result<i32> {
+    let report = gc::collect_waiting(state, keep, &|lock| {
+        eprintln!(
+            "pikaci: waiting for `{}`: a run of this state root is starting (taking its snapshot, \
+             evaluating the flake); gc goes on when it has started. Ctrl-C stops waiting.",
+            lock.display()
+        )
+    })?;
+    println!("{report}");
+    Ok(exit::SUCCESS)
+}
+
+fn print_snapshot(flake: &FlakeSource, state: &StateRoot) -> Result<i32> {
+    let (snap, _guard) = run::take_snapshot(flake, state)?;
+    println!("{}", snap.dir.display());
+    eprintln!(
+        "snapshot {}: {} files, {} bytes{}",
+        snap.id,
+        snap.files,
+        snap.bytes,
+        if snap.reused { " (unchanged, reused)" } else { "" }
+    );
+    Ok(exit::SUCCESS)
+}
+
+fn import_image(alias: &str, from: Option<&std::path::Path>, force: bool, remote: Option<&str>) -> Result<i32> {
+    let fingerprint = crate::executor::runtime::incus::import_image(alias, from, force, remote)?;
+    match remote {
+        Some(host) => println!("imported image `{alias}` ({fingerprint}) on `{host}`"),
+        None => println!("imported image `{alias}` ({fingerprint})"),
+    }
+    Ok(exit::SUCCESS)
 }
 
 /// The flake directory, when there is one: `--flake`, or the nearest `flake.nix` upwards.

@@ -126,6 +126,54 @@ impl Human {
         if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
     }
 
+    /// A job's `test_results`: its counts and failed tests, added to the run's tally.
+    fn job_tests(&self, event: &Event) {
+        let Event::TestResults { job_id, passed, failed, skipped, flaky, failed_tests, flaky_tests, .. } = event else {
+            return;
+        };
+        let mut tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
+        let job = TestTally {
+            jobs: 1,
+            passed: *passed,
+            failed: *failed,
+            skipped: *skipped,
+            flaky: *flaky,
+            failed_tests: failed_tests.clone(),
+            flaky_tests: flaky_tests.clone(),
+        };
+        let mut line = format!("{} {job_id}: {}", self.paint("2", "   TESTS"), job.line());
+        if *failed > 0 {
+            line.push_str(&format!("\n         failed: {}", some_names(failed_tests, *failed)));
+        }
+        if *flaky > 0 {
+            line.push_str(&format!("\n         flaky: {}", some_names(flaky_tests, *flaky)));
+        }
+        tally.jobs += 1;
+        tally.passed += passed;
+        tally.failed += failed;
+        tally.skipped += skipped;
+        tally.flaky += flaky;
+        tally.failed_tests.extend(failed_tests.iter().cloned());
+        tally.flaky_tests.extend(flaky_tests.iter().cloned());
+        drop(tally);
+        self.say(&line);
+    }
+
+    /// The tests of the whole run, before its summary line.
+    fn tests_summary(&self) {
+        let tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
+        if tally.jobs > 0 {
+            let mut line = format!("{} {}", self.paint("1", "tests"), tally.line());
+            if tally.failed > 0 {
+                line.push_str(&format!("\n         failed: {}", some_names(&tally.failed_tests, tally.failed)));
+            }
+            if tally.flaky > 0 {
+                line.push_str(&format!("\n         flaky: {}", some_names(&tally.flaky_tests, tally.flaky)));
+            }
+            self.say(&line);
+        }
+    }
+
     fn say(&self, line: &str) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "{line}");
@@ -191,47 +239,9 @@ impl EventSink for Human {
                 }
                 self.say(&line);
             }
-            Event::TestResults { job_id, passed, failed, skipped, flaky, failed_tests, flaky_tests, .. } => {
-                let mut tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
-                let job = TestTally {
-                    jobs: 1,
-                    passed: *passed,
-                    failed: *failed,
-                    skipped: *skipped,
-                    flaky: *flaky,
-                    failed_tests: failed_tests.clone(),
-                    flaky_tests: flaky_tests.clone(),
-                };
-                let mut line = format!("{} {job_id}: {}", self.paint("2", "   TESTS"), job.line());
-                if *failed > 0 {
-                    line.push_str(&format!("\n         failed: {}", some_names(failed_tests, *failed)));
-                }
-                if *flaky > 0 {
-                    line.push_str(&format!("\n         flaky: {}", some_names(flaky_tests, *flaky)));
-                }
-                tally.jobs += 1;
-                tally.passed += passed;
-                tally.failed += failed;
-                tally.skipped += skipped;
-                tally.flaky += flaky;
-                tally.failed_tests.extend(failed_tests.iter().cloned());
-                tally.flaky_tests.extend(flaky_tests.iter().cloned());
-                drop(tally);
-                self.say(&line);
-            }
+            Event::TestResults { .. } => self.job_tests(event),
             Event::RunFinished { run_id, status, duration_ms, counts, .. } => {
-                let tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
-                if tally.jobs > 0 {
-                    let mut line = format!("{} {}", self.paint("1", "tests"), tally.line());
-                    if tally.failed > 0 {
-                        line.push_str(&format!("\n         failed: {}", some_names(&tally.failed_tests, tally.failed)));
-                    }
-                    if tally.flaky > 0 {
-                        line.push_str(&format!("\n         flaky: {}", some_names(&tally.flaky_tests, tally.flaky)));
-                    }
-                    self.say(&line);
-                }
-                drop(tally);
+                self.tests_summary();
                 let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 let code = if *status == RunStatus::Passed { "32" } else { "31" };
                 self.say(&format!(
