@@ -25,6 +25,8 @@ const CHECKS: &[&str] = &[
     "ok: TMPDIR is writable",
     "ok: the lane's env is set",
     "ok: PIKACI_JOB is the job",
+    "ok: PIKACI_LANE is the lane",
+    "ok: PIKACI_RUNTIME names the runtime",
     "ok: PIKACI_ARTIFACTS is set",
     "stderr line",
     "VIEW OK",
@@ -51,6 +53,8 @@ fn guest_view(runtime: &str) {
     assert_eq!(lines, CHECKS, "guest view on {runtime}");
     // What the lane left in /pikaci/artifacts is in the job's artifacts directory.
     assert_eq!(std::fs::read_to_string(run.join("jobs/view/artifacts/kept.txt")).unwrap(), "kept\n");
+    // The guest knows which runtime it runs on.
+    assert_eq!(std::fs::read_to_string(run.join("jobs/view/artifacts/runtime.txt")).unwrap(), format!("{runtime}\n"));
     // And it streamed live to the user.
     assert!(out.stdout.contains("[view] VIEW OK"), "{}", out.stdout);
 }

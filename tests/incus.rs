@@ -571,14 +571,17 @@ fn the_guest_environment_is_exactly_pikacis() {
             "PIKACI",
             "PIKACI_ARTIFACTS",
             "PIKACI_JOB",
+            "PIKACI_LANE",
             "PIKACI_PAYLOADS",
             "PIKACI_RUN_ID",
+            "PIKACI_RUNTIME",
             "PIKACI_WORKSPACE",
             "TMPDIR"
         ],
         "nothing from `incus exec` or the prelude's shell:\n{guest}"
     );
     assert!(guest.contains("HOME=/pikaci/home\n"), "{guest}");
+    assert!(guest.contains("PIKACI_RUNTIME=incus\n") && guest.contains("PIKACI_LANE=env\n"), "{guest}");
 }
 
 #[test]
