@@ -289,8 +289,9 @@ impl JobScope<'_> {
     /// An interruption the runtime saw while getting ready says more (it names the
     /// instance) than the job's own.
     fn abandon(&self, runtime: &dyn crate::executor::Runtime, error: JobError) -> JobError {
-        match self.preview.as_ref().ok().and_then(|p| runtime.abandon(p)) {
-            Some(warm) if error.status == JobStatus::Interrupted => JobError::infra(warm),
+        let interrupted = error.status == JobStatus::Interrupted;
+        match self.preview.as_ref().ok().and_then(|p| runtime.abandon(p, interrupted)) {
+            Some(warm) if interrupted => JobError::infra(warm),
             _ => error,
         }
     }

@@ -76,9 +76,10 @@ pub trait Runtime: Send + Sync {
     /// Get ready, in the background, for a job that will run soon (Incus creates and
     /// starts its instance while the payloads are realized). Nothing by default.
     fn warm(&self, _job: &JobPreview) {}
-    /// Why the job's warm-up failed, if it was interrupted: the job that could not reach
-    /// [`Runtime::run`] (its prepare was interrupted too) reports this instead.
-    fn abandon(&self, _job: &JobPreview) -> Option<anyhow::Error> {
+    /// The job will not reach [`Runtime::run`]: drop what was got ready for it, in the
+    /// background. When the job was `interrupted`, wait for that instead and return the
+    /// warm-up's own interruption, which says more (it names the instance).
+    fn abandon(&self, _job: &JobPreview, _interrupted: bool) -> Option<anyhow::Error> {
         None
     }
     /// The run is over: wait for the work left in the background (deleting instances)

@@ -137,9 +137,13 @@ impl Runtime for IncusRuntime {
         }
     }
 
-    fn abandon(&self, job: &JobPreview) -> Option<anyhow::Error> {
+    fn abandon(&self, job: &JobPreview, interrupted: bool) -> Option<anyhow::Error> {
         let warm = self.warmed.take(&naming::instance_name(&job.run_id, &job.job_id))?;
-        warm.abandon()
+        if interrupted {
+            return warm.abandon();
+        }
+        self.warmed.abandon_in_background(warm);
+        None
     }
 
     fn finish(&self) -> Vec<String> {

@@ -74,6 +74,15 @@ impl Warmed {
         self.lock().deleting.push(handle);
     }
 
+    /// Drop the instance warmed for a job that will not run, without waiting for it.
+    pub fn abandon_in_background(&self, warm: Warm) {
+        let handle = std::thread::spawn(move || {
+            warm.abandon();
+            None
+        });
+        self.lock().deleting.push(handle);
+    }
+
     /// Wait for every deletion; delete the instances warmed for jobs that never ran.
     /// Returns the deletions that failed (their messages start with
     /// [`super::INSTANCE_NOT_DELETED`], which `pikaci gc` looks for).
