@@ -573,8 +573,8 @@ fn the_guest_environment_is_exactly_pikacis() {
             "PIKACI_JOB",
             "PIKACI_LANE",
             "PIKACI_PAYLOADS",
-            "PIKACI_RUN_ID",
             "PIKACI_RUNTIME",
+            "PIKACI_RUN_ID",
             "PIKACI_WORKSPACE",
             "TMPDIR"
         ],

@@ -17,6 +17,7 @@ fn odd_flake() -> (tempfile::TempDir, std::path::PathBuf) {
     let parent = tempfile::Builder::new().prefix("pikaci-odd-").tempdir().unwrap();
     let flake = parent.path().join(ODD);
     copy_tree(&fixture_path("lanes"), &flake);
+    add_build_tools(&flake);
     std::fs::write(flake.join("salt"), parent.path().file_name().unwrap().to_string_lossy().as_bytes()).unwrap();
     let decoy = parent.path().join("p");
     std::fs::create_dir(&decoy).unwrap();

@@ -217,7 +217,17 @@ impl JobInstance {
         let Err(e) = self.incus.run(&cmd, Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) else {
             return Ok(());
         };
-        if let Ok(out) = self.incus.run(&self.incus.show_log_cmd(&self.name), None, Wait::ToCompletion(QUERY_TIMEOUT)) {
+        // The daemon may still be writing the log as the failed start returns: a second
+        // try after a moment, and a line that says why when there is none.
+        let show_log = || self.incus.run(&self.incus.show_log_cmd(&self.name), None, Wait::ToCompletion(QUERY_TIMEOUT));
+        let shown = show_log().or_else(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            show_log()
+        });
+        if let Err(why) = &shown {
+            self.log.line(&format!("could not read the container's log of `{}`: {}", self.name, incus_failure(why)));
+        }
+        if let Ok(out) = shown {
             self.log.line(&format!("container log of `{}` (`incus info --show-log`):", self.name));
             for l in out
                 .stdout_str()
