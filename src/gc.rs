@@ -67,7 +67,11 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
     let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
         if record.runtime == RuntimeName::Incus && record.status == RunStatus::Running && !live() {
-            died_on_incus.insert(record.remote.clone());
+            let hosts = record.remote_hosts();
+            if hosts.is_empty() {
+                died_on_incus.insert(None);
+            }
+            died_on_incus.extend(hosts.into_iter().map(Some));
         }
     };
     for id in &ids[..cut] {
@@ -79,7 +83,7 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         let dir = state.run_dir(id);
         if let Ok(record) = RunRecord::read(&dir) {
             note_death(&record, &|| false);
-            if let Some(host) = record.remote {
+            for host in record.remote_hosts() {
                 remote_leftovers.entry(host).or_default().push(dir.clone());
             }
         }
@@ -94,10 +98,10 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
         match RunRecord::read(&state.run_dir(id)) {
             Ok(r) => {
                 note_death(&r, &|| state.run_is_live(id));
-                referenced.insert(r.snapshot.id);
-                if let Some(host) = r.remote {
+                for host in r.remote_hosts() {
                     remote_leftovers.entry(host).or_default();
                 }
+                referenced.insert(r.snapshot.id);
             }
             Err(e) => report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
         }
