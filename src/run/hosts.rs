@@ -90,11 +90,9 @@ pub fn hosts_for(plan: &[PlannedJob], choices: &Choices, file: &HostsFile) -> Re
 fn cluster_members(ssh: &str) -> Vec<String> {
     let Ok(incus) = Incus::locate(Some(ssh)) else { return Vec::new() };
     match incus.cluster_members() {
-        Ok(members) => members
-            .into_iter()
-            .filter(|m| m.status.eq_ignore_ascii_case("online"))
-            .map(|m| m.server_name)
-            .collect(),
+        Ok(members) => {
+            members.into_iter().filter(|m| m.status.eq_ignore_ascii_case("online")).map(|m| m.server_name).collect()
+        }
         Err(_) => Vec::new(),
     }
 }
@@ -146,7 +144,10 @@ impl Slots {
         if out.iter().all(Option::is_some) {
             out = vec![None; hosts.len()];
         }
-        Slots { state: Mutex::new(SlotState { free: hosts.iter().map(|h| h.slots).collect(), out }), freed: Condvar::new() }
+        Slots {
+            state: Mutex::new(SlotState { free: hosts.iter().map(|h| h.slots).collect(), out }),
+            freed: Condvar::new(),
+        }
     }
 
     /// How many jobs can run at once on the hosts that are in.
