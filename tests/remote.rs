@@ -420,6 +420,46 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
     for h in [a, c] {
         assert!(jobs.iter().any(|(_, _, host, _)| host == &h.name), "no job ran on `{}`: {jobs:?}", h.name);
     }
+    // The payloads were built once, on one host, and the other received them from there.
+    let logs = |record: &serde_json::Value| -> String {
+        let run_dir = flake.path().join(".pikaci/runs").join(record["run_id"].as_str().unwrap());
+        jobs_of(record)
+            .iter()
+            .map(|(job, ..)| std::fs::read_to_string(run_dir.join("jobs").join(job).join("host.log")).unwrap())
+            .collect()
+    };
+    let log = logs(&record);
+    let (builder, receiver) =
+        if log.contains(&format!("--from ssh://{} --to ssh://{} ", a.name, c.name)) { (a, c) } else { (c, a) };
+    let copy = format!("copy --from ssh://{} --to ssh://{} /nix/store/", builder.name, receiver.name);
+    assert_eq!(log.matches(&copy).count(), 2, "both payloads are copied once, from the builder:\n{log}");
+    assert!(
+        !log.contains(&format!("--from ssh://{} --to ssh://{} ", receiver.name, builder.name)),
+        "nothing is sent to the builder:\n{log}"
+    );
+    let drvs: Vec<String> = read_json(
+        &flake.path().join(".pikaci/runs").join(record["run_id"].as_str().unwrap()).join("jobs/nap-1/job.json"),
+    )["payloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["drv_path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(drvs.len(), 2);
+    for drv in &drvs {
+        // Nix keeps a build log where it built: on the builder only.
+        assert!(
+            lab.hosts.ssh(builder, &["nix-store", "--read-log", drv]).status.success(),
+            "{drv} built on the builder"
+        );
+        assert!(
+            !lab.hosts.ssh(receiver, &["nix-store", "--read-log", drv]).status.success(),
+            "{drv} was built on `{}` too",
+            receiver.name
+        );
+        let out = lab.hosts.sh(receiver, &format!("nix-store -q --outputs {drv}"));
+        assert!(lab.hosts.test(receiver, &["-e", out.lines().next().unwrap()]), "{drv}'s output is on the receiver");
+    }
 
     // Now slow jobs, and the third host stopped while its job runs.
     std::fs::write(flake.path().join("nap"), "6").unwrap();
@@ -474,6 +514,9 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
         );
     }
     assert_eq!(jobs.len(), 4);
+    let log = logs(&record);
+    assert!(log.contains("already: not sent"), "outputs valid on a host are not sent again:\n{log}");
+    assert!(!log.contains("copy --from"), "{log}");
     assert_eq!(record["status"], "error", "{record:#}");
     assert_eq!(out.code, 3, "a job ended in error: {out:?}");
 }

@@ -332,7 +332,7 @@ impl JobScope<'_> {
             &self.job_dir,
             &self.host.placement,
             host_log,
-            &self.host.shared_builds,
+            (&self.host.shared_builds, &setup.run_builds),
             &on_realized,
         )
         .map_err(|error| {

@@ -8,6 +8,7 @@ use super::hosts::{Host, hosts_for};
 use super::hosts_file::HostsFile;
 use crate::executor::{Runtime, RuntimeChoice};
 use crate::plan::{ChangedFiles, PlannedJob};
+use crate::prepare::RunBuilds;
 use crate::state::StateRoot;
 use crate::state::record::{RunSnapshot, RuntimeName};
 use crate::tools::nix::{Nix, NixVersion};
@@ -72,6 +73,8 @@ pub struct Setup {
     pub plan: Vec<PlannedJob>,
     /// Where jobs run: this machine, or the SSH hosts (an Incus cluster's members).
     pub hosts: Vec<Host>,
+    /// Which host built each payload of the run: the others receive it from there.
+    pub run_builds: RunBuilds,
 }
 
 impl Setup {
@@ -79,7 +82,7 @@ impl Setup {
         choices.parallelism = choices.parallelism.max(1);
         let hosts = hosts_for(&plan, &choices, &choices.hosts_file)?;
         let nix_version = Some(version.text);
-        Ok(Setup { choices, nix, nix_version, plan, hosts })
+        Ok(Setup { choices, nix, nix_version, plan, hosts, run_builds: RunBuilds::default() })
     }
 
     /// The runtime the run records: the first host's that is ready, else the first's.
