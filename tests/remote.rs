@@ -569,3 +569,106 @@ fn a_cluster_member_brings_the_whole_cluster_and_jobs_land_where_their_files_are
         );
     }
 }
+
+/// Not a check but a measurement (`scripts/bench-hosts`, or `cargo test --test remote --
+/// --ignored --nocapture measure_hosts`), side by side in one run, medians of `N` (env,
+/// default 3) interleaved iterations:
+/// (a) 8 lanes of 1 s on one host (2 slots, `--jobs 2`) against two hosts (2 slots each,
+///     `--jobs 4`): the ratio, and the ideal 0.5;
+/// (b) a payload that takes `BUILD_SECS` (default 5) to build, needed on two hosts: built
+///     on each (two runs at once, one per host) against built once and copied (one run
+///     over both hosts);
+/// (c) one job of 1 s here against the same job on a remote host, payloads built.
+#[test]
+#[ignore]
+fn measure_hosts() {
+    let flake = copy_fixture(&fixture_path("hosts"));
+    let lab = RemoteLab::start(flake.path());
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let build_secs: u64 = std::env::var("BUILD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let [a, b] = [&lab.hosts.hosts[0], &lab.hosts.hosts[1]];
+    std::fs::write(
+        flake.path().join("pikaci.toml"),
+        format!("[hosts.a]\nssh = \"{}\"\nslots = 2\n\n[hosts.b]\nssh = \"{}\"\nslots = 2\n", a.name, b.name),
+    )
+    .unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let spawn = |args: &[&str]| {
+        pikaci()
+            .env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
+            .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
+            .args(args)
+            .arg("--flake")
+            .arg(flake.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Wall seconds of the runs started at once, each asserted to pass.
+    let timed = |runs: &[&[&str]]| -> f64 {
+        let t0 = std::time::Instant::now();
+        let children: Vec<_> = runs.iter().map(|args| spawn(args)).collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        t0.elapsed().as_secs_f64()
+    };
+    let incus = ["--runtime", "incus"];
+    let one_host: Vec<&str> = [&["run", "--all", "--remote", "a", "--jobs", "2"][..], &incus].concat();
+    let two_hosts: Vec<&str> =
+        [&["run", "--all", "--remote", "a", "--remote", "b", "--jobs", "4"][..], &incus].concat();
+    timed(&[&two_hosts]); // payloads built on both
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        one.push(timed(&[&one_host]));
+        two.push(timed(&[&two_hosts]));
+    }
+    let (one, two) = (median(one), median(two));
+    eprintln!("(a) 8 lanes of 1 s: one host {one:.1} s, two hosts {two:.1} s: ratio {:.2} (ideal 0.50)", two / one);
+
+    let (mut twice, mut once) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        for (k, times) in [(0, &mut twice), (1, &mut once)] {
+            // New derivations each time: nothing is in either store yet.
+            std::fs::write(flake.path().join("build-secs"), build_secs.to_string()).unwrap();
+            std::fs::write(flake.path().join("salt"), format!("bench-{}-{i}-{k}", std::process::id())).unwrap();
+            let t = if k == 0 {
+                let on_a: Vec<&str> = [&["run", "nap-1", "--remote", "a"][..], &incus].concat();
+                let on_b: Vec<&str> = [&["run", "nap-2", "--remote", "b"][..], &incus].concat();
+                timed(&[&on_a, &on_b])
+            } else {
+                let both: Vec<&str> =
+                    [&["run", "nap-1", "nap-2", "--remote", "a", "--remote", "b", "--jobs", "4"][..], &incus].concat();
+                timed(&[&both])
+            };
+            times.push(t);
+        }
+    }
+    let (twice, once) = (median(twice), median(once));
+    eprintln!(
+        "(b) a payload of {build_secs} s needed on two hosts: built on each {twice:.1} s, built once and copied {once:.1} s: ratio {:.2}",
+        once / twice
+    );
+
+    std::fs::write(flake.path().join("build-secs"), "0").unwrap();
+    let local: Vec<&str> = [&["run", "nap-1"][..], &incus].concat();
+    let remote: Vec<&str> = [&["run", "nap-1", "--remote", "a"][..], &incus].concat();
+    timed(&[&local]);
+    timed(&[&remote]);
+    let (mut here, mut there) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        here.push(timed(&[&local]));
+        there.push(timed(&[&remote]));
+    }
+    let (here, there) = (median(here), median(there));
+    eprintln!(
+        "(c) one job of 1 s: here {here:.1} s, on a remote host {there:.1} s: {:.1} s more per job (ratio {:.2})",
+        there - here,
+        there / here
+    );
+}
