@@ -52,24 +52,30 @@ impl Host {
 pub fn hosts_for(plan: &[PlannedJob], choices: &Choices, file: &HostsFile) -> Result<Vec<Host>> {
     let needed = !plan.iter().all(|j| j.skip_reason.is_some());
     let remote_root = placement::remote_state_root();
-    let mut names: Vec<&str> = choices.remotes.iter().map(String::as_str).collect();
-    names.dedup();
-    let names: Vec<&str> = names.into_iter().filter(|n| !placement::ssh_host_is_local(Some(n))).collect();
+    let names: Vec<&str> = choices.remotes.iter().map(String::as_str).collect();
+    let local = || -> Result<Host> {
+        let runtime = runtime_for(needed, choices, &Placement::Local, None)?;
+        Ok(Host::new("localhost", Placement::Local, runtime, choices.parallelism))
+    };
     if names.is_empty() {
-        let placement = Placement::Local;
-        let runtime = runtime_for(needed, choices, &placement, None)?;
-        return Ok(vec![Host::new("localhost", placement, runtime, choices.parallelism)]);
+        return Ok(vec![local()?]);
     }
     let mut hosts = Vec::new();
     for name in names {
         let declared = file.host(name);
+        if declared.is_none() && placement::ssh_host_is_local(Some(name)) {
+            hosts.push(local()?);
+            continue;
+        }
         let ssh = declared.map(|d| d.ssh.clone()).unwrap_or_else(|| name.to_string());
         let slots = declared.and_then(|d| d.slots).unwrap_or(choices.parallelism);
         let placement = Placement::new(Some(&ssh), &choices.state.root, &remote_root);
-        let members = if needed && choices.runtime != RuntimeChoice::Bwrap { cluster_members(&ssh) } else { vec![] };
+        let clustered = needed && choices.runtime != RuntimeChoice::Bwrap && !placement.is_local();
+        let members = if clustered { cluster_members(&ssh) } else { vec![] };
         if members.is_empty() {
             let runtime = runtime_for(needed, choices, &placement, None)?;
-            hosts.push(Host::new(&ssh, placement, runtime, slots));
+            let name = if placement.is_local() { "localhost" } else { ssh.as_str() };
+            hosts.push(Host::new(name, placement, runtime, slots));
             continue;
         }
         for member in members {
@@ -204,5 +210,52 @@ impl Slots {
 
     pub fn is_out(&self, host: usize) -> bool {
         self.lock().out[host].is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, slots: usize) -> Host {
+        Host::new(name, Placement::Local, RuntimeSlot::NotNeeded, slots)
+    }
+
+    #[test]
+    fn a_job_takes_the_host_with_the_most_free_slots() {
+        let hosts = [host("a", 2), host("b", 3)];
+        let slots = Slots::new(&hosts);
+        assert_eq!(slots.total(), 5);
+        let taken: Vec<usize> = (0..5).map(|_| slots.acquire(&hosts).unwrap()).collect();
+        assert_eq!(taken, [1, 0, 1, 0, 1], "b first (3 free), then alternating, the first on a tie");
+        slots.release(0);
+        assert_eq!(slots.acquire(&hosts), Ok(0));
+    }
+
+    #[test]
+    fn a_host_taken_out_gets_no_more_jobs_and_none_left_is_an_error_naming_them() {
+        let hosts = [host("a", 1), host("b", 1)];
+        let slots = Slots::new(&hosts);
+        assert!(slots.take_out(0, "ssh: connection refused"));
+        assert!(!slots.take_out(0, "again"), "taken out once");
+        assert_eq!(slots.total(), 1);
+        assert_eq!(slots.acquire(&hosts), Ok(1));
+        slots.release(1);
+        slots.take_out(1, "incusd down");
+        let err = slots.acquire(&hosts).unwrap_err();
+        assert!(err.contains("`a`: ssh: connection refused") && err.contains("`b`: incusd down"), "{err}");
+    }
+
+    #[test]
+    fn hosts_without_a_runtime_are_out_unless_all_are() {
+        let unavailable = |name: &str| {
+            let why = format!("{name} does not answer");
+            Host::new(name, Placement::Local, RuntimeSlot::Unavailable { asked: RuntimeChoice::Incus, why }, 1)
+        };
+        let hosts = [unavailable("a"), host("b", 1)];
+        assert_eq!(Slots::new(&hosts).acquire(&hosts), Ok(1));
+        let hosts = [unavailable("a"), unavailable("b")];
+        let slots = Slots::new(&hosts);
+        assert_eq!(slots.total(), 2, "every job then records its host's reason");
     }
 }
