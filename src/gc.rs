@@ -67,11 +67,7 @@ pub fn collect(state: &StateRoot, keep: usize) -> Result<GcReport> {
     let mut died_on_incus: BTreeSet<Option<String>> = BTreeSet::new();
     let mut note_death = |record: &RunRecord, live: &dyn Fn() -> bool| {
         if record.runtime == RuntimeName::Incus && record.status == RunStatus::Running && !live() {
-            let hosts = record.remote_hosts();
-            if hosts.is_empty() {
-                died_on_incus.insert(None);
-            }
-            died_on_incus.extend(hosts.into_iter().map(Some));
+            died_on_incus.extend(record.incus_hosts());
         }
     };
     for id in &ids[..cut] {

@@ -377,6 +377,12 @@ impl RunRecord {
         if self.remotes.is_empty() { self.remote.iter().cloned().collect() } else { self.remotes.clone() }
     }
 
+    /// Where the run's Incus instances were: each SSH host, or this machine (`None`).
+    pub fn incus_hosts(&self) -> Vec<Option<String>> {
+        let hosts = self.remote_hosts();
+        if hosts.is_empty() { vec![None] } else { hosts.into_iter().map(Some).collect() }
+    }
+
     pub fn path(run_dir: &Path) -> PathBuf {
         run_dir.join("run.json")
     }
