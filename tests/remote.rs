@@ -672,3 +672,65 @@ fn measure_hosts() {
         there / here
     );
 }
+
+/// Not a check but a measurement (`scripts/bench-hosts`): how a payload built on one host
+/// best reaches another, on the two cluster hosts (which reach each other on their bridge):
+/// through this process (`nix copy --from ssh://A --to ssh://B`, what pikaci does) against
+/// host to host (`ssh A -- nix copy --to ssh://B`). A store path of `COPY_MB` (default 50)
+/// random MiB, deleted on B between copies; medians of `N` (default 3), interleaved.
+#[test]
+#[ignore]
+fn measure_copy_routes() {
+    let cluster = common::test_hosts::cluster();
+    let [a, b] = [&cluster.hosts[0], &cluster.hosts[1]];
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mb: usize = std::env::var("COPY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let path = cluster.sh(a, &format!("head -c {}M /dev/urandom > /tmp/blob && nix-store --add /tmp/blob", mb));
+    let path = path.trim().to_string();
+    // A key of A's that B accepts, for the host-to-host route.
+    cluster.sh(a, "test -f /root/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519");
+    let key = cluster.sh(a, "cat /root/.ssh/id_ed25519.pub");
+    let out = cluster.ssh_stdin(b, "cat >> /root/.ssh/authorized_keys", &key);
+    assert!(out.status.success());
+    let opts = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+    let via_here = || {
+        let t0 = std::time::Instant::now();
+        let ok = std::process::Command::new("nix")
+            .env("NIX_SSHOPTS", format!("-F {}", cluster.ssh_config.display()))
+            .args(["--extra-experimental-features", "nix-command", "copy", "--from"])
+            .arg(format!("ssh://{}", a.name))
+            .arg("--to")
+            .arg(format!("ssh://{}", b.name))
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        t0.elapsed().as_secs_f64()
+    };
+    let host_to_host = || {
+        let t0 = std::time::Instant::now();
+        let to = format!("ssh://root@{}", common::test_hosts::CLUSTER_ADDRS[1]);
+        cluster.sh(
+            a,
+            &format!("NIX_SSHOPTS='{opts}' nix --extra-experimental-features nix-command copy --to {to} {path}"),
+        );
+        t0.elapsed().as_secs_f64()
+    };
+    let forget = || cluster.sh(b, &format!("nix-store --delete {path} >/dev/null 2>&1; ! test -e {path}"));
+    let (mut here, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        forget();
+        here.push(via_here());
+        forget();
+        direct.push(host_to_host());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (here, direct) = (median(here), median(direct));
+    eprintln!(
+        "(d) a {mb} MiB store path from one host to another: through this process {here:.2} s, host to host {direct:.2} s: ratio {:.2}",
+        here / direct
+    );
+}
