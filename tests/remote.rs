@@ -420,6 +420,12 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
     for h in [a, c] {
         assert!(jobs.iter().any(|(_, _, host, _)| host == &h.name), "no job ran on `{}`: {jobs:?}", h.name);
     }
+    // `pikaci status` says which host ran which job.
+    let status = lab.pikaci(flake.path(), &["status", record["run_id"].as_str().unwrap()]);
+    assert!(status.stdout.contains(&format!("hosts     {}, {}", a.name, c.name)), "{}", status.stdout);
+    for (job, _, host, _) in &jobs {
+        assert!(status.stdout.contains(&format!("{job} on {host} ")), "{}", status.stdout);
+    }
     // The payloads were built once, on one host, and the other received them from there.
     let logs = |record: &serde_json::Value| -> String {
         let run_dir = flake.path().join(".pikaci/runs").join(record["run_id"].as_str().unwrap());
