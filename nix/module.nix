@@ -339,6 +339,10 @@ in
         openssh.authorizedKeys.keys = cfg.runner.authorizedKeys;
       };
       services.openssh.enable = mkDefault true;
+      # A run over several hosts builds each payload on one host and copies the outputs
+      # to the others (`nix copy --to ssh://runner@host`): Nix imports unsigned built
+      # paths only from trusted users.
+      nix.settings.trusted-users = [ cfg.runner.user ];
       systemd.tmpfiles.rules = [
         "d ${cfg.runner.stateDir} 0750 ${cfg.runner.user} ${cfg.group} ${cfg.runner.cleanAfter} -"
       ];

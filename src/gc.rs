@@ -101,7 +101,7 @@ impl<'a> Sweep<'a> {
                 .any(|m| m.contains(incus::INSTANCE_NOT_DELETED))
         };
         if record.runtime == RuntimeName::Incus && (record.status == RunStatus::Running && !live() || not_deleted()) {
-            self.died_on_incus.insert(record.remote.clone());
+            self.died_on_incus.extend(record.incus_hosts());
         }
     }
 
@@ -116,7 +116,7 @@ impl<'a> Sweep<'a> {
             let dir = state.run_dir(id);
             if let Ok(record) = RunRecord::read(&dir) {
                 self.note_death(&record, &|| false);
-                if let Some(host) = record.remote {
+                for host in record.remote_hosts() {
                     self.remote_leftovers.entry(host).or_default().push(dir.clone());
                 }
             }
@@ -136,10 +136,10 @@ impl<'a> Sweep<'a> {
             match RunRecord::read(&state.run_dir(id)) {
                 Ok(r) => {
                     self.note_death(&r, &|| state.run_is_live(id));
-                    referenced.insert(r.snapshot.id);
-                    if let Some(host) = r.remote {
+                    for host in r.remote_hosts() {
                         self.remote_leftovers.entry(host).or_default();
                     }
+                    referenced.insert(r.snapshot.id);
                 }
                 Err(e) => self.report.warnings.push(format!("run `{id}`: {e:#}; its snapshot may have been removed")),
             }

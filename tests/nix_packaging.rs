@@ -495,6 +495,8 @@ fn the_nixos_module_evaluates_against_a_stand_in_module_system() {
         json!(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKEFAKEFAKE orchestrator"])
     );
     assert_eq!(user["extraGroups"], json!(["incus-admin"]));
+    // Payloads built on one host of a run are copied to the others as the runner.
+    assert_eq!(r["nix"]["settings"]["trusted-users"], json!(["pikaci"]), "{:#}", r["nix"]);
     assert_eq!(
         (&user["isSystemUser"], &user["group"], &user["home"]),
         (&json!(true), &json!("pikaci"), &json!("/var/lib/pikaci"))

@@ -118,6 +118,10 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
             println!("  duration  {}", seconds(ms));
         }
         println!("  runtime   {}", record.runtime.as_str());
+        let hosts = record.remote_hosts();
+        if !hosts.is_empty() {
+            println!("  hosts     {}", hosts.join(", "));
+        }
         println!("  snapshot  {} ({} files)", record.snapshot.id, record.snapshot.files);
         if let Some(n) = &record.nix_version {
             println!("  nix       {n}");
@@ -136,7 +140,8 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
             let took = job.duration_ms.map(|d| format!(" {}", seconds(d))).unwrap_or_default();
             let why =
                 job.message.as_deref().and_then(|m| m.lines().next()).map(|m| format!("  {m}")).unwrap_or_default();
-            println!("  {:<12} {}{code}{took}{why}", job.status.as_str(), job.job_id);
+            let on = job.host.as_deref().filter(|_| hosts.len() > 1).map(|h| format!(" on {h}")).unwrap_or_default();
+            println!("  {:<12} {}{on}{code}{took}{why}", job.status.as_str(), job.job_id);
             if job.tests.is_some()
                 && let Some(tests) = job_tests(state, &record.run_id, &job.job_id)
             {

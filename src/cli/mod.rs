@@ -153,9 +153,15 @@ pub struct RunArgs {
     pub changed_since: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub runtime: RuntimeChoice,
-    /// Run on this SSH host (`localhost` means this machine, without SSH).
+    /// Run on this SSH host (`localhost` means this machine, without SSH), or on a host
+    /// the hosts file declares. Repeat it to spread the jobs over several hosts; a host
+    /// whose Incus is a cluster member brings every member.
     #[arg(long, value_name = "HOST", value_parser = crate::tools::ssh::parse_host)]
-    pub remote: Option<String>,
+    pub remote: Vec<String>,
+    /// The hosts file (`[hosts.NAME]` tables: `ssh`, `slots`, `members`). Default:
+    /// `pikaci.toml` beside the flake, if there is one.
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
     /// The Incus image for lanes that do not name one.
     #[arg(long, value_name = "ALIAS")]
     pub image: Option<String>,
@@ -248,7 +254,8 @@ fn start_run(flake: Option<&str>, state_root: Option<&std::path::Path>, args: Ru
         selection: Selection { lanes: args.lanes, all: args.all },
         changed_since: args.changed_since,
         runtime: args.runtime,
-        remote: args.remote,
+        remotes: args.remote,
+        hosts_file: args.hosts,
         image: args.image,
         parallelism,
         args: args.args,

@@ -2,7 +2,10 @@
 //! a registered Nix GC root (every output of a multi-output derivation is rooted), read
 //! its manifest, and produce the `StagedPayloadMount`s that the runtime gets.
 
+mod across_hosts;
 pub mod manifest;
+
+pub use across_hosts::RunBuilds;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -81,7 +84,7 @@ pub fn prepare(
     job_dir: &Path,
     placement: &Placement,
     log: &HostLog,
-    shared: &SharedBuilds,
+    (shared, across): (&SharedBuilds, &RunBuilds),
     on_realized: &(dyn Fn(&PreparedPayload) + Sync),
 ) -> Result<Prepared> {
     let staged = job_dir.join(STAGED_DIR);
@@ -93,7 +96,7 @@ pub fn prepare(
             .map(|payload| {
                 let staged = &staged;
                 scope.spawn(move || {
-                    let realized = realize(nix, payload, staged, placement, log, shared)
+                    let realized = realize(nix, payload, staged, placement, log, (shared, across))
                         .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id))?;
                     on_realized(&realized.0);
                     Ok(realized)
@@ -144,12 +147,15 @@ fn realize(
     staged: &Path,
     placement: &Placement,
     log: &HostLog,
-    shared: &SharedBuilds,
+    (shared, across): (&SharedBuilds, &RunBuilds),
 ) -> Result<(PreparedPayload, Vec<String>)> {
     let started = Instant::now();
     let (main, mounted) = payload.main_output().context("payload has no outputs")?;
     let link = root_link(staged, &payload.name, main);
-    let (roots, reproduce) = shared.once(&payload.drv_path, || realise_roots(nix, payload, staged, placement, log))?;
+    let outputs: Vec<String> = payload.outputs.values().cloned().collect();
+    let realise = || realise_roots(nix, payload, staged, placement, log);
+    let (roots, reproduce) = shared
+        .once(&payload.drv_path, || across.realise(&payload.drv_path, nix, placement, &outputs, log, &realise))?;
     let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
         Some((m, mounts)) => (Some(m), mounts),
         None => (None, Vec::new()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::Reporter;
+use super::hosts::Host;
 use super::setup::{RuntimeSlot, Setup};
 use crate::error;
 use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport, artifacts};
@@ -42,6 +43,7 @@ impl JobError {
 /// The context one job runs in.
 struct JobScope<'a> {
     setup: &'a Setup,
+    host: &'a Host,
     run_id: &'a str,
     planned: &'a PlannedJob,
     recorder: &'a Recorder,
@@ -54,6 +56,7 @@ struct JobScope<'a> {
 /// Prepare and run one job; return its summary (its `job.json` is written).
 pub fn run_job(
     setup: &Setup,
+    host: &Host,
     run_id: &str,
     planned: &PlannedJob,
     preview: Result<&JobPreview, String>,
@@ -62,8 +65,8 @@ pub fn run_job(
 ) -> JobSummary {
     let started = Instant::now();
     let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
-    let scope = JobScope { setup, run_id, planned, recorder, reporter, job_dir, preview };
-    let mut job = new_record(setup, run_id, planned);
+    let scope = JobScope { setup, host, run_id, planned, recorder, reporter, job_dir, preview };
+    let mut job = new_record(setup, Some(host), run_id, planned);
     recorder.emit(Event::JobStarted {
         run_id: run_id.to_string(),
         job_id: planned.job_id.clone(),
@@ -109,12 +112,35 @@ pub fn preview(setup: &Setup, run_id: &str, planned: &PlannedJob) -> Result<JobP
 /// A job ended by a panic (a bug): recorded as `error` with the panic's message.
 pub fn record_bug(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorder, bug: &str) -> JobSummary {
     let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
-    let mut job = JobRecord::read(&job_dir).unwrap_or_else(|_| new_record(setup, run_id, planned));
+    let mut job = JobRecord::read(&job_dir).unwrap_or_else(|_| new_record(setup, None, run_id, planned));
     let message = Some(format!("internal error (a bug in pikaci): {bug}"));
     finish_record(recorder, &job_dir, &mut job, JobStatus::Error, None, message, Duration::ZERO)
 }
 
-fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
+/// A job that found no host left in the run: recorded as `error` with the hosts' reasons.
+pub fn record_no_host(setup: &Setup, run_id: &str, planned: &PlannedJob, recorder: &Recorder, why: &str) -> JobSummary {
+    let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
+    let mut job = new_record(setup, None, run_id, planned);
+    finish_record(recorder, &job_dir, &mut job, JobStatus::Error, None, Some(why.to_string()), Duration::ZERO)
+}
+
+/// Put `why` before the message of a job that ended already (its record and summary).
+pub fn amend_message(setup: &Setup, run_id: &str, planned: &PlannedJob, summary: JobSummary, why: &str) -> JobSummary {
+    let job_dir = setup.choices.state.job_dir(run_id, &planned.job_id);
+    let message = match &summary.message {
+        Some(m) => format!("{why}: {m}"),
+        None => why.to_string(),
+    };
+    if let Ok(mut job) = JobRecord::read(&job_dir) {
+        job.message = Some(message.clone());
+        if let Err(e) = job.write(&job_dir) {
+            eprintln!("pikaci: warning: could not write the record of job `{}`: {e:#}", job.job_id);
+        }
+    }
+    JobSummary { message: Some(message), ..summary }
+}
+
+fn new_record(setup: &Setup, host: Option<&Host>, run_id: &str, planned: &PlannedJob) -> JobRecord {
     JobRecord {
         schema_version: JOB_SCHEMA_VERSION,
         run_id: run_id.to_string(),
@@ -126,12 +152,13 @@ fn new_record(setup: &Setup, run_id: &str, planned: &PlannedJob) -> JobRecord {
         duration_ms: None,
         exit_code: None,
         message: None,
-        runtime: setup.runtime.name(),
+        runtime: host.map(|h| h.runtime.name()).unwrap_or_else(|| setup.runtime_name()),
         nix_version: setup.nix_version.clone(),
         payloads: Vec::new(),
         instance: None,
         reproduce: Vec::new(),
         tests: None,
+        host: host.map(|h| h.name.clone()),
     }
 }
 
@@ -155,7 +182,7 @@ fn finish_record(
         eprintln!("pikaci: warning: could not write the record of job `{}`: {e:#}", job.job_id);
     }
     let tests = job.tests.as_ref().map(TestsRecord::counts);
-    JobSummary { job_id: job.job_id.clone(), status, exit_code, duration_ms, message, tests }
+    JobSummary { job_id: job.job_id.clone(), status, exit_code, duration_ms, message, tests, host: job.host.clone() }
 }
 
 /// How the command's end maps to the job's status.
@@ -180,7 +207,7 @@ impl JobScope<'_> {
         job.write(&self.job_dir).map_err(JobError::infra)?;
         host_log
             .line(&format!("job `{}` of run `{}`, lane `{}`", self.planned.job_id, self.run_id, self.planned.lane.id));
-        let runtime = match &self.setup.runtime {
+        let runtime = match &self.host.runtime {
             RuntimeSlot::Ready(runtime) => runtime,
             RuntimeSlot::Unavailable { why, .. } => {
                 host_log.line(&format!("runtime unavailable: {why}"));
@@ -214,11 +241,11 @@ impl JobScope<'_> {
             host_log.line(&format!("runtime failed: {error:#}"));
             JobError::infra(error)
         })?;
-        self.setup
+        self.host
             .placement
             .fetch_artifacts(&ctx.artifacts_dir, &host_log)
             .map_err(|e| JobError::infra(e.context("the command ran, but its artifacts could not be fetched")))?;
-        if !self.setup.placement.is_local() {
+        if !self.host.placement.is_local() {
             // What came back through the tar is made safe too.
             artifacts::sanitize(&ctx.artifacts_dir, &host_log).map_err(JobError::infra)?;
         }
@@ -267,7 +294,7 @@ impl JobScope<'_> {
     /// Get the job's host ready: the snapshot there (sent once per run), and the job's
     /// directories created with one call.
     fn place(&self, artifacts_dir: &Path, host_log: &HostLog) -> Result<()> {
-        let placement = &self.setup.placement;
+        let placement = &self.host.placement;
         if !placement.is_local() {
             host_log.line(&format!(
                 "placement: `{}`, job directory `{}`",
@@ -277,7 +304,7 @@ impl JobScope<'_> {
         }
         let snapshot = &self.setup.choices.snapshot.dir;
         let sent = self
-            .setup
+            .host
             .snapshot_sent
             .get_or_init(|| placement.ensure_snapshot(snapshot, host_log).map_err(|e| format!("{e:#}")));
         sent.clone().map_err(|e| anyhow::anyhow!(e))?;
@@ -314,9 +341,9 @@ impl JobScope<'_> {
             &setup.nix,
             &self.planned.lane,
             &self.job_dir,
-            &setup.placement,
+            &self.host.placement,
             host_log,
-            &setup.shared_builds,
+            (&self.host.shared_builds, &setup.run_builds),
             &on_realized,
         )
         .map_err(|error| {

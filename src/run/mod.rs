@@ -9,6 +9,8 @@
 //! build output too, and change the source hash (and so rebuild every payload) on every
 //! run. The snapshot holds exactly what the lane will see.
 
+mod hosts;
+mod hosts_file;
 mod job;
 mod records;
 mod scheduler;
@@ -46,7 +48,10 @@ pub struct RunRequest {
     pub selection: Selection,
     pub changed_since: Option<String>,
     pub runtime: RuntimeChoice,
-    pub remote: Option<String>,
+    /// `--remote`, repeated.
+    pub remotes: Vec<String>,
+    /// `--hosts FILE`; else `pikaci.toml` beside the flake, if there is one.
+    pub hosts_file: Option<PathBuf>,
     pub image: Option<String>,
     pub parallelism: usize,
     /// `-- ARGS`: appended to the command of each job, in this run only.
@@ -110,6 +115,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         None => None,
     };
     let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
+    let hosts_file = hosts_file::HostsFile::load(req.hosts_file.as_deref(), &req.flake.dir)?;
     let setup = Setup::new(
         setup::Choices {
             state: req.state,
@@ -118,7 +124,8 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
             snapshot: RunSnapshot { id: snap.id, dir: snap.dir, files: snap.files },
             changed,
             runtime: req.runtime,
-            remote: req.remote,
+            remotes: req.remotes,
+            hosts_file,
             image: req.image,
             parallelism: req.parallelism,
             rerun_of: None,
@@ -213,7 +220,8 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             snapshot: old.snapshot.clone(),
             changed: old.changed.as_ref().map(ChangedFiles::from),
             runtime,
-            remote: old.remote.clone(),
+            remotes: old.remote_hosts(),
+            hosts_file: hosts_file::HostsFile::load(None, &old.source_dir).unwrap_or_default(),
             image: old.image.clone(),
             parallelism: req.parallelism.unwrap_or(old.parallelism),
             rerun_of: Some(old.run_id.clone()),

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::Reporter;
+use super::hosts::Slots;
 use super::job;
 use super::setup::Setup;
 use crate::catalog;
@@ -42,7 +43,8 @@ pub fn execute(setup: Setup, create_guard: File, reporter: Arc<dyn Reporter>) ->
 
     let bugs = run_jobs(&setup, &run_id, &recorder, &reporter);
     // Instances still being deleted, or warmed for jobs that never ran.
-    let leftovers = setup.runtime.ready().map(|r| r.finish()).unwrap_or_default();
+    let leftovers: Vec<String> =
+        setup.hosts.iter().filter_map(|host| host.runtime.ready()).flat_map(|runtime| runtime.finish()).collect();
 
     let jobs = recorder.record().jobs;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -84,6 +86,7 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
             duration_ms: None,
             message: p.skip_reason.clone(),
             tests: None,
+            host: None,
         })
         .collect();
     RunRecord {
@@ -100,9 +103,10 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
         system: catalog::current_system(),
         nix_version: setup.nix_version.clone(),
         snapshot: c.snapshot.clone(),
-        runtime: setup.runtime.name(),
+        runtime: setup.runtime_name(),
         image: c.image.clone(),
-        remote: c.remote.clone(),
+        remote: setup.remote_names().into_iter().next(),
+        remotes: setup.remote_names(),
         parallelism: c.parallelism,
         changed: c.changed.as_ref().map(Into::into),
         rerun_of: c.rerun_of.clone(),
@@ -118,7 +122,7 @@ fn announce(setup: &Setup, recorder: &Recorder, run_id: &str) {
         run_id: run_id.to_string(),
         at: state::now_rfc3339(),
         flake: setup.choices.flake_label.clone(),
-        runtime: setup.runtime.name().as_str().to_string(),
+        runtime: setup.runtime_name().as_str().to_string(),
         snapshot: setup.choices.snapshot.id.clone(),
         jobs: setup.plan.iter().map(|p| p.job_id.clone()).collect(),
         rerun_of: setup.choices.rerun_of.clone(),
@@ -136,21 +140,25 @@ fn announce(setup: &Setup, recorder: &Recorder, run_id: &str) {
     }
 }
 
-/// Run every job that is not skipped on `--jobs` workers. Returns the messages of the
-/// panics that ended jobs (bugs), each already recorded on its job.
+/// Run every job that is not skipped on `--jobs` workers, each job on a slot of a host.
+/// Returns the messages of the panics that ended jobs (bugs), each already recorded on
+/// its job.
 fn run_jobs(setup: &Setup, run_id: &str, recorder: &Recorder, reporter: &Arc<dyn Reporter>) -> Vec<String> {
     let queue: Vec<&PlannedJob> = setup.plan.iter().filter(|p| p.skip_reason.is_none()).collect();
     let next = AtomicUsize::new(0);
     let bugs = Mutex::new(Vec::new());
-    let workers = setup.choices.parallelism.min(queue.len()).max(1);
+    let slots = Slots::new(&setup.hosts);
+    let workers = setup.choices.parallelism.min(queue.len()).min(slots.total()).max(1);
     // Each job's directory and host log, made once: when the runtime gets ready for it
     // ahead of time (the next job of each worker), or when it starts.
     let previews: Vec<OnceLock<Result<JobPreview, String>>> = queue.iter().map(|_| OnceLock::new()).collect();
     let preview = |i: usize| {
         previews[i].get_or_init(|| job::preview(setup, run_id, queue[i]).map_err(|e| format!("{e:#}"))).as_ref()
     };
+    // Warming ahead needs to know the job's host: with one host only.
     let warm = |i: usize| {
-        if let (Some(runtime), true) = (setup.runtime.ready(), i < queue.len())
+        if let ([host], true) = (setup.hosts.as_slice(), i < queue.len())
+            && let Some(runtime) = host.runtime.ready()
             && !signals::interrupted()
             && let Ok(job) = preview(i)
         {
@@ -168,14 +176,15 @@ fn run_jobs(setup: &Setup, run_id: &str, recorder: &Recorder, reporter: &Arc<dyn
                     let summary = if signals::interrupted() {
                         not_started(planned)
                     } else {
-                        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            job::run_job(setup, run_id, planned, preview(i).map_err(Clone::clone), recorder, reporter)
-                        }));
-                        attempt.unwrap_or_else(|payload| {
-                            let bug = error::panic_message(payload.as_ref());
-                            bugs.lock().unwrap_or_else(|p| p.into_inner()).push(bug.clone());
-                            job::record_bug(setup, run_id, planned, recorder, &bug)
-                        })
+                        match slots.acquire(&setup.hosts) {
+                            Err(why) => job::record_no_host(setup, run_id, planned, recorder, &why),
+                            Ok(h) => {
+                                let summary = run_on(setup, h, run_id, planned, preview(i), recorder, reporter, &bugs);
+                                let summary = check_host(setup, &slots, h, run_id, planned, summary);
+                                slots.release(h);
+                                summary
+                            }
+                        }
                     };
                     recorder.finish_job(summary);
                 }
@@ -183,6 +192,69 @@ fn run_jobs(setup: &Setup, run_id: &str, recorder: &Recorder, reporter: &Arc<dyn
         }
     });
     bugs.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    setup: &Setup,
+    h: usize,
+    run_id: &str,
+    planned: &PlannedJob,
+    preview: Result<&JobPreview, &String>,
+    recorder: &Recorder,
+    reporter: &Arc<dyn Reporter>,
+    bugs: &Mutex<Vec<String>>,
+) -> JobSummary {
+    let host = &setup.hosts[h];
+    let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        job::run_job(setup, host, run_id, planned, preview.map_err(Clone::clone), recorder, reporter)
+    }));
+    attempt.unwrap_or_else(|payload| {
+        let bug = error::panic_message(payload.as_ref());
+        bugs.lock().unwrap_or_else(|p| p.into_inner()).push(bug.clone());
+        job::record_bug(setup, run_id, planned, recorder, &bug)
+    })
+}
+
+/// A job that ended in `error` on a remote host of a run of several hosts: does the host
+/// still answer? One that does not is taken out of the run (its queued jobs go to the
+/// others), and the job's message names it.
+fn check_host(
+    setup: &Setup,
+    slots: &Slots,
+    h: usize,
+    run_id: &str,
+    planned: &PlannedJob,
+    summary: JobSummary,
+) -> JobSummary {
+    let host = &setup.hosts[h];
+    if summary.status != JobStatus::Error || setup.hosts.len() < 2 || signals::interrupted() {
+        return summary;
+    }
+    let failed = if slots.is_out(h) {
+        Some("it was taken out of the run".to_string())
+    } else {
+        match host.runtime.ready().map(|r| r.check_host()) {
+            Some(Err(e)) => {
+                let why = error::render(&e).trim_start_matches("error: ").to_string();
+                if slots.take_out(h, &why) {
+                    eprintln!("pikaci: host `{}` failed and is taken out of the run: {why}", host.name);
+                }
+                Some(why)
+            }
+            _ => None,
+        }
+    };
+    match failed {
+        Some(why) => job::amend_message(
+            setup,
+            run_id,
+            planned,
+            summary,
+            &format!("host `{}` failed and was taken out of the run ({why})", host.name),
+        ),
+        None => summary,
+    }
 }
 
 fn not_started(planned: &PlannedJob) -> JobSummary {
@@ -193,5 +265,6 @@ fn not_started(planned: &PlannedJob) -> JobSummary {
         duration_ms: None,
         message: Some("not started: the run was interrupted".into()),
         tests: None,
+        host: None,
     }
 }

@@ -1,14 +1,14 @@
 //! Everything decided before a run exists: what to run, where, and on which runtime.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::Result;
 
-use crate::error;
-use crate::executor::{Placement, Runtime, RuntimeChoice, placement, select_runtime};
+use super::hosts::{Host, hosts_for};
+use super::hosts_file::HostsFile;
+use crate::executor::{Runtime, RuntimeChoice};
 use crate::plan::{ChangedFiles, PlannedJob};
-use crate::prepare::SharedBuilds;
+use crate::prepare::RunBuilds;
 use crate::state::StateRoot;
 use crate::state::record::{RunSnapshot, RuntimeName};
 use crate::tools::nix::{Nix, NixVersion};
@@ -21,7 +21,10 @@ pub struct Choices {
     pub snapshot: RunSnapshot,
     pub changed: Option<ChangedFiles>,
     pub runtime: RuntimeChoice,
-    pub remote: Option<String>,
+    /// `--remote`, repeated: SSH hosts, or hosts the hosts file declares.
+    pub remotes: Vec<String>,
+    /// The hosts file (`--hosts FILE`, or `pikaci.toml` beside the flake).
+    pub hosts_file: HostsFile,
     pub image: Option<String>,
     pub parallelism: usize,
     pub rerun_of: Option<String>,
@@ -68,47 +71,29 @@ pub struct Setup {
     pub nix: Nix,
     pub nix_version: Option<String>,
     pub plan: Vec<PlannedJob>,
-    pub runtime: RuntimeSlot,
-    pub placement: Placement,
-    pub shared_builds: SharedBuilds,
-    /// On a remote placement, the first job sends the snapshot; the others wait for it.
-    pub snapshot_sent: OnceLock<Result<(), String>>,
+    /// Where jobs run: this machine, or the SSH hosts (an Incus cluster's members).
+    pub hosts: Vec<Host>,
+    /// Which host built each payload of the run: the others receive it from there.
+    pub run_builds: RunBuilds,
 }
 
 impl Setup {
     pub fn new(mut choices: Choices, nix: Nix, plan: Vec<PlannedJob>, version: NixVersion) -> Result<Setup> {
         choices.parallelism = choices.parallelism.max(1);
-        let placement = Placement::new(choices.remote.as_deref(), &choices.state.root, &placement::remote_state_root());
-        let runtime = runtime_for(&plan, &choices, &placement)?;
+        let hosts = hosts_for(&plan, &choices, &choices.hosts_file)?;
         let nix_version = Some(version.text);
-        Ok(Setup {
-            choices,
-            nix,
-            nix_version,
-            plan,
-            runtime,
-            placement,
-            shared_builds: SharedBuilds::default(),
-            snapshot_sent: OnceLock::new(),
-        })
+        Ok(Setup { choices, nix, nix_version, plan, hosts, run_builds: RunBuilds::default() })
     }
-}
 
-/// The runtime for a plan. A plan whose jobs are all skipped needs none (CI with only
-/// skipped lanes passes without a runtime). A runtime that is not available here still
-/// gives a recorded run; asking for something impossible (bwrap on a remote host) is a
-/// usage error.
-fn runtime_for(plan: &[PlannedJob], choices: &Choices, placement: &Placement) -> Result<RuntimeSlot> {
-    if plan.iter().all(|j| j.skip_reason.is_some()) {
-        return Ok(RuntimeSlot::NotNeeded);
+    /// The runtime the run records: the first host's that is ready, else the first's.
+    pub fn runtime_name(&self) -> RuntimeName {
+        let ready = self.hosts.iter().find(|h| h.runtime.ready().is_some());
+        ready.or(self.hosts.first()).map(|h| h.runtime.name()).unwrap_or(RuntimeName::None)
     }
-    match select_runtime(choices.runtime, placement, choices.image.as_deref(), &choices.state.root) {
-        Ok(runtime) => Ok(RuntimeSlot::Ready(runtime)),
-        Err(e) if error::kind_of(&e) == error::ErrorKind::Infrastructure => Ok(RuntimeSlot::Unavailable {
-            asked: choices.runtime,
-            why: error::render(&e).trim_start_matches("error: ").to_string(),
-        }),
-        Err(e) => Err(e),
+
+    /// The SSH hosts of the run, as recorded (`remotes`).
+    pub fn remote_names(&self) -> Vec<String> {
+        self.hosts.iter().filter(|h| !h.placement.is_local()).map(|h| h.name.clone()).collect()
     }
 }
 

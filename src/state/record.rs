@@ -110,8 +110,12 @@ pub struct RunRecord {
     pub runtime: RuntimeName,
     #[serde(default)]
     pub image: Option<String>,
+    /// The first host of the run (`remotes[0]`), kept for the readers of older records.
     #[serde(default)]
     pub remote: Option<String>,
+    /// Every SSH host the run was given (`--remote`, repeated), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<String>,
     pub parallelism: usize,
     #[serde(default)]
     pub changed: Option<ChangedRecord>,
@@ -308,6 +312,9 @@ pub struct JobSummary {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestCounts>,
+    /// The host the job ran on (`localhost`, an SSH host, a cluster member's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One job in full: its lane, the realized payloads, and how to reproduce it by hand.
@@ -342,6 +349,9 @@ pub struct JobRecord {
     /// Absent when the job wrote no JUnit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestsRecord>,
+    /// The host the job ran on; absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +372,17 @@ pub struct RealizedPayload {
 }
 
 impl RunRecord {
+    /// The SSH hosts of the run: `remotes`, or the one `remote` of an older record.
+    pub fn remote_hosts(&self) -> Vec<String> {
+        if self.remotes.is_empty() { self.remote.iter().cloned().collect() } else { self.remotes.clone() }
+    }
+
+    /// Where the run's Incus instances were: each SSH host, or this machine (`None`).
+    pub fn incus_hosts(&self) -> Vec<Option<String>> {
+        let hosts = self.remote_hosts();
+        if hosts.is_empty() { vec![None] } else { hosts.into_iter().map(Some).collect() }
+    }
+
     pub fn path(run_dir: &Path) -> PathBuf {
         run_dir.join("run.json")
     }

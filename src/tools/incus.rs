@@ -42,6 +42,8 @@ pub enum Wait {
 #[derive(Clone, Debug)]
 pub struct Incus {
     target: Target,
+    /// On an Incus cluster: the member new instances are created on (`--target`).
+    member: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +65,16 @@ pub struct InstanceInfo {
     pub config: BTreeMap<String, String>,
     #[serde(default)]
     pub devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A member of an Incus cluster (the fields pikaci reads).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ClusterMember {
+    pub server_name: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub status: String,
 }
 
 /// What `incus init` reads from its stdin: the instance's config keys and devices, so
@@ -97,16 +109,38 @@ impl Incus {
                  or use `--runtime bwrap`",
             )
         })?;
-        Ok(Incus { target: Target::Local(program) })
+        Ok(Incus { target: Target::Local(program), member: None })
     }
 
     /// For tests of argv building.
     pub fn with_program(program: impl Into<PathBuf>) -> Incus {
-        Incus { target: Target::Local(program.into()) }
+        Incus { target: Target::Local(program.into()), member: None }
     }
 
     pub fn via_ssh(ssh: Ssh, host: &str) -> Incus {
-        Incus { target: Target::Remote { ssh, host: host.to_string() } }
+        Incus { target: Target::Remote { ssh, host: host.to_string() }, member: None }
+    }
+
+    /// The same client, creating instances on this cluster member (`incus init --target`).
+    pub fn on_member(self, member: &str) -> Incus {
+        Incus { member: Some(member.to_string()), ..self }
+    }
+
+    /// The cluster member instances are created on, if one was chosen.
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
+    /// The members of the cluster this daemon belongs to, with their status
+    /// (`GET /1.0/cluster/members`); empty when it is not clustered.
+    pub fn cluster_members(&self) -> Result<Vec<ClusterMember>> {
+        let cluster = self.query("/1.0/cluster", None, Wait::Interruptible(QUERY_TIMEOUT))?;
+        if !cluster.as_ref().and_then(|c| c.get("enabled")).and_then(|e| e.as_bool()).unwrap_or(false) {
+            return Ok(Vec::new());
+        }
+        let members = self.query("/1.0/cluster/members?recursion=1", None, Wait::Interruptible(QUERY_TIMEOUT))?;
+        serde_json::from_value(members.unwrap_or_default())
+            .context("`incus query /1.0/cluster/members` did not print the expected JSON")
     }
 
     /// Where the daemon is, for messages: "this machine" or "`host`".
@@ -153,8 +187,13 @@ impl Incus {
     }
 
     /// `incus init IMAGE NAME --ephemeral` with the config and devices on stdin.
+    /// On a cluster, `--target MEMBER` puts it on the member that has its files.
     pub fn init_cmd(&self, image: &str, name: &str, spec: &InstanceSpec) -> Cmd {
-        self.command("incus init", &["init", image, name, "--ephemeral", "--quiet"]).stdin_bytes(spec.to_json())
+        let mut args = vec!["init", image, name, "--ephemeral", "--quiet"];
+        if let Some(member) = &self.member {
+            args.extend(["--target", member]);
+        }
+        self.command("incus init", &args).stdin_bytes(spec.to_json())
     }
 
     /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all to a
@@ -351,6 +390,8 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&spec.to_json()).unwrap();
         assert_eq!(json["config"]["user.pikaci.run"], "r");
         assert_eq!(json["devices"], serde_json::json!({}));
+        let on_member = incus.on_member("m2").init_cmd("pikaci/busybox", "pikaci-r-j", &spec);
+        assert_eq!(argv(&on_member)[6..], ["--target", "m2"], "on a cluster, the member is named");
     }
 
     #[test]

@@ -159,6 +159,17 @@ impl Nix {
         self.nix("nix copy").args(["copy", "--derivation", "--to", to, drv])
     }
 
+    /// `nix copy --from <store> --to <store> <paths>`: store paths and their closures from
+    /// one store to another (through this process; this machine's store is not used).
+    pub fn copy_between_cmd(&self, from: &str, to: &str, paths: &[String]) -> Cmd {
+        self.nix("nix copy").args(["copy", "--from", from, "--to", to]).args(paths)
+    }
+
+    /// `nix-store --check-validity <paths>`: exits 0 when every path is valid in the store.
+    pub fn check_validity_cmd(&self, paths: &[String]) -> Cmd {
+        Cmd::new("nix-store --check-validity", &self.nix_store).arg("--check-validity").args(paths)
+    }
+
     /// Run a [`Nix::realise_cmd`] and return the root links it printed.
     pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
         let out = self.realise_cmd(path, root).run(log)?;

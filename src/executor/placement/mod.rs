@@ -151,6 +151,27 @@ impl Placement {
         Ok((roots, cmd.display()))
     }
 
+    /// When this host lacks `paths` and `source` (another SSH host) has them: copy them
+    /// here with Nix's own copying. Returns the command when something was sent; nothing
+    /// is sent when the paths are valid here already, or either host is this machine.
+    pub fn receive_from(
+        &self,
+        nix: &Nix,
+        source: &Placement,
+        paths: &[String],
+        log: &HostLog,
+    ) -> Result<Option<String>> {
+        let (Placement::Remote(here), Placement::Remote(there)) = (self, source) else { return Ok(None) };
+        if here == there {
+            return Ok(None);
+        }
+        if here.all_valid(nix, paths, log)? {
+            log.line(&format!("payload outputs are valid on `{}` already: not sent", here.host));
+            return Ok(None);
+        }
+        here.copy_from(nix, there, paths, log).map(Some)
+    }
+
     /// A file under a realized payload `root` on the host, read without following a link
     /// anywhere below the root, and at most `limit` + 1 bytes of it (so that a caller sees
     /// that it is too large).

@@ -81,6 +81,23 @@ impl RemoteHost {
         Ok(copy.display())
     }
 
+    /// True when every path is valid in the host's store (`nix-store --check-validity`).
+    pub fn all_valid(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {
+        let out = self.command_like(&nix.check_validity_cmd(paths))?.run_unchecked(Some(log))?;
+        Ok(out.status.success())
+    }
+
+    /// Copy store paths (with their closures) from another SSH host's store into this
+    /// host's, with Nix's own copying (`nix copy --from ssh://A --to ssh://B`; the bytes
+    /// pass through this process, not this machine's store). Returns the command.
+    pub fn copy_from(&self, nix: &Nix, source: &RemoteHost, paths: &[String], log: &HostLog) -> Result<String> {
+        let ssh = self.ssh()?;
+        let (from, to) = (format!("ssh://{}", source.host), format!("ssh://{}", self.host));
+        let copy = nix.copy_between_cmd(&from, &to, paths).env("NIX_SSHOPTS", ssh.nix_sshopts());
+        copy.run(Some(log)).with_context(|| format!("copy payloads from `{}` to `{}`", source.host, self.host))?;
+        Ok(copy.display())
+    }
+
     /// The same command, run on the host through SSH: its program by its file name (the
     /// host's own, on its PATH), its arguments as they are.
     pub fn command_like(&self, cmd: &Cmd) -> Result<Cmd> {

@@ -73,6 +73,11 @@ pub trait Runtime: Send + Sync {
         None
     }
     fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome>;
+    /// Whether the host still answers (its daemon, through SSH for a remote one). A job
+    /// that ended in an infrastructure error asks; a host that fails is taken out of the run.
+    fn check_host(&self) -> Result<()> {
+        Ok(())
+    }
     /// Get ready, in the background, for a job that will run soon (Incus creates and
     /// starts its instance while the payloads are realized). Nothing by default.
     fn warm(&self, _job: &JobPreview) {}

@@ -60,7 +60,21 @@ impl IncusRuntime {
     /// daemon answers, within a few seconds. `--runtime auto` falls back to bubblewrap
     /// when this fails, so it fails fast.
     pub fn connect(placement: &Placement, image: Option<&str>, state_root: &Path) -> Result<IncusRuntime> {
-        let incus = Incus::locate(placement.ssh_host())?;
+        Self::connect_member(placement, None, image, state_root)
+    }
+
+    /// The same, on an Incus cluster: instances are created on `member` (the one the
+    /// placement reaches, which has the job's files).
+    pub fn connect_member(
+        placement: &Placement,
+        member: Option<&str>,
+        image: Option<&str>,
+        state_root: &Path,
+    ) -> Result<IncusRuntime> {
+        let mut incus = Incus::locate(placement.ssh_host())?;
+        if let Some(member) = member {
+            incus = incus.on_member(member);
+        }
         incus.server().map_err(|e| daemon_error(&incus, e))?;
         let state_root_tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
         Ok(IncusRuntime {
@@ -123,6 +137,10 @@ impl Runtime for IncusRuntime {
             check_interrupted(&plan.name, "before the command ran in").and_then(|()| instance.exec(&plan, ctx, io));
         self.warmed.delete_in_background(instance);
         outcome
+    }
+
+    fn check_host(&self) -> Result<()> {
+        self.incus.server().map(|_| ()).map_err(|e| daemon_error(&self.incus, e))
     }
 
     fn warm(&self, job: &JobPreview) {
