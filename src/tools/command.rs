@@ -290,22 +290,20 @@ impl Cmd {
         };
         let handle =
             expr.stderr_capture().unchecked().start().map_err(|e| spawn_error(&self.label, &self.program, e))?;
-        loop {
-            if handle.wait_timeout(INTERRUPT_POLL).with_context(|| format!("wait for `{}`", self.label))?.is_some() {
-                break;
-            }
-            if self.interruptible && signals::interrupted() {
+        let deadline = self.time_limit.and_then(|limit| started.checked_add(limit));
+        match supervise(&handle, &self.label, deadline, self.interruptible)? {
+            Supervised::Exited(_) => {}
+            Supervised::Interrupted => {
                 self.stop(&handle);
                 if let Some(log) = log {
                     log.line(&format!("interrupted: {}", self.display()));
                 }
                 return Err(Interrupted.into());
             }
-            if let Some(limit) = self.time_limit
-                && started.elapsed() >= limit
-            {
+            Supervised::TimedOut => {
                 let _ = handle.kill();
                 let _ = handle.wait();
+                let limit = self.time_limit.unwrap_or_default();
                 if let Some(log) = log {
                     log.line(&format!("gave up after {}s: {}", limit.as_secs(), self.display()));
                 }
@@ -332,6 +330,39 @@ impl Cmd {
             log.command(self, &out);
         }
         Ok(out)
+    }
+}
+
+/// How a supervised command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Supervised {
+    Exited(ExitStatus),
+    /// Still running at its deadline (not stopped yet: the caller decides how).
+    TimedOut,
+    /// Still running when Ctrl-C or SIGTERM came (not stopped yet).
+    Interrupted,
+}
+
+/// Wait for a started command until it exits, its `deadline` passes, or (when
+/// `interruptible`) pikaci is interrupted. The one wait loop of pikaci: every external
+/// command, the guest's included, is waited for here; the caller stops what is left.
+pub fn supervise(
+    handle: &duct::Handle,
+    label: &str,
+    deadline: Option<Instant>,
+    interruptible: bool,
+) -> Result<Supervised> {
+    loop {
+        let step = deadline.map_or(INTERRUPT_POLL, |d| INTERRUPT_POLL.min(d.saturating_duration_since(Instant::now())));
+        if let Some(out) = handle.wait_timeout(step).with_context(|| format!("wait for `{label}`"))? {
+            return Ok(Supervised::Exited(out.status));
+        }
+        if interruptible && signals::interrupted() {
+            return Ok(Supervised::Interrupted);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Supervised::TimedOut);
+        }
     }
 }
 

@@ -196,8 +196,9 @@ impl Incus {
         self.command("incus init", &args).stdin_bytes(spec.to_json())
     }
 
-    /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all to a
-    /// running instance (disks are mounted, idmapped, at once).
+    /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all. Only
+    /// to a stopped instance: a read-only disk added to a running one is not locked
+    /// read-only inside it.
     pub fn add_devices_cmd(&self, name: &str, devices: &BTreeMap<String, BTreeMap<String, String>>) -> Cmd {
         let body = serde_json::json!({ "devices": devices }).to_string();
         let path = format!("/1.0/instances/{}", url_segment(name));
@@ -226,8 +227,13 @@ impl Incus {
         self.command("incus delete", &["delete", "--force", name])
     }
 
+    /// The instance's `lxc.log`, read through the API. (`incus info --show-log` also asks
+    /// for the instance's state, which fails, "Invalid PID", right after a failed start.)
     pub fn show_log_cmd(&self, name: &str) -> Cmd {
-        self.command("incus info --show-log", &["info", name, "--show-log"])
+        self.command(
+            "incus query logs/lxc.log",
+            &["query", &format!("/1.0/instances/{}/logs/lxc.log", url_segment(name))],
+        )
     }
 
     /// Run an `incus` call; a non-zero exit is a [`CommandFailed`] carrying Incus' own

@@ -15,13 +15,11 @@ use anyhow::{Context, Result};
 use super::{GuestOutcome, JobIo};
 use crate::error;
 use crate::executor::lines::LineSplitter;
-use crate::signals;
-use crate::tools::command::{Cmd, spawn_error};
+use crate::tools::command::{Cmd, Supervised, spawn_error, supervise};
 
 /// How long to wait for the last output after the process exited (a grandchild that
 /// escaped the sandbox could hold the pipe open forever).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(50);
 
 pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Result<GuestOutcome> {
     let started = Instant::now();
@@ -44,29 +42,23 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
 
     let done_rx = spawn_reader(reader, job_id, io)?;
 
-    let outcome = loop {
-        let step = deadline.map_or(POLL, |d| POLL.min(d.saturating_duration_since(Instant::now())));
-        match handle.wait_timeout(step).with_context(|| format!("wait for `{}`", cmd.label()))? {
-            Some(out) => {
-                break match (out.status.code(), out.status.signal()) {
-                    (Some(code), _) => GuestOutcome::Exited(code),
-                    (None, Some(sig)) => GuestOutcome::Signaled(sig),
-                    (None, None) => GuestOutcome::Exited(-1),
-                };
-            }
-            None if signals::interrupted() => {
-                let _ = handle.kill();
-                let _ = handle.wait();
-                io.host_log.line("interrupted: killed the guest command");
-                break GuestOutcome::Interrupted;
-            }
-            None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                let _ = handle.kill();
-                let _ = handle.wait();
-                io.host_log.line(&format!("timed out after {}s: killed the guest command", timeout.as_secs()));
-                break GuestOutcome::TimedOut;
-            }
-            None => {}
+    let outcome = match supervise(&handle, cmd.label(), deadline, true)? {
+        Supervised::Exited(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => GuestOutcome::Exited(code),
+            (None, Some(sig)) => GuestOutcome::Signaled(sig),
+            (None, None) => GuestOutcome::Exited(-1),
+        },
+        Supervised::Interrupted => {
+            let _ = handle.kill();
+            let _ = handle.wait();
+            io.host_log.line("interrupted: killed the guest command");
+            GuestOutcome::Interrupted
+        }
+        Supervised::TimedOut => {
+            let _ = handle.kill();
+            let _ = handle.wait();
+            io.host_log.line(&format!("timed out after {}s: killed the guest command", timeout.as_secs()));
+            GuestOutcome::TimedOut
         }
     };
     let write_error = match done_rx.recv_timeout(DRAIN_GRACE) {

@@ -214,7 +214,8 @@ impl JobInstance {
         &self.name
     }
 
-    /// Add the devices the plan has and a warmed instance lacks, in one call.
+    /// Add the devices the plan has and a warmed instance lacks, in one call, before it
+    /// starts (see [`warm`]: devices added to a running container are not locked read-only).
     pub fn add_devices(&self, plan: &InstancePlan) -> Result<()> {
         let devices = plan.later_devices();
         if devices.is_empty() {
@@ -246,7 +247,7 @@ impl JobInstance {
             self.log.line(&format!("could not read the container's log of `{}`: {}", self.name, incus_failure(why)));
         }
         if let Ok(out) = shown {
-            self.log.line(&format!("container log of `{}` (`incus info --show-log`):", self.name));
+            self.log.line(&format!("container log of `{}` (its `lxc.log`):", self.name));
             for l in out
                 .stdout_str()
                 .lines()
