@@ -120,6 +120,10 @@ fn changed_since_runs_only_lanes_whose_paths_match_and_records_why_others_were_s
     let record = out.json();
     assert_eq!(job_status(&record, "core"), "passed");
     assert_eq!(job_status(&record, "always"), "passed");
+    // The run names the commit the work tree had checked out.
+    let head = Command::new("git").arg("-C").arg(p).args(["rev-parse", "HEAD"]).output().unwrap();
+    assert_eq!(record["git_rev"], String::from_utf8_lossy(&head.stdout).trim(), "{record}");
+    assert!(run_in(p, &["status", "latest"]).stdout.contains("  revision  "));
     assert_eq!(job_status(&record, "docs"), "skipped");
     let docs = record["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == "docs").unwrap();
     assert_eq!(docs["message"], "no file changed since `HEAD` matches its paths (docs/*.md)");

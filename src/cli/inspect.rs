@@ -123,6 +123,9 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
             println!("  hosts     {}", hosts.join(", "));
         }
         println!("  snapshot  {} ({} files)", record.snapshot.id, record.snapshot.files);
+        if let Some(rev) = &record.git_rev {
+            println!("  revision  {rev}");
+        }
         if let Some(n) = &record.nix_version {
             println!("  nix       {n}");
         }

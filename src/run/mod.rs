@@ -116,6 +116,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     };
     let plan = plan::plan(&catalog, &req.selection, changed.as_ref())?;
     let hosts_file = hosts_file::HostsFile::load(req.hosts_file.as_deref(), &req.flake.dir)?;
+    let git_rev = git::head_revision(&req.flake.dir);
     let setup = Setup::new(
         setup::Choices {
             state: req.state,
@@ -130,6 +131,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
             parallelism: req.parallelism,
             rerun_of: None,
             args: req.args,
+            git_rev,
         },
         nix,
         plan,
@@ -226,6 +228,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             parallelism: req.parallelism.unwrap_or(old.parallelism),
             rerun_of: Some(old.run_id.clone()),
             args: old.args.clone(),
+            git_rev: old.git_rev.clone(),
         },
         nix,
         plan,

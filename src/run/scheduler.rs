@@ -103,6 +103,7 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
         system: catalog::current_system(),
         nix_version: setup.nix_version.clone(),
         snapshot: c.snapshot.clone(),
+        git_rev: c.git_rev.clone(),
         runtime: setup.runtime_name(),
         image: c.image.clone(),
         remote: setup.remote_names().into_iter().next(),

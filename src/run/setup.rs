@@ -30,6 +30,8 @@ pub struct Choices {
     pub rerun_of: Option<String>,
     /// `-- ARGS`: appended to every job's command.
     pub args: Vec<String>,
+    /// The git commit of the work tree, when it is one.
+    pub git_rev: Option<String>,
 }
 
 /// The runtime a run got, or why it has none.

@@ -242,6 +242,7 @@ fn run_row(l: &Listed) -> Markup {
                     td { (counts(r)) }
                     td {
                         span.mono { (r.flake) }
+                        @if let Some(rev) = &r.git_rev { " " span.mono.sub title=(rev) { "@" (&rev[..rev.len().min(12)]) } }
                         @if let Some(c) = &r.changed { div.sub { "changed since " code { (c.since) } } }
                     }
                     td { (when(&r.created_at)) }
@@ -267,6 +268,7 @@ pub fn run(view: &RunView) -> String {
         dl.facts {
             dt { "Jobs" } dd { (counts(r)) }
             dt { "Flake" } dd.mono { (r.flake) }
+            @if let Some(rev) = &r.git_rev { dt { "Revision" } dd.mono { (rev) } }
             @if let Some(c) = &r.changed { dt { "Changed" } dd { (c.files.len()) " file(s) since " code { (c.since) } } }
             dt { "Started" } dd { (when(&r.created_at)) }
             @if let Some(f) = &r.finished_at { dt { "Finished" } dd { (when(f)) } }

@@ -107,6 +107,10 @@ pub struct RunRecord {
     #[serde(default)]
     pub nix_version: Option<String>,
     pub snapshot: RunSnapshot,
+    /// The git commit the work tree had checked out when the run took its snapshot
+    /// (the snapshot also holds what was not committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_rev: Option<String>,
     pub runtime: RuntimeName,
     #[serde(default)]
     pub image: Option<String>,

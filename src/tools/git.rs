@@ -25,6 +25,17 @@ pub fn is_work_tree(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The commit checked out in the work tree of `dir` (`git rev-parse HEAD`), or `None`
+/// outside a git work tree (no process is started when there is no `.git` upwards).
+pub fn head_revision(dir: &Path) -> Option<String> {
+    if !dir.ancestors().any(|d| d.join(".git").exists()) && std::env::var_os("GIT_DIR").is_none() {
+        return None;
+    }
+    let out = git("git rev-parse", dir).ok()?.args(["rev-parse", "--verify", "--quiet", "HEAD"]).run(None).ok()?;
+    let rev = out.stdout_str().trim().to_string();
+    (!rev.is_empty()).then_some(rev)
+}
+
 /// Tracked and untracked-not-ignored files below `dir`, relative to it. Tracked files
 /// deleted from the work tree are still listed; callers skip what does not exist.
 pub fn work_tree_files(dir: &Path) -> Result<Vec<PathBuf>> {
