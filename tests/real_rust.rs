@@ -373,4 +373,37 @@ fn pikaci_records_each_test_reruns_only_the_failed_one_and_splits_shards() {
     };
     assert_eq!((sum("passed"), sum("failed"), sum("skipped"), sum("flaky")), (7, 1, 1, 1), "{sharded}");
     assert_eq!(sharded["plan"][1]["shard"], "2/2");
+    // The human summary adds the shards back up under their lane.
+    let out = run_in(d, &["run", "sharded", "--runtime", "bwrap", "--jobs", "2"]);
+    assert!(out.stdout.contains("TESTS sharded (2 jobs): 1 failed, 7 passed, 1 skipped, 1 flaky"), "{}", out.stdout);
+}
+
+/// Not a check but a measurement (`cargo test --test real_rust -- --ignored --nocapture
+/// measure_sharded`): the wall time of the fixture workspace's lane split in two shards
+/// (`--jobs 2`) against the same tests unsharded, payloads built, medians of 3, interleaved.
+#[test]
+#[ignore]
+fn measure_sharded_against_unsharded() {
+    require_bwrap();
+    let dir = fixture();
+    let d = dir.path();
+    build_payload(d, "unit", "workspace-deps");
+    build_payload(d, "unit", "workspace-build");
+    build_payload(d, "sharded", "workspace-build");
+    let time = |lane: &str| {
+        let start = Instant::now();
+        run_in(d, &["run", lane, "--runtime", "bwrap", "--jobs", "2"]);
+        start.elapsed().as_secs_f64()
+    };
+    let (mut whole, mut shards) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        whole.push(time("unit"));
+        shards.push(time("sharded"));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, s) = (median(&mut whole), median(&mut shards));
+    eprintln!("measured: unsharded {w:.2} s, shards = 2 with --jobs 2 {s:.2} s, ratio {:.2}", s / w);
 }

@@ -78,6 +78,8 @@ struct Human {
 #[derive(Default)]
 struct TestTally {
     jobs: usize,
+    /// Per lane with several jobs (shards): its jobs and their sums.
+    lanes: std::collections::BTreeMap<String, TestTally>,
     passed: u64,
     failed: u64,
     skipped: u64,
@@ -128,7 +130,8 @@ impl Human {
 
     /// A job's `test_results`: its counts and failed tests, added to the run's tally.
     fn job_tests(&self, event: &Event) {
-        let Event::TestResults { job_id, passed, failed, skipped, flaky, failed_tests, flaky_tests, .. } = event else {
+        let Event::TestResults { job_id, lane, passed, failed, skipped, flaky, failed_tests, flaky_tests, .. } = event
+        else {
             return;
         };
         let mut tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,6 +143,7 @@ impl Human {
             flaky: *flaky,
             failed_tests: failed_tests.clone(),
             flaky_tests: flaky_tests.clone(),
+            ..TestTally::default()
         };
         let mut line = format!("{} {job_id}: {}", self.paint("2", "   TESTS"), job.line());
         if *failed > 0 {
@@ -148,6 +152,12 @@ impl Human {
         if *flaky > 0 {
             line.push_str(&format!("\n         flaky: {}", some_names(flaky_tests, *flaky)));
         }
+        let per_lane = tally.lanes.entry(lane.clone()).or_default();
+        per_lane.jobs += 1;
+        per_lane.passed += passed;
+        per_lane.failed += failed;
+        per_lane.skipped += skipped;
+        per_lane.flaky += flaky;
         tally.jobs += 1;
         tally.passed += passed;
         tally.failed += failed;
@@ -163,7 +173,17 @@ impl Human {
     fn tests_summary(&self) {
         let tally = self.tests.lock().unwrap_or_else(|p| p.into_inner());
         if tally.jobs > 0 {
-            let mut line = format!("{} {}", self.paint("1", "tests"), tally.line());
+            let mut line = String::new();
+            // A lane of several jobs (shards): its jobs' tests added back up.
+            for (lane, sums) in tally.lanes.iter().filter(|(_, t)| t.jobs > 1) {
+                line.push_str(&format!(
+                    "{} {lane} ({} jobs): {}\n",
+                    self.paint("2", "   TESTS"),
+                    sums.jobs,
+                    sums.line()
+                ));
+            }
+            line.push_str(&format!("{} {}", self.paint("1", "tests"), tally.line()));
             if tally.failed > 0 {
                 line.push_str(&format!("\n         failed: {}", some_names(&tally.failed_tests, tally.failed)));
             }

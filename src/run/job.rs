@@ -280,6 +280,7 @@ impl JobScope<'_> {
         self.recorder.emit(Event::TestResults {
             run_id: self.run_id.to_string(),
             job_id: self.planned.job_id.clone(),
+            lane: self.planned.lane.id.clone(),
             passed: tests.passed,
             failed: tests.failed,
             skipped: tests.skipped,

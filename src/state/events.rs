@@ -59,6 +59,9 @@ pub enum Event {
     TestResults {
         run_id: String,
         job_id: String,
+        /// The job's lane (the shards of a lane add up under it).
+        #[serde(default)]
+        lane: String,
         passed: u64,
         failed: u64,
         skipped: u64,
