@@ -101,6 +101,19 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     );
     let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
     assert!(host_log.contains("/nix-store --realise /nix/store/"), "{host_log}");
+    // All three payloads by one `nix-store` process, and its temporary roots are gone.
+    assert_eq!(
+        host_log.lines().filter(|l| l.contains("] $ ") && l.contains("nix-store --realise")).count(),
+        1,
+        "{host_log}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&staged)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".realise"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!auto.iter().any(|t| t.starts_with(&staged) && t.to_string_lossy().contains(".realise")), "{auto:?}");
 }
 
 #[test]

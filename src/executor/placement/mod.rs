@@ -5,7 +5,10 @@
 //! realize a store path, read a payload file, fetch artifacts, remove directories) and
 //! never branch on local-versus-remote themselves.
 
+mod roots;
 mod ssh;
+
+pub use roots::RootRequest;
 
 use std::path::{Path, PathBuf};
 
