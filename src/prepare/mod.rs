@@ -67,7 +67,7 @@ impl SharedBuilds {
         requests: Vec<RootRequest>,
         realise: impl Fn(&[RootRequest]) -> Result<Vec<String>>,
     ) -> Result<Vec<String>> {
-        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        let (mut mine, mut theirs): (Vec<RootRequest>, Vec<RootRequest>) = (Vec::new(), Vec::new());
         {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             for request in requests {
@@ -249,4 +249,40 @@ fn load_payload(
         manifest,
         extra_mounts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_two_jobs_share_is_realised_by_one_and_only_rooted_by_the_other_after_it() {
+        let shared = SharedBuilds::default();
+        let calls = Mutex::new(Vec::<Vec<String>>::new());
+        let request = |p: &str| RootRequest { path: p.to_string(), links: Vec::new() };
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for own in ["a", "b"] {
+                let (shared, calls, barrier) = (&shared, &calls, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let realise = |batch: &[RootRequest]| {
+                        calls.lock().unwrap().push(batch.iter().map(|r| r.path.clone()).collect());
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        Ok(Vec::new())
+                    };
+                    shared.realise(vec![request("common"), request(own)], realise).unwrap();
+                });
+            }
+        });
+        let calls = calls.into_inner().unwrap();
+        // One job's first call has both; the other's has only its own, and then, once
+        // that first call is over, a call for the shared path alone.
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        let with_common: Vec<usize> = (0..3).filter(|i| calls[*i].contains(&"common".to_string())).collect();
+        assert_eq!(with_common.len(), 2, "{calls:?}");
+        assert_eq!(calls[with_common[0]].len(), 2, "{calls:?}");
+        assert_eq!(calls[with_common[1]], ["common"], "{calls:?}");
+        assert_eq!(with_common[1], 2, "the second call for it comes last: {calls:?}");
+    }
 }
