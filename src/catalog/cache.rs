@@ -68,12 +68,24 @@ impl CatalogCache {
         let entry = EntryRef { schema_version: ENTRY_VERSION, drv_paths: drv_paths(raw), raw };
         let Ok(bytes) = serde_json::to_vec(&entry) else { return };
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let _ = crate::tools::fs::atomic_write(&self.dir.join(key.file_name()), &bytes);
+            let _ = write_unsynced(&self.dir.join(key.file_name()), &bytes);
         }
     }
 }
 
 /// Every `drvPath` in an evaluation's result.
+/// Written beside and renamed, without `fsync` (a large catalog's entry is megabytes, and
+/// syncing it costs more than evaluating): an entry a crash left torn does not parse, and
+/// the catalog is evaluated again.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 fn drv_paths(raw: &serde_json::Value) -> Vec<&str> {
     let mut out = Vec::new();
     let mut stack = vec![raw];
