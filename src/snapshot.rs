@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::tools::fs::atomic_write;
 use crate::tools::git;
 
+mod git_listing;
+
 /// The first line of the stat cache; another first line means another format.
 const CACHE_HEADER: &str = "pikaci-snapshot-cache 2";
 /// Files modified this recently are hashed again next time: their mtime may not yet
@@ -87,12 +89,7 @@ impl StatKey {
 pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[PathBuf]) -> Result<Snapshot> {
     // Parse the cache while the tree is walked.
     let cache_bytes = fs::read(cache_file).unwrap_or_default();
-    let (listed, cache) = std::thread::scope(|scope| {
-        let parsing = scope.spawn(|| parse_cache(&cache_bytes, source));
-        let listed = list_entries(source, exclude);
-        (listed, parsing.join().unwrap_or_default())
-    });
-    let mut entries = listed?;
+    let (mut entries, cache) = list_entries(source, exclude, &cache_bytes)?;
     entries.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     // Both lists are sorted by path: walk them side by side.
     let mut cached = cache.iter().peekable();
@@ -205,8 +202,9 @@ impl Exclusions {
     }
 }
 
-/// The files that make up the work tree, with their stat data.
-fn list_entries(source: &Path, exclude: &[PathBuf]) -> Result<Vec<Entry>> {
+/// The files that make up the work tree, with their stat data; and the stat cache,
+/// parsed meanwhile.
+fn list_entries<'a>(source: &Path, exclude: &[PathBuf], cache_bytes: &'a [u8]) -> Result<git_listing::Listed<'a>> {
     let mut paths: Vec<Vec<u8>> = vec![b".git".to_vec(), b".pikaci".to_vec()];
     paths.extend(exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()));
     let under_excluded = |rel: &Path| {
@@ -214,32 +212,14 @@ fn list_entries(source: &Path, exclude: &[PathBuf]) -> Result<Vec<Entry>> {
         paths.iter().any(|p| rel.starts_with(p) && (rel.len() == p.len() || rel[p.len()] == b'/'))
     };
     if !git::is_work_tree(source) {
-        return walk_parallel(source, &Exclusions { paths: paths.clone(), build_output: true });
+        return std::thread::scope(|scope| {
+            let parsing = scope.spawn(|| parse_cache(cache_bytes, source));
+            let listed = walk_parallel(source, &Exclusions { paths: paths.clone(), build_output: true });
+            Ok((listed?, parsing.join().unwrap_or_default()))
+        });
     }
     let in_git = Exclusions { paths: paths.clone(), build_output: false };
-    let mut out = Vec::new();
-    for rel in git::work_tree_files(source)? {
-        if under_excluded(&rel) {
-            continue;
-        }
-        let full = source.join(&rel);
-        let meta = match full.symlink_metadata() {
-            Ok(m) => m,
-            // Listed by git but deleted in the work tree: the lane sees it deleted.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("stat `{}`", full.display()))),
-        };
-        if meta.is_dir() {
-            // A submodule is listed as a directory: take its files too.
-            let mut dirs = vec![rel];
-            while let Some(dir) = dirs.pop() {
-                walk_dir(source, &dir, &in_git, &mut out, &mut dirs)?;
-            }
-        } else if let Some(entry) = entry_of(&|| full.clone(), rel.into_os_string(), &meta)? {
-            out.push(entry);
-        }
-    }
-    Ok(out)
+    git_listing::git_entries(source, cache_bytes, &in_git, &under_excluded)
 }
 
 /// Walk the whole source on every core: directories are handed out from a shared list,

@@ -38,6 +38,14 @@ struct Entry {
     raw: serde_json::Value,
 }
 
+/// [`Entry`] as written.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    schema_version: u32,
+    drv_paths: Vec<&'a str>,
+    raw: &'a serde_json::Value,
+}
+
 const ENTRY_VERSION: u32 = 1;
 
 /// The cache directory of a state root's catalogs.
@@ -56,24 +64,36 @@ impl CatalogCache {
 
     /// Keep an evaluation. Failing to write is not an error: the next run evaluates again.
     pub fn put(&self, key: &CacheKey, raw: &serde_json::Value) {
-        let entry = Entry { schema_version: ENTRY_VERSION, drv_paths: drv_paths(raw), raw: raw.clone() };
+        // Serialized from a borrow: the catalog of a large flake is not copied.
+        let entry = EntryRef { schema_version: ENTRY_VERSION, drv_paths: drv_paths(raw), raw };
         let Ok(bytes) = serde_json::to_vec(&entry) else { return };
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let _ =
-                crate::tools::fs::atomic_write(&self.dir.join(key.file_name()), &bytes, crate::tools::fs::FILE_MODE);
+            let _ = write_unsynced(&self.dir.join(key.file_name()), &bytes);
         }
     }
 }
 
 /// Every `drvPath` in an evaluation's result.
-fn drv_paths(raw: &serde_json::Value) -> Vec<String> {
+/// Written beside and renamed, without `fsync` (a large catalog's entry is megabytes, and
+/// syncing it costs more than evaluating): an entry a crash left torn does not parse, and
+/// the catalog is evaluated again.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn drv_paths(raw: &serde_json::Value) -> Vec<&str> {
     let mut out = Vec::new();
     let mut stack = vec![raw];
     while let Some(v) = stack.pop() {
         match v {
             serde_json::Value::Object(map) => {
                 if let Some(serde_json::Value::String(d)) = map.get("drvPath") {
-                    out.push(d.clone());
+                    out.push(d.as_str());
                 }
                 stack.extend(map.values());
             }

@@ -100,17 +100,26 @@ impl Catalog {
         let system = current_system();
         let attr = format!("pikaci.{system}.lanes");
         let key = CacheKey { snapshot: snapshot.1, system: &system, apply: APPLY, nix_version };
-        let raw = match cache.get(&key).filter(|_| !refresh) {
-            Some(raw) => raw,
+        let cached = if refresh { None } else { cache.get(&key) };
+        let (raw, evaluated) = match cached {
+            Some(raw) => (raw, false),
             None => {
                 let installable = format!("{}#{attr}", flake_url::path_url(snapshot.0));
                 let raw =
                     nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
-                cache.put(&key, &raw);
-                raw
+                (raw, true)
             }
         };
-        Ok(Catalog { lanes: Catalog::from_json(&raw, &attr, flake_label)? })
+        // A new result is written to the cache while it is validated, on another core.
+        let lanes = std::thread::scope(|scope| {
+            if evaluated {
+                scope.spawn(|| cache.put(&key, &raw));
+            }
+            Catalog::from_json(&raw, &attr, flake_label)
+        });
+        // Freeing a large catalog's JSON tree costs as much as reading it: not on the way.
+        std::thread::spawn(move || drop(raw));
+        Ok(Catalog { lanes: lanes? })
     }
 
     /// Validate what [`APPLY`] returned; every broken rule of every lane is reported.

@@ -153,6 +153,17 @@ impl Nix {
             .own_process_group()
     }
 
+    /// [`Nix::realise_cmd`] of several paths at once: `nix-store` roots them as `root`,
+    /// `root-<output>`, `root-2`, ... by position.
+    pub fn realise_many_cmd(&self, paths: &[&str], root: &Path) -> Cmd {
+        Cmd::new("nix-store --realise", &self.nix_store)
+            .arg("--realise")
+            .args(paths)
+            .arg("--add-root")
+            .arg(root)
+            .arg("--indirect")
+    }
+
     /// `nix copy --derivation --to <store> <drv>`: the `.drv` and its closure (the input
     /// derivations and sources), not the outputs, so that the other store builds them.
     pub fn copy_derivation_cmd(&self, drv: &str, to: &str) -> Cmd {
