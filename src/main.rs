@@ -4,6 +4,13 @@ use pikaci::error::{self, ErrorKind, exit};
 fn main() {
     // clap exits 2 on usage errors, as documented.
     let cli = pikaci::cli::Cli::parse();
+    if cli.only_prints() {
+        // `pikaci lanes --json | head`: a closed pipe ends the printing quietly, as for
+        // any Unix filter, instead of failing a write (a run keeps recording whatever
+        // happens to its output).
+        // SAFETY: restoring a signal's default disposition at start-up, before threads.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     pikaci::signals::install();
     error::install_panic_hook();
     // A panic is a bug: it is caught where a job runs (and recorded there); one that

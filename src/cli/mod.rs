@@ -188,6 +188,16 @@ fn job_count(text: &str) -> Result<usize, String> {
     }
 }
 
+impl Cli {
+    /// Whether the command only prints what it reads (a closed stdout may end it).
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Lanes { .. } | Command::List { .. } | Command::Status { .. } | Command::Logs { .. }
+        )
+    }
+}
+
 /// Run the parsed command; the exit code on success.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
