@@ -2,13 +2,12 @@
 //! constant style and script below and the output of `ansi`, which escapes its text.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use serde::Deserialize;
 
 use super::paths::percent_encode;
 use crate::state::query::Listed;
+use crate::state::record::TestsRecord;
 use crate::state::{JobRecord, RunRecord};
 
 /// How many bytes of a log one page shows.
@@ -45,40 +44,6 @@ fn sha256_base64(text: &str) -> String {
     out
 }
 
-/// Per-test results a lane reported, as recorded under `tests` in `job.json`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct TestResults {
-    pub passed: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub flaky: u64,
-    pub failures: Vec<TestFailure>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct TestFailure {
-    pub name: String,
-    pub suite: String,
-    pub message: String,
-    pub output: String,
-}
-
-/// What a job record may carry beyond the fields this version reads: the lane's `tests`,
-/// and the `host` the job ran on (when several hosts share a run).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct JobExtras {
-    pub tests: Option<TestResults>,
-    pub host: Option<String>,
-}
-
-/// The extras of a job record; none when it has none or they do not parse.
-pub fn read_extras(job_json: &Path) -> JobExtras {
-    std::fs::read(job_json).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-}
-
 /// One job of a run page.
 #[derive(Default)]
 pub struct JobView {
@@ -86,9 +51,6 @@ pub struct JobView {
     pub record: Option<JobRecord>,
     /// Why the job record could not be read.
     pub error: Option<String>,
-    pub tests: Option<TestResults>,
-    /// The job's own host, when its record names one.
-    pub host: Option<String>,
     pub logs: Vec<(String, u64)>,
     pub artifacts: Vec<(Vec<String>, u64)>,
 }
@@ -305,13 +267,13 @@ fn job_row(r: &RunRecord, j: &JobView) -> Markup {
             td { @if let Some(c) = summary.and_then(|s| s.exit_code) { (c) } }
             td { @if let Some(q) = queued { (duration(q)) } }
             td { @if let Some(ms) = ran { (duration(ms)) } }
-            td { @if let Some(t) = &j.tests { (test_counts(t)) } }
+            td { @if let Some(t) = j.record.as_ref().and_then(|r| r.tests.as_ref()) { (test_counts(t)) } }
             td { @for (name, _) in &j.logs { a href=(log_link(&r.run_id, &j.job_id, name)) { (name) } " " } }
         }
     }
 }
 
-fn test_counts(t: &TestResults) -> Markup {
+fn test_counts(t: &TestsRecord) -> Markup {
     html! {
         span.counts {
             @if t.failed > 0 { span.count.s-failed { (t.failed) " failed" } }
@@ -334,8 +296,8 @@ fn job_section(r: &RunRecord, j: &JobView) -> Markup {
             h2 { span.mono { (j.job_id) } " " (badge(status)) }
             @if let Some(m) = summary.and_then(|s| s.message.as_deref()) { pre.message { (m) } }
             @if let Some(e) = &j.error { p.error { "job record unreadable: " (e) } }
-            @if let Some(rec) = &j.record { (job_facts(r, rec, j.host.as_deref())) }
-            @if let Some(t) = &j.tests { (tests(t)) }
+            @if let Some(rec) = &j.record { (job_facts(r, rec, rec.host.as_deref())) }
+            @if let Some(t) = j.record.as_ref().and_then(|r| r.tests.as_ref()) { (tests(t)) }
             @if !j.logs.is_empty() {
                 h3 { "Logs" }
                 ul.files { @for (name, size) in &j.logs {
@@ -377,7 +339,7 @@ fn job_facts(r: &RunRecord, rec: &JobRecord, job_host: Option<&str>) -> Markup {
     }
 }
 
-fn tests(t: &TestResults) -> Markup {
+fn tests(t: &TestsRecord) -> Markup {
     html! {
         h3 { "Tests " (test_counts(t)) }
         @if !t.failures.is_empty() {

@@ -171,13 +171,10 @@ fn job_view(state: &StateRoot, run_id: &str, job_id: &str) -> JobView {
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(crate::error::render(&e))),
     };
-    let extras = pages::read_extras(&JobRecord::path(&dir));
     JobView {
         job_id: job_id.to_string(),
         record,
         error,
-        tests: extras.tests,
-        host: extras.host,
         logs: log_files(&dir),
         artifacts: paths::walk_files(&dir.join("artifacts"), 1000),
     }
