@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 /// `path:<dir>`, every byte of the path outside `A-Z a-z 0-9 - . _ ~ /` percent-encoded.
 pub fn path_url(dir: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let mut url = String::from("path:");
-    for &b in dir.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            url.push(b as char);
-        } else {
-            url.push_str(&format!("%{b:02X}"));
-        }
-    }
-    url
+    format!("path:{}", crate::tools::url::percent_encode(dir.as_os_str().as_bytes(), b"/"))
 }
 
 /// The directory of a `path:` URL as a user wrote it (`--flake path:...`): its query and

@@ -61,15 +61,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 /// Percent-encode a file name for a link.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::tools::url::percent_encode(s.as_bytes(), b"")
 }
 
 /// A run's directory, when the id is well-formed and the run exists as a real directory.

@@ -299,15 +299,7 @@ pub fn is_not_found(err: &anyhow::Error) -> bool {
 
 /// Percent-encode one path segment of an API URL (aliases may contain `/`).
 pub fn url_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    super::url::percent_encode(s.as_bytes(), b"")
 }
 
 /// Run a command with a time limit, optionally deaf to Ctrl-C; a daemon that does not

@@ -7,3 +7,4 @@ pub mod incus;
 pub mod log;
 pub mod nix;
 pub mod ssh;
+pub mod url;
