@@ -8,7 +8,7 @@
 //! |-------------------------------------|------------------------------|-----------|
 //! | `/workspace`                        | the source snapshot          | read-only |
 //! | `/pikaci/payloads/<device_prefix>`  | each staged payload          | read-only |
-//! | `/nix/store`                        | the host store               | read-only |
+//! | `/nix/store`                        | the payloads' store closure  | read-only |
 //! | `/pikaci/artifacts`                 | kept in `jobs/<job>/artifacts` | writable |
 //! | `$HOME`, `$TMPDIR`                  | scratch                      | writable, discarded |
 

@@ -373,7 +373,17 @@ fn a_running_instance_is_named_tagged_and_mounted_as_documented_and_ctrl_c_remov
     ]
     .into_iter()
     .collect();
-    assert_eq!(devices.keys().map(String::as_str).collect::<Vec<_>>(), expect.keys().copied().collect::<Vec<_>>());
+    // Besides these, one read-only disk per store path of the payloads' closure, under
+    // the read-only `/nix/store` (issue 8: the guest sees the closure, not the host store).
+    let store: Vec<&String> = devices.keys().filter(|k| k.starts_with("store-")).collect();
+    assert!(!store.is_empty(), "{devices:?}");
+    for dev in &store {
+        let d = &devices[dev.as_str()];
+        assert!(d["path"].as_str().unwrap().starts_with("/nix/store/"), "{dev}: {d}");
+        assert_eq!((d["readonly"].as_str(), d["shift"].as_str()), (Some("true"), Some("true")), "{dev}: {d}");
+    }
+    let others: Vec<&str> = devices.keys().map(String::as_str).filter(|k| !k.starts_with("store-")).collect();
+    assert_eq!(others, expect.keys().copied().collect::<Vec<_>>());
     for (dev, (path, ro)) in &expect {
         let d = &devices[*dev];
         assert_eq!(d["type"], "disk", "{dev}");

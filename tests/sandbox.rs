@@ -388,8 +388,18 @@ fn terminal_control_sequences_are_shown_not_obeyed() {
 #[test]
 fn bwrap_shows_the_guest_only_the_closure_of_its_payloads() {
     require_bwrap();
+    guest_sees_only_the_closure("bwrap");
+}
+
+#[test]
+fn incus_shows_the_guest_only_the_closure_of_its_payloads() {
+    require_incus();
+    guest_sees_only_the_closure("incus");
+}
+
+fn guest_sees_only_the_closure(runtime: &str) {
     let dir = sandbox_fixture();
-    let out = run_in(dir.path(), &["run", "store-view", "--runtime", "bwrap"]);
+    let out = run_in(dir.path(), &["run", "store-view", "--runtime", runtime]);
     assert_eq!(out.code, 0, "{out:?}");
     let staged = only_run(dir.path()).join("jobs/store-view/staged-linux-rust");
     let roots: Vec<PathBuf> =

@@ -93,6 +93,9 @@ impl IncusRuntime {
     /// The job's instance: name, tags, devices and command. Resolves every device
     /// source first, so a payload that vanished fails here, before Incus is called.
     pub fn plan(&self, ctx: &HostContext) -> Result<InstancePlan> {
+        if self.placement.is_local() {
+            spec::make_store_view(ctx)?;
+        }
         let image = ctx.image.as_deref().unwrap_or(&self.default_image);
         InstancePlan::new(ctx, &self.placement, image, &self.state_root_tag)
     }
@@ -123,6 +126,17 @@ impl Runtime for IncusRuntime {
             plan.image,
             self.incus.location()
         ));
+        io.host_log.line(&match &ctx.store_closure {
+            Some(c) if c.len() <= spec::MAX_CLOSURE_DEVICES => {
+                format!("incus: the guest's /nix/store is the payloads' closure ({} paths)", c.len())
+            }
+            Some(c) => format!(
+                "incus: the payloads' closure has {} paths, more than {} devices: the guest sees the host's store",
+                c.len(),
+                spec::MAX_CLOSURE_DEVICES
+            ),
+            None => "incus: the guest sees the host's store (no closure was queried for this host)".to_string(),
+        });
         let instance = match self.warmed.take(&plan.name) {
             Some(warm) => warm.ready(&plan, &io.host_log)?,
             None => {

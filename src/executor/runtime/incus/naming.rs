@@ -36,6 +36,13 @@ pub fn instance_name(run_id: &str, job_id: &str) -> String {
     bounded(&full, &clean, MAX_INSTANCE_NAME)
 }
 
+/// The disk device of one store path of the guest's closure (`/nix/store/<base>`).
+pub fn store_device(base: &str) -> String {
+    let full = format!("store-{base}");
+    let clean: String = full.chars().map(device_char).collect();
+    bounded(&full, &clean, MAX_DEVICE_NAME)
+}
+
 /// The disk device of a staged payload.
 pub fn payload_device(device_prefix: &str) -> String {
     let full = format!("payload-{device_prefix}");

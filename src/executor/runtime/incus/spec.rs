@@ -45,6 +45,28 @@ pub struct InstancePlan {
     pub exec_argv: Vec<String>,
 }
 
+/// The directory in the job's directory that is the guest's `/nix/store`: empty but for
+/// one mount point per store path of the closure ([`make_store_view`] makes it).
+pub fn store_view(job_dir: &Path) -> std::path::PathBuf {
+    job_dir.join("store-view")
+}
+
+/// Make [`store_view`] for a job whose closure is mounted path by path.
+pub fn make_store_view(ctx: &HostContext) -> Result<()> {
+    let Some(closure) = ctx.store_closure.as_ref().filter(|c| c.len() <= MAX_CLOSURE_DEVICES) else { return Ok(()) };
+    let view = store_view(&ctx.job_dir);
+    for path in closure {
+        if let Some(base) = path.file_name() {
+            std::fs::create_dir_all(view.join(base)).with_context(|| format!("create `{}`", view.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The most store paths a job's closure may have to be mounted one device each; a larger
+/// closure gets the host's store (the job's `host.log` says so).
+pub const MAX_CLOSURE_DEVICES: usize = 256;
+
 /// The devices an instance is created with when it is started ahead of its job (their
 /// sources exist before the payloads do); the others are added in one call later.
 pub const BASE_DEVICES: [&str; 2] = [DEVICE_WORKSPACE, DEVICE_ARTIFACTS];
@@ -91,10 +113,25 @@ impl InstancePlan {
 
         let workspace = placement.device_source(&ctx.snapshot_dir).context("resolve the snapshot")?;
         add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);
-        // The host store: payloads are store paths whose runtime closure lives there, so a
-        // Nix-built binary runs in an image that does not contain it.
-        if !placement.is_local() || Path::new(guest::NIX_STORE).is_dir() {
-            add_disk(&mut spec, DEVICE_NIX_STORE, Path::new(guest::NIX_STORE), guest::NIX_STORE, true);
+        // The payloads' runtime closure, one read-only disk per store path, so that a
+        // Nix-built binary runs in an image that does not contain it and the guest sees
+        // nothing else of the host's store. Without a known closure (an SSH host, where
+        // the closure is not queried yet; or one too large for a device each), the host
+        // store. The job's `host.log` says which.
+        match ctx.store_closure.as_ref().filter(|c| c.len() <= MAX_CLOSURE_DEVICES) {
+            Some(closure) => {
+                // `/nix/store` itself: a read-only directory holding only the mount points.
+                add_disk(&mut spec, DEVICE_NIX_STORE, &store_view(&ctx.job_dir), guest::NIX_STORE, true);
+                for path in closure {
+                    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let guest_path = format!("{}/{base}", guest::NIX_STORE);
+                    add_disk(&mut spec, &naming::store_device(&base), path, &guest_path, true);
+                }
+            }
+            None if !placement.is_local() || Path::new(guest::NIX_STORE).is_dir() => {
+                add_disk(&mut spec, DEVICE_NIX_STORE, Path::new(guest::NIX_STORE), guest::NIX_STORE, true);
+            }
+            None => {}
         }
         for mount in &ctx.staged_payload_mounts {
             let source = staged_payload_source_root(mount, placement)?;
