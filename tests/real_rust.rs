@@ -288,6 +288,15 @@ fn shards_add_up_and_the_filter_runs_only_the_named_tests() {
     assert!(log.contains("1 test run: 0 passed, 1 failed"), "{log}");
 }
 
+/// The fixture with the payloads of the `unit` and `sharded` lanes built.
+fn sharded_fixture() -> tempfile::TempDir {
+    let dir = fixture();
+    build_payload(dir.path(), "unit", "workspace-deps");
+    build_payload(dir.path(), "unit", "workspace-build");
+    build_payload(dir.path(), "sharded", "workspace-build");
+    dir
+}
+
 /// What pikaci makes of the JUnit a lane writes: every test recorded in `job.json` (and
 /// counted in `run.json`), shown and summed in the human output, sent as a `test_results`
 /// event; `rerun --failed` runs only the failed test through the lane's `testFilterArgs`;
@@ -295,11 +304,8 @@ fn shards_add_up_and_the_filter_runs_only_the_named_tests() {
 #[test]
 fn pikaci_records_each_test_reruns_only_the_failed_one_and_splits_shards() {
     require_bwrap();
-    let dir = fixture();
+    let dir = sharded_fixture();
     let d = dir.path();
-    build_payload(d, "unit", "workspace-deps");
-    build_payload(d, "unit", "workspace-build");
-    build_payload(d, "sharded", "workspace-build");
 
     let out = run_in(d, &["run", "unit", "--runtime", "bwrap"]);
     assert_eq!(out.code, 1, "the command's status decides the exit code: {}", out.stderr);
@@ -385,11 +391,8 @@ fn pikaci_records_each_test_reruns_only_the_failed_one_and_splits_shards() {
 #[ignore]
 fn measure_sharded_against_unsharded() {
     require_bwrap();
-    let dir = fixture();
+    let dir = sharded_fixture();
     let d = dir.path();
-    build_payload(d, "unit", "workspace-deps");
-    build_payload(d, "unit", "workspace-build");
-    build_payload(d, "sharded", "workspace-build");
     let time = |lane: &str| {
         let start = Instant::now();
         run_in(d, &["run", lane, "--runtime", "bwrap", "--jobs", "2"]);

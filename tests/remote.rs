@@ -487,6 +487,13 @@ fn gc_with_the_remote_host_unreachable_keeps_what_to_clean_there_and_the_next_gc
     assert!(!flake.path().join(".pikaci/remote-leftovers.json").exists());
 }
 
+/// The `job.json` of a job of the run `record` describes.
+fn job_record(flake: &Path, record: &serde_json::Value, job: &str) -> serde_json::Value {
+    read_json(
+        &flake.join(".pikaci/runs").join(record["run_id"].as_str().unwrap()).join("jobs").join(job).join("job.json"),
+    )
+}
+
 /// The per-job records of a run: (job id, status, host, message).
 fn jobs_of(record: &serde_json::Value) -> Vec<(String, String, String, String)> {
     record["jobs"]
@@ -523,15 +530,7 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
     let jobs = jobs_of(&record);
     for (job, status, host, _) in &jobs {
         assert_eq!(status, "passed", "{job}: {record:#}");
-        let job_json = read_json(
-            &flake
-                .path()
-                .join(".pikaci/runs")
-                .join(record["run_id"].as_str().unwrap())
-                .join("jobs")
-                .join(job)
-                .join("job.json"),
-        );
+        let job_json = job_record(flake.path(), &record, job);
         assert_eq!(job_json["host"], host.as_str(), "job.json names the host too");
     }
     for h in [a, c] {
@@ -619,15 +618,7 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
         message.contains(&format!("host `{}` failed and was taken out of the run", c.name)),
         "the job's error names its host: {message}"
     );
-    let job_json = read_json(
-        &flake
-            .path()
-            .join(".pikaci/runs")
-            .join(record["run_id"].as_str().unwrap())
-            .join("jobs")
-            .join(job)
-            .join("job.json"),
-    );
+    let job_json = job_record(flake.path(), &record, job);
     assert_eq!(job_json["message"], message.as_str(), "job.json says so too");
     for (job, status, host, _) in jobs.iter().filter(|(_, _, host, _)| host != &c.name) {
         assert_eq!(

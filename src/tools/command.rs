@@ -65,6 +65,10 @@ impl CmdOutput {
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
+    /// The non-empty lines of stdout, as paths (what `nix-store` prints).
+    pub fn stdout_paths(&self) -> Vec<PathBuf> {
+        self.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect()
+    }
 }
 
 /// A command that ran and exited non-zero (or was killed by a signal).

@@ -181,12 +181,6 @@ impl Nix {
         Cmd::new("nix-store --check-validity", &self.nix_store).arg("--check-validity").args(paths)
     }
 
-    /// Run a [`Nix::realise_cmd`] and return the root links it printed.
-    pub fn realise(&self, path: &str, root: &Path, log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
-        let out = self.realise_cmd(path, root).run(log)?;
-        Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
-    }
-
     /// `nix-store --query --requisites PATH...`: the store closure of the paths, with
     /// one call for all of them.
     pub fn requisites(&self, paths: &[&str], log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
@@ -194,7 +188,7 @@ impl Nix {
             .args(["--query", "--requisites"])
             .args(paths)
             .run(log)?;
-        Ok(out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+        Ok(out.stdout_paths())
     }
 
     /// The command's executable, for `doctor`.

@@ -147,7 +147,7 @@ impl Placement {
             Placement::Remote(remote) => remote.command_like(&nix.realise_cmd(path, &host_link))?,
         };
         let out = cmd.run(Some(log))?;
-        let roots = out.stdout_str().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
+        let roots = out.stdout_paths();
         Ok((roots, cmd.display()))
     }
 
