@@ -114,11 +114,10 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         .collect();
     assert_eq!(logs.matches("'sh -c '\\''set -e; d=$1;").count(), 1, "the snapshot is sent once:\n{logs}");
     let view_log = std::fs::read_to_string(local_job.join("host.log")).unwrap();
-    assert_eq!(
-        view_log.matches("'mkdir -p -- \"$@\"").count(),
-        1,
-        "one mkdir -p for all of a job's directories:\n{view_log}"
-    );
+    let mkdirs: Vec<&str> = view_log.lines().filter(|l| l.contains("'mkdir -p -- \"$@\"")).collect();
+    let (views, dirs): (Vec<&str>, Vec<&str>) = mkdirs.iter().partition(|l| l.contains("/store-view/"));
+    assert_eq!(dirs.len(), 1, "one mkdir -p for all of a job's directories:\n{view_log}");
+    assert_eq!(views.len(), 1, "one more for the mount points of the guest's /nix/store:\n{view_log}");
     // The Incus devices there name the remote job directory's payload links as sources.
     for link in ["workspace-deps", "workspace-build", "extra"] {
         assert!(view_log.contains(&format!("\"source\":\"{staged}/{link}\"")), "device source `{link}`:\n{view_log}");
@@ -847,4 +846,30 @@ fn measure_copy_routes() {
         "(d) a {mb} MiB store path from one host to another: through this process {here:.2} s, host to host {direct:.2} s: ratio {:.2}",
         here / direct
     );
+}
+
+#[test]
+fn the_guest_on_an_ssh_host_sees_only_the_closure_of_its_payloads() {
+    let flake = copy_fixture(&fixture_path("sandbox"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let out = lab.pikaci(flake.path(), &["run", "store-view", "--runtime", "incus", "--remote", host]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = only_run(flake.path());
+    let run_id = run.file_name().unwrap().to_string_lossy();
+    // The closure, asked of the host's own store over SSH.
+    let staged = format!("{}/runs/{run_id}/jobs/store-view/staged-linux-rust", lab.remote_root);
+    let closure = lab.hosts.sh(lab.host, &format!("nix-store --query --requisites {staged}/*"));
+    let mut expected: Vec<&str> = closure.lines().map(|l| l.trim_start_matches("/nix/store/")).collect();
+    expected.sort();
+    assert!(expected.len() > 1, "{closure}");
+    let listed = std::fs::read_to_string(run.join("jobs/store-view/guest.log")).unwrap();
+    let mut seen: Vec<&str> = listed.lines().collect();
+    seen.sort();
+    assert_eq!(seen, expected, "the guest's /nix/store on `{host}` is not the closure of its payloads");
+    // The host's store holds more: at least the `.drv` files sent there to build them.
+    let everything = lab.hosts.sh(lab.host, "ls /nix/store | wc -l");
+    assert!(everything.trim().parse::<usize>().unwrap() > seen.len(), "{everything}");
+    let host_log = std::fs::read_to_string(run.join("jobs/store-view/host.log")).unwrap();
+    assert!(host_log.contains("the guest's /nix/store is the payloads' closure"), "{host_log}");
 }

@@ -47,8 +47,8 @@ pub struct Prepared {
     pub extra_mounts: Vec<ResolvedMount>,
     /// The realization commands, for the job record's `reproduce`.
     pub reproduce: Vec<String>,
-    /// The store closure of every payload output, when the job runs on this machine:
-    /// all of `/nix/store` the guest gets to see.
+    /// The store closure of every payload output, in the store of the job's host: all of
+    /// `/nix/store` the guest gets to see.
     pub store_closure: Option<Vec<PathBuf>>,
 }
 
@@ -121,13 +121,12 @@ pub fn prepare(
         prepared.payloads.push(payload);
     }
     manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
-    if placement.is_local() {
-        let outputs: Vec<&str> =
-            prepared.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
-        let closure = nix.requisites(&outputs, Some(log)).context("find the store closure of the payloads")?;
-        log.line(&format!("store closure of the payloads: {} paths", closure.len()));
-        prepared.store_closure = Some(closure);
-    }
+    let outputs: Vec<&str> = prepared.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
+    let closure = placement
+        .requisites(nix, &outputs, log)
+        .with_context(|| format!("find the store closure of the payloads on `{}`", placement.host_name()))?;
+    log.line(&format!("store closure of the payloads: {} paths", closure.len()));
+    prepared.store_closure = Some(closure);
     Ok(prepared)
 }
 

@@ -184,11 +184,12 @@ impl Nix {
     /// `nix-store --query --requisites PATH...`: the store closure of the paths, with
     /// one call for all of them.
     pub fn requisites(&self, paths: &[&str], log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
-        let out = Cmd::new("nix-store --query --requisites", &self.nix_store)
-            .args(["--query", "--requisites"])
-            .args(paths)
-            .run(log)?;
-        Ok(out.stdout_paths())
+        Ok(self.requisites_cmd(paths).run(log)?.stdout_paths())
+    }
+
+    /// The command of [`Nix::requisites`], unrun (a placement runs it on its host).
+    pub fn requisites_cmd(&self, paths: &[&str]) -> Cmd {
+        Cmd::new("nix-store --query --requisites", &self.nix_store).args(["--query", "--requisites"]).args(paths)
     }
 
     /// The command's executable, for `doctor`.

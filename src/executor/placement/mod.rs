@@ -151,6 +151,17 @@ impl Placement {
         Ok((roots, cmd.display()))
     }
 
+    /// The store closure of `paths` in the host's store (`nix-store --query --requisites`,
+    /// there): what a job's guest gets to see of `/nix/store`.
+    pub fn requisites(&self, nix: &Nix, paths: &[&str], log: &HostLog) -> Result<Vec<PathBuf>> {
+        match self {
+            Placement::Local => nix.requisites(paths, Some(log)),
+            Placement::Remote(remote) => {
+                Ok(remote.command_like(&nix.requisites_cmd(paths))?.run(Some(log))?.stdout_paths())
+            }
+        }
+    }
+
     /// When this host lacks `paths` and `source` (another SSH host) has them: copy them
     /// here with Nix's own copying. Returns the command when something was sent; nothing
     /// is sent when the paths are valid here already, or either host is this machine.

@@ -93,9 +93,6 @@ impl IncusRuntime {
     /// The job's instance: name, tags, devices and command. Resolves every device
     /// source first, so a payload that vanished fails here, before Incus is called.
     pub fn plan(&self, ctx: &HostContext) -> Result<InstancePlan> {
-        if self.placement.is_local() {
-            spec::make_store_view(ctx)?;
-        }
         let image = ctx.image.as_deref().unwrap_or(&self.default_image);
         InstancePlan::new(ctx, &self.placement, image, &self.state_root_tag)
     }
@@ -118,6 +115,7 @@ impl Runtime for IncusRuntime {
     /// in the background ([`Runtime::finish`] waits for that).
     fn run(&self, ctx: &HostContext, io: &JobIo, report: &mut RuntimeReport) -> Result<GuestOutcome> {
         let plan = self.plan(ctx)?;
+        spec::make_store_view(ctx, &self.placement, &io.host_log)?;
         report.instance = Some(plan.name.clone());
         report.reproduce.extend(plan.reproduce(&self.incus, ctx));
         io.host_log.line(&format!(
@@ -135,7 +133,7 @@ impl Runtime for IncusRuntime {
                 c.len(),
                 spec::MAX_CLOSURE_DEVICES
             ),
-            None => "incus: the guest sees the host's store (no closure was queried for this host)".to_string(),
+            None => "incus: the guest sees the host's store (no closure was given for this job)".to_string(),
         });
         let instance = match self.warmed.take(&plan.name) {
             Some(warm) => warm.ready(&plan, &io.host_log)?,

@@ -11,6 +11,7 @@ use crate::executor::Placement;
 use crate::executor::placement::staged_payload_source_root;
 use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::tools::incus::{Incus, InstanceSpec};
+use crate::tools::log::HostLog;
 
 /// Runs before the lane's command, in the guest: `$HOME` (`/pikaci/home`) is not part
 /// of an image, so it is made here, on the instance's own (writable, discarded) root
@@ -51,16 +52,13 @@ pub fn store_view(job_dir: &Path) -> std::path::PathBuf {
     job_dir.join("store-view")
 }
 
-/// Make [`store_view`] for a job whose closure is mounted path by path.
-pub fn make_store_view(ctx: &HostContext) -> Result<()> {
+/// Make [`store_view`] for a job whose closure is mounted path by path, on the job's host
+/// (over SSH, one `mkdir -p` of them all).
+pub fn make_store_view(ctx: &HostContext, placement: &Placement, log: &HostLog) -> Result<()> {
     let Some(closure) = ctx.store_closure.as_ref().filter(|c| c.len() <= MAX_CLOSURE_DEVICES) else { return Ok(()) };
     let view = store_view(&ctx.job_dir);
-    for path in closure {
-        if let Some(base) = path.file_name() {
-            std::fs::create_dir_all(view.join(base)).with_context(|| format!("create `{}`", view.display()))?;
-        }
-    }
-    Ok(())
+    let dirs: Vec<std::path::PathBuf> = closure.iter().filter_map(|p| p.file_name()).map(|b| view.join(b)).collect();
+    placement.ensure_job_directories(&dirs, log).context("make the guest's view of /nix/store")
 }
 
 /// The most store paths a job's closure may have to be mounted one device each; a larger
@@ -115,13 +113,14 @@ impl InstancePlan {
         add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);
         // The payloads' runtime closure, one read-only disk per store path, so that a
         // Nix-built binary runs in an image that does not contain it and the guest sees
-        // nothing else of the host's store. Without a known closure (an SSH host, where
-        // the closure is not queried yet; or one too large for a device each), the host
-        // store. The job's `host.log` says which.
+        // nothing else of the host's store (on an SSH host, the closure in that host's
+        // store). A closure too large for a device each gets the host's store. The job's
+        // `host.log` says which.
         match ctx.store_closure.as_ref().filter(|c| c.len() <= MAX_CLOSURE_DEVICES) {
             Some(closure) => {
                 // `/nix/store` itself: a read-only directory holding only the mount points.
-                add_disk(&mut spec, DEVICE_NIX_STORE, &store_view(&ctx.job_dir), guest::NIX_STORE, true);
+                let view = placement.host_path(&store_view(&ctx.job_dir))?;
+                add_disk(&mut spec, DEVICE_NIX_STORE, &view, guest::NIX_STORE, true);
                 for path in closure {
                     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let guest_path = format!("{}/{base}", guest::NIX_STORE);
