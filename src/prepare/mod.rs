@@ -89,7 +89,12 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let staged = job_dir.join(STAGED_DIR);
     std::fs::create_dir_all(&staged).with_context(|| format!("create `{}`", staged.display()))?;
-    let results: Vec<Result<(PreparedPayload, Vec<String>)>> = std::thread::scope(|scope| {
+    let outputs: Vec<&str> = lane.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
+    let (results, early_closure) = std::thread::scope(|scope| {
+        // The closure of outputs that are valid already (a payload built before) does not
+        // depend on the realisation: asked for at the same time, it leaves the critical
+        // path. When an output is not valid yet the query fails, and is asked again below.
+        let early = scope.spawn(|| placement.requisites(nix, &outputs, log).ok());
         let handles: Vec<_> = lane
             .payloads
             .iter()
@@ -103,10 +108,11 @@ pub fn prepare(
                 })
             })
             .collect();
-        handles
+        let results: Vec<Result<(PreparedPayload, Vec<String>)>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("payload realization thread panicked"))))
-            .collect()
+            .collect();
+        (results, early.join().ok().flatten())
     });
     let mut prepared = Prepared::default();
     for result in results {
@@ -121,10 +127,15 @@ pub fn prepare(
         prepared.payloads.push(payload);
     }
     manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
-    let outputs: Vec<&str> = prepared.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
-    let closure = placement
-        .requisites(nix, &outputs, log)
-        .with_context(|| format!("find the store closure of the payloads on `{}`", placement.host_name()))?;
+    let closure = match early_closure {
+        Some(closure) => closure,
+        None => {
+            log.line("the payloads' outputs were not all valid before their realisation: closure asked again");
+            placement
+                .requisites(nix, &outputs, log)
+                .with_context(|| format!("find the store closure of the payloads on `{}`", placement.host_name()))?
+        }
+    };
     log.line(&format!("store closure of the payloads: {} paths", closure.len()));
     prepared.store_closure = Some(closure);
     Ok(prepared)
