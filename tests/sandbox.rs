@@ -24,6 +24,9 @@ const ATTEMPTS: &[&str] = &[
     "remount /usr read-write",
     "write into /usr",
     "write into a payload's store path",
+    "remount a payload's store path read-write",
+    "unmount a payload's store path",
+    "remount it read-write in a user namespace of its own",
     "overwrite the snapshot",
     "mknod a character device",
     "mount a tmpfs",
@@ -94,10 +97,17 @@ fn incus_holds_the_host_mounts() {
     require_incus();
     let dir = sandbox_fixture();
     let out = run_in(dir.path(), &["run", "escape", "--runtime", "incus"]);
-    // The container's root has capabilities in its own user namespace (it can mount a
-    // tmpfs or chroot inside the container); what reaches the host must be held.
+    // The container's root is root in its own user namespace, but without CAP_SYS_ADMIN
+    // (it can still chroot, or make a user namespace of its own): what reaches the host
+    // must be held, the payload disks added to the running instance included.
     assert_escape_held(dir.path(), &out, &ATTEMPTS[..6]);
-    assert_escape_held(dir.path(), &out, &ATTEMPTS[8..11]);
+    assert_escape_held(dir.path(), &out, &ATTEMPTS[8..14]);
+    assert_escape_held(dir.path(), &out, &["mount a tmpfs", "pivot_root"]);
+    let host_log = std::fs::read_to_string(only_run(dir.path()).join("jobs/escape/host.log")).unwrap();
+    assert!(
+        host_log.contains("was started ahead; adding the job's devices"),
+        "the devices went to a running instance:\n{host_log}"
+    );
 }
 
 fn assert_no_secret(flake: &Path, out: &Run) {

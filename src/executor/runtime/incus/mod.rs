@@ -226,8 +226,8 @@ impl JobInstance {
         &self.name
     }
 
-    /// Add the devices the plan has and a warmed instance lacks, in one call, before it
-    /// starts (see [`warm`]: devices added to a running container are not locked read-only).
+    /// Add the devices the plan has and a warmed (running) instance lacks, in one call
+    /// (see [`warm`] for why that is safe: the container runs without `CAP_SYS_ADMIN`).
     pub fn add_devices(&self, plan: &InstancePlan) -> Result<()> {
         let devices = plan.later_devices();
         if devices.is_empty() {

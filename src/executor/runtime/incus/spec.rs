@@ -61,6 +61,27 @@ pub fn make_store_view(ctx: &HostContext, placement: &Placement, log: &HostLog) 
     placement.ensure_job_directories(&dirs, log).context("make the guest's view of /nix/store")
 }
 
+/// The capabilities every process of a job's container goes without, init included (LXC
+/// drops them from the bounding set, so nothing in the guest gets them back, setuid
+/// binaries included). Without `CAP_SYS_ADMIN` the guest's root cannot remount, unmount or
+/// move a mount: the read-only disks added to the running instance (its payloads and
+/// store closure, see [`super::warm`]) stay read-only, and in a user namespace of its
+/// own they are locked read-only by the kernel. Without `CAP_SYS_PTRACE` it cannot reach
+/// into Incus' own processes in the container.
+pub const DROPPED_CAPABILITIES: &str = "lxc.cap.drop = sys_admin sys_ptrace sys_module";
+
+/// The configuration every instance of a job starts from: its description, the tags that
+/// `gc` reaps by, and [`DROPPED_CAPABILITIES`].
+fn job_spec(run_id: &str, job_id: &str, state_root_tag: &str) -> InstanceSpec {
+    let mut spec =
+        InstanceSpec { description: format!("pikaci job `{job_id}` of run `{run_id}`"), ..Default::default() };
+    spec.config.insert(TAG_RUN.into(), run_id.to_string());
+    spec.config.insert(TAG_JOB.into(), job_id.to_string());
+    spec.config.insert(TAG_STATE_ROOT.into(), state_root_tag.to_string());
+    spec.config.insert("raw.lxc".into(), DROPPED_CAPABILITIES.to_string());
+    spec
+}
+
 /// The most store paths a job's closure may have to be mounted one device each; a larger
 /// closure gets the host's store (the job's `host.log` says so).
 pub const MAX_CLOSURE_DEVICES: usize = 256;
@@ -74,13 +95,7 @@ impl InstancePlan {
     /// [`BASE_DEVICES`]. [`InstancePlan::new`] of the same job names the same instance.
     pub fn base(job: &JobPreview, placement: &Placement, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
         let name = naming::instance_name(&job.run_id, &job.job_id);
-        let mut spec = InstanceSpec {
-            description: format!("pikaci job `{}` of run `{}`", job.job_id, job.run_id),
-            ..Default::default()
-        };
-        spec.config.insert(TAG_RUN.into(), job.run_id.clone());
-        spec.config.insert(TAG_JOB.into(), job.job_id.clone());
-        spec.config.insert(TAG_STATE_ROOT.into(), state_root_tag.to_string());
+        let mut spec = job_spec(&job.run_id, &job.job_id, state_root_tag);
         let workspace = placement.device_source(&job.snapshot_dir).context("resolve the snapshot")?;
         add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);
         let artifacts = placement.device_source(&job.artifacts_dir).context("resolve the artifacts directory")?;
@@ -101,13 +116,7 @@ impl InstancePlan {
 
     pub fn new(ctx: &HostContext, placement: &Placement, image: &str, state_root_tag: &str) -> Result<InstancePlan> {
         let name = naming::instance_name(&ctx.run_id, &ctx.job_id);
-        let mut spec = InstanceSpec {
-            description: format!("pikaci job `{}` of run `{}`", ctx.job_id, ctx.run_id),
-            ..Default::default()
-        };
-        spec.config.insert(TAG_RUN.into(), ctx.run_id.clone());
-        spec.config.insert(TAG_JOB.into(), ctx.job_id.clone());
-        spec.config.insert(TAG_STATE_ROOT.into(), state_root_tag.to_string());
+        let mut spec = job_spec(&ctx.run_id, &ctx.job_id, state_root_tag);
 
         let workspace = placement.device_source(&ctx.snapshot_dir).context("resolve the snapshot")?;
         add_disk(&mut spec, DEVICE_WORKSPACE, &workspace, guest::WORKSPACE, true);

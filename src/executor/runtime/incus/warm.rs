@@ -1,11 +1,14 @@
 //! Instances started ahead of their jobs, and deleted after them, in the background.
 //!
-//! A job's instance is created (with the devices whose sources exist before its payloads
-//! do) while the payloads are realized; the job then adds its payload devices in one call
-//! to the stopped instance, starts it and runs its command. The devices are added before
-//! the start on purpose: a read-only disk added to a *running* container is not locked
-//! read-only (its root can remount it read-write and write the host's files; seen with
-//! Incus 6.0 here), while one present at start is. After the command, the job's
+//! A job's instance is created and started (with the devices whose sources exist before
+//! its payloads do) while the payloads are realized; the job then adds its payload and
+//! store devices to the running instance in one call and runs its command. A read-only
+//! disk added to a *running* container is not locked read-only by the kernel: a guest
+//! root with `CAP_SYS_ADMIN` could remount it read-write and write the host's files (seen
+//! with Incus 6.0 here). So every job's container runs without that capability
+//! ([`super::spec::DROPPED_CAPABILITIES`], init included): nothing in it can remount
+//! or unmount, and in a user namespace of its own the kernel locks the mounts it
+//! inherits. `incus_holds_the_host_mounts` tries both. After the command, the job's
 //! result is recorded and printed while its instance is deleted (`incus delete --force`
 //! costs about half a second, most of it lxcfs' stop hook). [`Warmed::finish`] waits
 //! for every deletion and removes what was warmed for jobs that never ran; `pikaci gc`
@@ -54,6 +57,7 @@ impl Warmed {
             let instance = JobInstance::create(&incus, &plan, &log)?;
             // An early return drops the instance, which deletes it.
             check_interrupted(&plan.name, "before the start of")?;
+            instance.start()?;
             Ok(instance)
         });
         self.lock().starting.insert(name, handle);
@@ -111,16 +115,12 @@ impl Warm {
         })
     }
 
-    /// The instance created ahead, with the job's other devices added, started.
+    /// The instance started ahead, with the job's other devices added.
     pub fn ready(self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
         let instance = self.join()?;
-        log.line(&format!(
-            "incus: instance `{}` was created ahead; adding the job's devices, then starting it",
-            plan.name
-        ));
+        log.line(&format!("incus: instance `{}` was started ahead; adding the job's devices", plan.name));
+        check_interrupted(&plan.name, "before the devices were added to")?;
         instance.add_devices(plan)?;
-        check_interrupted(&plan.name, "before the start of")?;
-        instance.start()?;
         Ok(instance)
     }
 
