@@ -3,6 +3,7 @@
 
 pub(crate) mod inspect;
 pub mod output;
+mod progress;
 mod terminal;
 
 use std::path::PathBuf;
