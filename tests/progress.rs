@@ -87,7 +87,7 @@ fn on_a_terminal_a_long_build_is_drawn_live() {
     let shows = |what: &str| drawn.iter().any(|l| l.contains(what));
     assert!(shows("building fixture-slow-build"), "the derivation building:\n{before}");
     assert!(shows("0/1 built"), "the count:\n{before}");
-    assert!(shows("fixture-slow-build> slow build step 3 of 6"), "a line of its log, as it builds:\n{before}");
+    assert!(shows("fixture-slow-build>   compiling unit b of step 3"), "a line of its log, as it builds:\n{before}");
     assert!(drawn.iter().any(|l| l.contains(" 4s ")), "the time so far:\n{before}");
     // Its end is kept, with the build's time, before the payload's line.
     assert!(before.contains("   BUILD building workspace-build "), "{before}");
@@ -107,9 +107,9 @@ fn off_a_terminal_a_long_build_prints_plain_lines_and_events() {
     assert!(before.contains(&format!("   BUILD building workspace-build: started, log `{}`", log.display())), "{before}");
     let lines: Vec<&str> = before.lines().filter(|l| l.starts_with("   BUILD building workspace-build ")).collect();
     assert!(lines.iter().any(|l| l.contains(": 0/1 built · building fixture-slow-build")), "{before}");
-    assert!(lines.iter().any(|l| l.contains("fixture-slow-build> slow build step")), "{before}");
-    // Six lines in six seconds: at most one a second, plus the build's start and end.
-    assert!(lines.len() <= 10, "{} lines:\n{before}", lines.len());
+    assert!(lines.iter().any(|l| l.contains("fixture-slow-build>   compiling unit b of step")), "{before}");
+    // 18 lines of log in six seconds: at most one a second, plus the build's start and end.
+    assert!(lines.len() <= 11, "{} lines:\n{before}", lines.len());
     assert!(lines.last().unwrap().ends_with(": 1 derivation built"), "{before}");
     assert!(!out.stdout.contains("\x1b["), "no drawing off a terminal");
 
@@ -121,9 +121,10 @@ fn off_a_terminal_a_long_build_prints_plain_lines_and_events() {
     assert_eq!(started[0]["log"], log.display().to_string());
     let progress = of(&events, "payload_build_progress", "building", "workspace-build");
     assert!(progress.iter().any(|p| p["building"] == serde_json::json!(["fixture-slow-build"]) && p["total"] == 1));
-    let with_lines = progress.iter().filter(|p| p["line"].as_str().is_some_and(|l| l.contains("slow build step")));
+    let with_lines = progress.iter().filter(|p| p["line"].as_str().is_some_and(|l| l.contains(" of step ")));
     assert!(with_lines.count() >= 2, "{progress:#?}");
     assert!(progress.len() <= 10, "at most one a second: {progress:#?}");
+    assert!(progress.iter().all(|p| p["elapsed_ms"].as_u64().is_some()));
     let finished = of(&events, "payload_build_finished", "building", "workspace-build");
     assert_eq!((finished[0]["status"].as_str(), finished[0]["built"].as_u64()), (Some("built"), Some(1)));
     assert!(finished[0]["duration_ms"].as_u64().unwrap() >= 5000, "{finished:#?}");
@@ -133,6 +134,7 @@ fn off_a_terminal_a_long_build_prints_plain_lines_and_events() {
     let kept = std::fs::read_to_string(&log).unwrap();
     for i in 1..=6 {
         assert!(kept.contains(&format!("fixture-slow-build> slow build step {i} of 6\n")), "{kept}");
+        assert!(kept.contains(&format!("fixture-slow-build>   compiling unit b of step {i}\n")), "{kept}");
     }
     // The evaluation's time is printed and recorded.
     assert!(out.stdout.lines().next().unwrap().contains(", evaluated in "), "{}", out.stdout);
