@@ -91,7 +91,9 @@ fn on_a_terminal_a_long_build_is_drawn_live() {
     assert!(drawn.iter().any(|l| l.contains(" 4s ")), "the time so far:\n{before}");
     // Its end is kept, with the build's time, before the payload's line.
     assert!(before.contains("   BUILD building workspace-build "), "{before}");
-    assert!(before.lines().any(|l| l.contains("BUILD building workspace-build") && l.ends_with(": 1 derivation built")));
+    assert!(
+        before.lines().any(|l| l.contains("BUILD building workspace-build") && l.ends_with(": 1 derivation built"))
+    );
     assert!(screen.contains("evaluated in "), "{screen}");
 }
 
@@ -104,7 +106,10 @@ fn off_a_terminal_a_long_build_prints_plain_lines_and_events() {
     let log = run.join("jobs/building/payload-workspace-build.log");
     let payload = out.stdout.find(" PAYLOAD building workspace-build").unwrap_or_else(|| panic!("{}", out.stdout));
     let before = &out.stdout[..payload];
-    assert!(before.contains(&format!("   BUILD building workspace-build: started, log `{}`", log.display())), "{before}");
+    assert!(
+        before.contains(&format!("   BUILD building workspace-build: started, log `{}`", log.display())),
+        "{before}"
+    );
     let lines: Vec<&str> = before.lines().filter(|l| l.starts_with("   BUILD building workspace-build ")).collect();
     assert!(lines.iter().any(|l| l.contains(": 0/1 built · building fixture-slow-build")), "{before}");
     assert!(lines.iter().any(|l| l.contains("fixture-slow-build>   compiling unit b of step")), "{before}");
@@ -146,7 +151,8 @@ fn a_payload_another_job_built_counts_its_own_time_not_the_wait() {
     let dir = lanes_fixture();
     let out = run_in(dir.path(), &["run", "building", "building-too", "--runtime", "bwrap", "-j", "2"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" PAYLOAD ") && l.contains("workspace-build")).collect();
+    let lines: Vec<&str> =
+        out.stdout.lines().filter(|l| l.contains(" PAYLOAD ") && l.contains("workspace-build")).collect();
     assert_eq!(lines.len(), 2, "{}", out.stdout);
     let (waiter, builder) = if lines[0].contains("built by job") { (lines[0], lines[1]) } else { (lines[1], lines[0]) };
     let seconds = |line: &str| -> f64 {

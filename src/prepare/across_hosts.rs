@@ -19,11 +19,14 @@ use crate::tools::nix::Nix;
 /// failed).
 #[derive(Debug, Default)]
 pub struct RunBuilds {
-    cells: Mutex<HashMap<String, Arc<OnceLock<Option<(Placement, String)>>>>>,
+    cells: Mutex<HashMap<String, Arc<Builder>>>,
 }
 
+/// The host and job that built a derivation, once known (`None`: its build failed).
+type Builder = OnceLock<Option<(Placement, String)>>;
+
 impl RunBuilds {
-    fn cell(&self, key: &str) -> Arc<OnceLock<Option<(Placement, String)>>> {
+    fn cell(&self, key: &str) -> Arc<Builder> {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells.entry(key.to_string()).or_default().clone()
     }

@@ -9,9 +9,9 @@ pub mod progress;
 pub use across_hosts::RunBuilds;
 pub use progress::{BuildOutcome, BuildReport, Progress, Watch};
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -227,7 +227,7 @@ impl Preparing<'_> {
             mounted: mounted.to_string(),
             duration_ms: started.elapsed().saturating_sub(waited).as_millis() as u64,
             built_by: claim.built_by.into_inner(),
-            waited_ms: (!waited.is_zero()).then(|| waited.as_millis() as u64),
+            waited_ms: (!waited.is_zero()).then_some(waited.as_millis() as u64),
             manifest,
             extra_mounts,
         };

@@ -118,12 +118,8 @@ impl<'a> PayloadBuild<'a> {
             Some(e) if crate::tools::command::is_interrupted(e) => BuildOutcome::Interrupted,
             Some(_) => BuildOutcome::Failed,
         };
-        let report = BuildReport::Finished {
-            outcome,
-            built: self.done,
-            duration: self.started.elapsed(),
-            log: &self.log_path,
-        };
+        let report =
+            BuildReport::Finished { outcome, built: self.done, duration: self.started.elapsed(), log: &self.log_path };
         self.watch.build(self.payload, report);
     }
 
@@ -287,7 +283,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let heard = Heard::default();
         let mut build = PayloadBuild::new("deps", DRV, dir.path(), &heard);
-        build.change(&Change::Plain("Warning: Permanently added 'builder' to the list of known hosts.".into()), &BuildState::default());
+        build.change(
+            &Change::Plain("Warning: Permanently added 'builder' to the list of known hosts.".into()),
+            &BuildState::default(),
+        );
         assert_eq!(build.failure_note(), None);
         build.finish(None);
         assert!(heard.0.into_inner().unwrap().is_empty());

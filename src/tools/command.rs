@@ -346,7 +346,12 @@ impl Cmd {
             let _ = reading.join();
             waited?;
             let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
-            Ok(CmdOutput { status: output.status, stdout: output.stdout, stderr: Vec::new(), duration: started.elapsed() })
+            Ok(CmdOutput {
+                status: output.status,
+                stdout: output.stdout,
+                stderr: Vec::new(),
+                duration: started.elapsed(),
+            })
         })
     }
 

@@ -306,8 +306,12 @@ pub fn run_realise(cmd: &Cmd, log: &HostLog, watch: &mut dyn BuildWatch) -> Resu
     out.stderr = stderr.into_bytes();
     log.command(cmd, &out);
     if !out.status.success() {
-        return Err(CommandFailed { label: cmd.label().to_string(), code: out.status.code(), stderr: out.stderr_str() }
-            .into());
+        return Err(CommandFailed {
+            label: cmd.label().to_string(),
+            code: out.status.code(),
+            stderr: out.stderr_str(),
+        }
+        .into());
     }
     Ok(out)
 }
@@ -448,7 +452,10 @@ mod tests {
     #[test]
     fn plain_lines_and_unknown_actions() {
         let mut log = NixLog::default();
-        assert_eq!(log.feed("ssh: connect to host x: Connection refused"), Some(Change::Plain("ssh: connect to host x: Connection refused".into())));
+        assert_eq!(
+            log.feed("ssh: connect to host x: Connection refused"),
+            Some(Change::Plain("ssh: connect to host x: Connection refused".into()))
+        );
         assert_eq!(log.feed(r#"@nix {"action":"setPhase","id":1}"#), None);
         assert_eq!(log.feed("@nix {not json"), None);
         assert_eq!(log.feed(r#"@nix {"action":"msg","level":5,"msg":"chatty"}"#), None);

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::tools::log::HostLog;
 use crate::tools::command::Cmd;
+use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
 use crate::tools::nix_log::{BuildWatch, LOG_FORMAT_ARGS, run_realise};
 
