@@ -71,10 +71,18 @@ impl LiveBuilds {
 
 /// `1/3 built · building b, c · c> compiling`, from a progress event.
 fn progress_text(event: &Event) -> String {
-    let Event::PayloadBuildProgress { done, total, building, line, .. } = event else { return String::new() };
-    let mut parts = vec![format!("{done}/{total} built")];
+    let Event::PayloadBuildProgress { done, total, building, fetching, line, .. } = event else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if *total > 0 {
+        parts.push(format!("{done}/{total} built"));
+    }
     if !building.is_empty() {
         parts.push(format!("building {}", building.join(", ")));
+    }
+    if *fetching > 0 {
+        parts.push(format!("fetching {fetching} path{}", if *fetching == 1 { "" } else { "s" }));
     }
     if let Some(line) = line {
         parts.push(line.clone());
@@ -122,6 +130,7 @@ mod tests {
             done: 1,
             total: 3,
             building: vec!["b".into(), "c".into()],
+            fetching: 0,
             line: Some("c> compiling".into()),
             elapsed_ms: 12_345,
             at: "t".into(),

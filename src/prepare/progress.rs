@@ -41,6 +41,8 @@ pub struct Progress {
     pub total: u64,
     /// The names of the derivations building now (`hello-1.0`).
     pub building: Vec<String>,
+    /// Store paths being fetched from a binary cache now.
+    pub fetching: u64,
     /// The latest line of a build's log, `<derivation name>> <line>`.
     pub line: Option<String>,
     /// Since the payload's realisation started.
@@ -159,6 +161,7 @@ impl<'a> PayloadBuild<'a> {
             done: state.done,
             total: state.total,
             building: state.building.iter().map(|d| derivation_name(d).to_string()).collect(),
+            fetching: state.fetching,
             line: state.last_line.clone(),
             elapsed: self.started.elapsed(),
         };

@@ -424,6 +424,7 @@ impl Watch for JobWatch<'_> {
                 done: p.done,
                 total: p.total,
                 building: p.building.clone(),
+                fetching: p.fetching,
                 line: p.line.clone(),
                 elapsed_ms: p.elapsed.as_millis() as u64,
                 at,

@@ -76,6 +76,9 @@ pub enum Event {
         total: u64,
         /// The names of the derivations building now.
         building: Vec<String>,
+        /// Store paths being fetched from a binary cache now.
+        #[serde(default)]
+        fetching: u64,
         /// The latest line of a build's log, `<derivation name>> <line>`.
         #[serde(default)]
         line: Option<String>,

@@ -23,7 +23,6 @@ pub const LOG_FORMAT_ARGS: [&str; 2] = ["--log-format", "internal-json"];
 const FAILED_LOG_LINES: usize = 10;
 
 // Nix's activity types (`ActivityType` in libutil/logging.hh).
-const ACT_COPY_PATH: u64 = 100;
 const ACT_BUILDS: u64 = 104;
 const ACT_BUILD: u64 = 105;
 const ACT_SUBSTITUTE: u64 = 108;
@@ -43,8 +42,6 @@ enum Action {
         id: u64,
         #[serde(rename = "type", default)]
         kind: u64,
-        #[serde(default)]
-        text: String,
         #[serde(default)]
         fields: Vec<serde_json::Value>,
     },
@@ -112,7 +109,7 @@ pub struct BuildState {
     pub failed: u64,
     /// Every derivation whose build started.
     pub started: u64,
-    /// Store paths fetched so far (substituted or copied in), and fetching now.
+    /// Store paths being fetched (substituted from a binary cache) now.
     pub fetching: u64,
     /// The latest line of a build's log, as [`Change::LogLine`] writes it.
     pub last_line: Option<String>,
@@ -157,7 +154,7 @@ impl NixLog {
             return Some(Change::Plain(plain));
         };
         match serde_json::from_str::<Action>(json).ok()? {
-            Action::Start { id, kind, text, fields } => self.start(id, kind, &text, &fields),
+            Action::Start { id, kind, fields } => self.start(id, kind, &fields),
             Action::Stop { id } => match self.activities.remove(&id)? {
                 Activity::Build(drv) => {
                     self.state.building.retain(|d| *d != drv);
@@ -183,7 +180,7 @@ impl NixLog {
         }
     }
 
-    fn start(&mut self, id: u64, kind: u64, text: &str, fields: &[serde_json::Value]) -> Option<Change> {
+    fn start(&mut self, id: u64, kind: u64, fields: &[serde_json::Value]) -> Option<Change> {
         let first = fields.first().and_then(|f| f.as_str()).map(str::to_string);
         let (activity, change) = match (kind, first) {
             (ACT_BUILD, Some(drv)) => {
@@ -191,7 +188,8 @@ impl NixLog {
                 self.state.started += 1;
                 (Activity::Build(drv.clone()), Some(Change::BuildStarted(drv)))
             }
-            (ACT_SUBSTITUTE | ACT_COPY_PATH, Some(path)) if kind == ACT_SUBSTITUTE || !text.is_empty() => {
+            // A substitution (from a binary cache) holds a copy of the same path: counted once.
+            (ACT_SUBSTITUTE, Some(path)) => {
                 self.state.fetching += 1;
                 (Activity::Fetch, Some(Change::FetchStarted(path)))
             }
@@ -461,6 +459,27 @@ mod tests {
         assert_eq!(log.feed(r#"@nix {"action":"msg","level":5,"msg":"chatty"}"#), None);
         log.feed(r#"@nix {"action":"msg","level":1,"msg":"warning: \u001b[1mx\u001b[0m"}"#);
         assert_eq!(log.stderr_text(false), "ssh: connect to host x: Connection refused\nwarning: x\n");
+    }
+
+    #[test]
+    fn a_path_fetched_from_a_binary_cache_counts_once() {
+        // Nix 2.34.8 substituting a path from a `file://` cache.
+        let path = "/nix/store/h73qr05axh89r1gqknacm6dm7r9xsp3n-subst-me";
+        let mut log = NixLog::default();
+        let lines = [
+            format!(
+                r#"@nix {{"action":"start","fields":["{path}","file:///c"],"id":8,"level":0,"parent":0,"text":"","type":108}}"#
+            ),
+            format!(
+                r#"@nix {{"action":"start","fields":["{path}","file:///c","local"],"id":9,"level":3,"parent":8,"text":"copying path '{path}' from 'file:///c'","type":100}}"#
+            ),
+        ];
+        let changes: Vec<Change> = lines.iter().filter_map(|l| log.feed(l)).collect();
+        assert_eq!(changes, [Change::FetchStarted(path.into())]);
+        assert_eq!(log.state().fetching, 1);
+        log.feed(r#"@nix {"action":"stop","id":9}"#);
+        log.feed(r#"@nix {"action":"stop","id":8}"#);
+        assert_eq!(log.state().fetching, 0);
     }
 
     #[test]
