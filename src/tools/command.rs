@@ -587,6 +587,54 @@ mod tests {
         assert_eq!(err.to_string(), "`sleep` did not finish within 0s");
     }
 
+    fn streamed(cmd: &Cmd) -> (Result<CmdOutput>, Vec<String>) {
+        let mut heard = Vec::new();
+        let mut on_line = |line: StderrLine<'_>| match line {
+            StderrLine::Line(l) => heard.push(l.to_string()),
+            StderrLine::Quiet => heard.push("(quiet)".to_string()),
+        };
+        let out = cmd.run_streaming(&mut on_line, None);
+        (out, heard)
+    }
+
+    #[test]
+    fn stderr_streams_line_by_line_with_quiet_between() {
+        let cmd =
+            Cmd::new("sh -c", "/bin/sh").args(["-c", "echo out; echo one >&2; sleep 0.6; printf 'two\\nlast' >&2"]);
+        let (out, heard) = streamed(&cmd);
+        let out = out.unwrap();
+        assert_eq!(out.stdout_str(), "out\n");
+        assert!(out.stderr.is_empty());
+        let lines: Vec<&str> = heard.iter().map(String::as_str).filter(|l| *l != "(quiet)").collect();
+        assert_eq!(lines, ["one", "two", "last"]);
+        let one = heard.iter().position(|l| l == "one").unwrap();
+        assert_eq!(heard[one + 1], "(quiet)", "{heard:?}");
+    }
+
+    #[test]
+    fn a_streamed_command_keeps_its_time_limit() {
+        let started = Instant::now();
+        let cmd = Cmd::new("sleep", "/bin/sh")
+            .args(["-c", "echo begun >&2; exec sleep 30"])
+            .time_limit(Duration::from_millis(300));
+        let (out, heard) = streamed(&cmd);
+        assert!(out.unwrap_err().is::<TimeLimitExceeded>());
+        assert_eq!(heard.first().map(String::as_str), Some("begun"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_grandchild_holding_stderr_does_not_hold_the_caller() {
+        // The shell exits at once; the `sleep` it left behind keeps stderr's pipe open.
+        // (Its stdout goes elsewhere: duct waits for the end of a captured stdout.)
+        let started = Instant::now();
+        let cmd = Cmd::new("sh -c", "/bin/sh").args(["-c", "sleep 30 >/dev/null & echo left >&2"]);
+        let (out, heard) = streamed(&cmd);
+        assert!(out.unwrap().status.success());
+        assert_eq!(heard.first().map(String::as_str), Some("left"));
+        assert!(started.elapsed() < DRAIN_GRACE + Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn missing_program_is_infrastructure_with_hint() {
         let err = Cmd::new("frob", "/nonexistent/frob").run(None).unwrap_err();
