@@ -149,6 +149,8 @@ fn off_a_terminal_a_long_build_prints_plain_lines_and_events() {
     // The evaluation's time is printed and recorded.
     assert!(out.stdout.lines().next().unwrap().contains(", evaluated in "), "{}", out.stdout);
     assert!(read_json(&run.join("run.json"))["eval_ms"].as_u64().is_some());
+    let status = run_in(dir.path(), &["status", "latest"]);
+    assert!(status.stdout.contains("  eval      "), "{}", status.stdout);
 }
 
 #[test]

@@ -117,6 +117,9 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
         if let Some(ms) = record.duration_ms {
             println!("  duration  {}", seconds(ms));
         }
+        if let Some(ms) = record.eval_ms {
+            println!("  eval      {} (the flake's evaluation, before the run)", seconds(ms));
+        }
         println!("  runtime   {}", record.runtime.as_str());
         let hosts = record.remote_hosts();
         if !hosts.is_empty() {
