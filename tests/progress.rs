@@ -181,6 +181,26 @@ fn a_payload_another_job_built_counts_its_own_time_not_the_wait() {
 }
 
 #[test]
+fn a_payload_waiting_for_nix_lock_counts_its_own_time_not_the_wait() {
+    // `layered`'s payloads are realized at once, and one needs the other: both want the
+    // slow derivation built, and one of them waits on Nix's lock while the other builds it.
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "layered", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with(" PAYLOAD layered ")).collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    let waited: Vec<&&str> = lines.iter().filter(|l| l.contains("waited")).collect();
+    assert_eq!(waited.len(), 1, "{}", out.stdout);
+    assert!(waited[0].contains(" for another build of it)"), "{}", waited[0]);
+    let own = &waited[0][waited[0].rfind('(').unwrap() + 1..];
+    let own: f64 = own[..own.find('s').unwrap()].parse().unwrap();
+    assert!(own < 3.0, "its own time, not the wait: {}", waited[0]);
+    let events = events(&only_run(dir.path()));
+    let waiting = events.iter().filter(|e| e["event"] == "payload_build_progress" && e["waiting"] == true);
+    assert!(waiting.count() >= 1, "{events:#?}");
+}
+
+#[test]
 fn a_failed_build_names_its_kept_log_and_logs_shows_it() {
     let dir = lanes_fixture();
     let out = run_in(dir.path(), &["run", "broken", "--runtime", "bwrap"]);

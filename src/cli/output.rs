@@ -266,7 +266,8 @@ impl EventSink for Human {
                 let shared = match (built_by, waited_ms) {
                     (Some(job), Some(ms)) => format!("; built by job `{job}`, waited {}", seconds(*ms)),
                     (Some(job), None) => format!("; built by job `{job}`"),
-                    (None, _) => String::new(),
+                    (None, Some(ms)) => format!("; waited {} for another build of it", seconds(*ms)),
+                    (None, None) => String::new(),
                 };
                 self.say(&format!(
                     "{} {job_id} {payload} {store_path} ({}{shared})",

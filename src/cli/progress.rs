@@ -71,7 +71,7 @@ impl LiveBuilds {
 
 /// `1/3 built · building b, c · c> compiling`, from a progress event.
 fn progress_text(event: &Event) -> String {
-    let Event::PayloadBuildProgress { done, total, building, fetching, line, .. } = event else {
+    let Event::PayloadBuildProgress { done, total, building, fetching, waiting, line, .. } = event else {
         return String::new();
     };
     let mut parts = Vec::new();
@@ -80,6 +80,9 @@ fn progress_text(event: &Event) -> String {
     }
     if !building.is_empty() {
         parts.push(format!("building {}", building.join(", ")));
+    }
+    if *waiting {
+        parts.push("waiting for another build of it (Nix's lock)".to_string());
     }
     if *fetching > 0 {
         parts.push(format!("fetching {fetching} path{}", if *fetching == 1 { "" } else { "s" }));
@@ -131,6 +134,7 @@ mod tests {
             total: 3,
             building: vec!["b".into(), "c".into()],
             fetching: 0,
+            waiting: false,
             line: Some("c> compiling".into()),
             elapsed_ms: 12_345,
             at: "t".into(),

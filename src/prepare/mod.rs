@@ -96,7 +96,8 @@ impl SharedBuilds {
 
 /// One job's claim on a derivation of the run: which job asks, and when another job (or
 /// another payload of its own) built the derivation meanwhile, which one and how long
-/// this one waited. A payload's duration is its own work: the wait is not in it.
+/// this one waited (Nix's lock on a path another process builds included). A payload's
+/// duration is its own work: the wait is not in it.
 pub struct Claim<'a> {
     pub key: &'a str,
     pub job: &'a str,
@@ -210,7 +211,7 @@ impl Preparing<'_> {
         let link = root_link(&self.staged, &payload.name, main);
         let outputs: Vec<String> = payload.outputs.values().cloned().collect();
         let claim = Claim::new(&payload.drv_path, self.job_id);
-        let realise = || self.realise_roots(payload);
+        let realise = || self.realise_roots(payload, &claim);
         let (nix, placement, log) = (self.nix, self.placement, self.log);
         let (roots, reproduce) =
             self.shared.once(&claim, || self.across.realise(&claim, nix, placement, &outputs, log, &realise))?;
@@ -236,10 +237,11 @@ impl Preparing<'_> {
 
     /// This job's own realisation of a payload, watched: its build log kept, its progress
     /// told.
-    fn realise_roots(&self, payload: &Payload) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    fn realise_roots(&self, payload: &Payload, claim: &Claim) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let mut build = PayloadBuild::new(&payload.name, &payload.drv_path, self.job_dir, self.watch);
         let result = self.realise_watched(payload, &mut build);
-        build.finish(result.as_ref().err());
+        let lock_wait = build.finish(result.as_ref().err());
+        claim.waited.set(claim.waited.get() + lock_wait);
         result
     }
 

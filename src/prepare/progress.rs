@@ -43,6 +43,9 @@ pub struct Progress {
     pub building: Vec<String>,
     /// Store paths being fetched from a binary cache now.
     pub fetching: u64,
+    /// Waiting for another build of a path it needs (Nix's lock: another payload of the
+    /// job, another run, another process).
+    pub waiting: bool,
     /// The latest line of a build's log, `<derivation name>> <line>`.
     pub line: Option<String>,
     /// Since the payload's realisation started.
@@ -87,6 +90,10 @@ pub struct PayloadBuild<'a> {
     /// What was told last, and when.
     told: Option<(Instant, Progress)>,
     done: u64,
+    /// Time spent waiting for Nix's lock on a path another process builds: not this
+    /// payload's own work.
+    lock_wait: Duration,
+    waiting_since: Option<Instant>,
 }
 
 impl<'a> PayloadBuild<'a> {
@@ -103,14 +110,18 @@ impl<'a> PayloadBuild<'a> {
             announced: false,
             told: None,
             done: 0,
+            lock_wait: Duration::ZERO,
+            waiting_since: None,
         }
     }
 
     /// The realisation ended (`None`: built; else how it failed). Says so when it had
-    /// started to build, and closes the log.
-    pub fn finish(mut self, failure: Option<&anyhow::Error>) {
+    /// started to build, and closes the log. Returns how long it waited for another
+    /// process's build of a path it needed.
+    pub fn finish(mut self, failure: Option<&anyhow::Error>) -> Duration {
+        let lock_wait = self.lock_wait + self.waiting_since.map(|s| s.elapsed()).unwrap_or_default();
         if !self.announced {
-            return;
+            return lock_wait;
         }
         if let Some(file) = self.file.as_mut() {
             let _ = file.flush();
@@ -123,6 +134,7 @@ impl<'a> PayloadBuild<'a> {
         let report =
             BuildReport::Finished { outcome, built: self.done, duration: self.started.elapsed(), log: &self.log_path };
         self.watch.build(self.payload, report);
+        lock_wait
     }
 
     fn announce(&mut self) {
@@ -162,6 +174,7 @@ impl<'a> PayloadBuild<'a> {
             total: state.total,
             building: state.building.iter().map(|d| derivation_name(d).to_string()).collect(),
             fetching: state.fetching,
+            waiting: state.waiting > 0,
             line: state.last_line.clone(),
             elapsed: self.started.elapsed(),
         };
@@ -182,6 +195,14 @@ impl<'a> PayloadBuild<'a> {
 impl BuildWatch for PayloadBuild<'_> {
     fn change(&mut self, change: &Change, state: &BuildState) {
         self.done = state.done;
+        match (change, self.waiting_since) {
+            (Change::WaitStarted(_), None) => self.waiting_since = Some(Instant::now()),
+            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
+                self.lock_wait += since.elapsed();
+                self.waiting_since = None;
+            }
+            _ => {}
+        }
         let starts = matches!(change, Change::BuildStarted(_) | Change::FetchStarted(_) | Change::Message(3, _));
         if !self.announced && starts {
             self.announce();
@@ -193,7 +214,9 @@ impl BuildWatch for PayloadBuild<'_> {
             return;
         }
         match change {
-            Change::BuildStarted(_) | Change::BuildStopped(_) => self.tell(state, true),
+            Change::BuildStarted(_) | Change::BuildStopped(_) | Change::WaitStarted(_) | Change::WaitStopped => {
+                self.tell(state, true)
+            }
             Change::LogLine(..) | Change::FetchStarted(_) => self.tell(state, false),
             // A count moves just before the build that moved it stops, which tells it.
             Change::Counts | Change::Message(..) | Change::Plain(_) => {}

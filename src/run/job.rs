@@ -425,6 +425,7 @@ impl Watch for JobWatch<'_> {
                 total: p.total,
                 building: p.building.clone(),
                 fetching: p.fetching,
+                waiting: p.waiting,
                 line: p.line.clone(),
                 elapsed_ms: p.elapsed.as_millis() as u64,
                 at,

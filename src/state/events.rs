@@ -50,7 +50,8 @@ pub enum Event {
         /// The job of this run that built the derivation, when another one did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         built_by: Option<String>,
-        /// How long this job waited for that build.
+        /// How long this job waited for that build, or for Nix's lock on a path another
+        /// process built.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         waited_ms: Option<u64>,
         at: String,
@@ -79,6 +80,9 @@ pub enum Event {
         /// Store paths being fetched from a binary cache now.
         #[serde(default)]
         fetching: u64,
+        /// Waiting for another build of a path it needs (Nix's lock).
+        #[serde(default)]
+        waiting: bool,
         /// The latest line of a build's log, `<derivation name>> <line>`.
         #[serde(default)]
         line: Option<String>,

@@ -26,6 +26,7 @@ const FAILED_LOG_LINES: usize = 10;
 const ACT_BUILDS: u64 = 104;
 const ACT_BUILD: u64 = 105;
 const ACT_SUBSTITUTE: u64 = 108;
+const ACT_BUILD_WAITING: u64 = 111;
 // Nix's result types (`ResultType`).
 const RES_BUILD_LOG_LINE: u64 = 101;
 const RES_PROGRESS: u64 = 105;
@@ -42,6 +43,8 @@ enum Action {
         id: u64,
         #[serde(rename = "type", default)]
         kind: u64,
+        #[serde(default)]
+        text: String,
         #[serde(default)]
         fields: Vec<serde_json::Value>,
     },
@@ -74,6 +77,11 @@ pub enum Change {
     BuildStopped(String),
     /// A store path started to be fetched (substituted, or copied in).
     FetchStarted(String),
+    /// Nix waits for another process's build of the same path (its lock): the text
+    /// says which path.
+    WaitStarted(String),
+    /// That wait ended.
+    WaitStopped,
     /// The count of builds done or expected moved.
     Counts,
     /// A line of a build's log: the derivation's name, the line.
@@ -92,8 +100,8 @@ impl Change {
             Change::BuildStarted(drv) => Some(format!("building '{drv}'")),
             Change::FetchStarted(path) => Some(format!("fetching '{path}'")),
             Change::LogLine(name, line) => Some(format!("{name}> {line}")),
-            Change::Message(_, text) | Change::Plain(text) => Some(text.clone()),
-            Change::BuildStopped(_) | Change::Counts => None,
+            Change::Message(_, text) | Change::Plain(text) | Change::WaitStarted(text) => Some(text.clone()),
+            Change::BuildStopped(_) | Change::Counts | Change::WaitStopped => None,
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct BuildState {
     pub started: u64,
     /// Store paths being fetched (substituted from a binary cache) now.
     pub fetching: u64,
+    /// Waits for another process's build of a path this one needs, now.
+    pub waiting: u64,
     /// The latest line of a build's log, as [`Change::LogLine`] writes it.
     pub last_line: Option<String>,
 }
@@ -119,6 +129,7 @@ pub struct BuildState {
 enum Activity {
     Build(String),
     Fetch,
+    Waiting,
     Builds,
     Other,
 }
@@ -154,7 +165,7 @@ impl NixLog {
             return Some(Change::Plain(plain));
         };
         match serde_json::from_str::<Action>(json).ok()? {
-            Action::Start { id, kind, fields } => self.start(id, kind, &fields),
+            Action::Start { id, kind, text, fields } => self.start(id, kind, &text, &fields),
             Action::Stop { id } => match self.activities.remove(&id)? {
                 Activity::Build(drv) => {
                     self.state.building.retain(|d| *d != drv);
@@ -163,6 +174,10 @@ impl NixLog {
                 Activity::Fetch => {
                     self.state.fetching = self.state.fetching.saturating_sub(1);
                     None
+                }
+                Activity::Waiting => {
+                    self.state.waiting = self.state.waiting.saturating_sub(1);
+                    Some(Change::WaitStopped)
                 }
                 Activity::Builds | Activity::Other => None,
             },
@@ -180,7 +195,7 @@ impl NixLog {
         }
     }
 
-    fn start(&mut self, id: u64, kind: u64, fields: &[serde_json::Value]) -> Option<Change> {
+    fn start(&mut self, id: u64, kind: u64, text: &str, fields: &[serde_json::Value]) -> Option<Change> {
         let first = fields.first().and_then(|f| f.as_str()).map(str::to_string);
         let (activity, change) = match (kind, first) {
             (ACT_BUILD, Some(drv)) => {
@@ -192,6 +207,10 @@ impl NixLog {
             (ACT_SUBSTITUTE, Some(path)) => {
                 self.state.fetching += 1;
                 (Activity::Fetch, Some(Change::FetchStarted(path)))
+            }
+            (ACT_BUILD_WAITING, _) => {
+                self.state.waiting += 1;
+                (Activity::Waiting, Some(Change::WaitStarted(strip_ansi(text))))
             }
             (ACT_BUILDS, _) => (Activity::Builds, None),
             _ => (Activity::Other, None),
@@ -480,6 +499,22 @@ mod tests {
         log.feed(r#"@nix {"action":"stop","id":9}"#);
         log.feed(r#"@nix {"action":"stop","id":8}"#);
         assert_eq!(log.state().fetching, 0);
+    }
+
+    #[test]
+    fn waiting_for_another_build_of_the_same_path() {
+        // Nix 2.34.8, while another `nix-store --realise` builds the same derivation.
+        let mut log = NixLog::default();
+        let start = r#"@nix {"action":"start","id":5,"level":1,"parent":0,"text":"waiting for lock on \u001b[35;1m'/nix/store/7hj84bn7vk3yxygm1vgv0fb2za8mzi6c-waitme'\u001b[0m","type":111}"#;
+        assert_eq!(
+            log.feed(start),
+            Some(Change::WaitStarted(
+                "waiting for lock on '/nix/store/7hj84bn7vk3yxygm1vgv0fb2za8mzi6c-waitme'".into()
+            ))
+        );
+        assert_eq!(log.state().waiting, 1);
+        assert_eq!(log.feed(r#"@nix {"action":"stop","id":5}"#), Some(Change::WaitStopped));
+        assert_eq!(log.state().waiting, 0);
     }
 
     #[test]
