@@ -170,6 +170,10 @@ fn jsonl_streams_each_event_as_it_happens() {
     assert!(events.iter().all(|e| e["schema_version"] == 1));
     let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(names.first(), Some(&"run_started"));
+    // The fixture's payloads are built for this test (its `salt`): their builds stream too.
+    for build in ["payload_build_started", "payload_build_progress", "payload_build_finished"] {
+        assert!(names.contains(&build), "{build}: {names:?}");
+    }
     assert_eq!(names.last(), Some(&"run_finished"));
     for job in ["fail", "slow"] {
         // (The payloads' builds are told too, by the job that built them: tests/progress.rs.)
