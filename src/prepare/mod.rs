@@ -40,11 +40,12 @@ pub struct PreparedPayload {
     /// The store path mounted at `/pikaci/payloads/<name>`.
     pub mounted: String,
     /// This job's own work: the realisation and the manifest, without the time it
-    /// waited for another job's build of the same derivation.
+    /// waited for another build of the same derivation.
     pub duration_ms: u64,
     /// The job of the run that built the derivation, when it was not this one.
     pub built_by: Option<String>,
-    /// How long this job waited for another one's build of it.
+    /// How long this job waited for another build of it: another job's, or another
+    /// process's that held Nix's lock.
     pub waited_ms: Option<u64>,
     pub manifest: Option<PayloadManifest>,
     pub extra_mounts: Vec<ResolvedMount>,

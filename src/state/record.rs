@@ -372,11 +372,12 @@ pub struct RealizedPayload {
     pub roots: Vec<PathBuf>,
     /// The store path mounted at `/pikaci/payloads/<name>`.
     pub mounted: String,
-    /// This job's own work, without the time it waited for another job's build.
+    /// This job's own work, without the time it waited for another build of it.
     pub duration_ms: u64,
     /// The job of the run that built the derivation, when another one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub built_by: Option<String>,
+    /// How long it waited for another build of it (another job's, or Nix's lock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waited_ms: Option<u64>,
     #[serde(default)]
