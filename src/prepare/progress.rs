@@ -203,6 +203,7 @@ impl BuildWatch for PayloadBuild<'_> {
             }
             _ => {}
         }
+        // Nix's `info` messages (level 3) say what it will build or fetch: work starts.
         let starts = matches!(change, Change::BuildStarted(_) | Change::FetchStarted(_) | Change::Message(3, _));
         if !self.announced && starts {
             self.announce();
