@@ -107,6 +107,9 @@ fn interrupt_a_build(group: bool) {
     assert_eq!(status.code(), Some(130), "{status:?}");
     let record = read_json(&only_run(dir.path()).join("run.json"));
     assert_eq!(job_status(&record, "slow-build"), "interrupted", "{record:#}");
+    // Its build ends told as interrupted, not failed.
+    let events = std::fs::read_to_string(only_run(dir.path()).join("events.jsonl")).unwrap();
+    assert!(events.lines().any(|l| l.contains(r#""payload":"workspace-build","status":"interrupted""#)), "{events}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(builder) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -97,6 +97,16 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         0,
         "no payload is rooted locally"
     );
+    // The build there was watched as it ran (its structured log came back over SSH): its
+    // log is kept here, and its events were told.
+    let extra_log = std::fs::read_to_string(local_job.join("payload-extra.log")).unwrap();
+    assert!(extra_log.contains("building '/nix/store/") && extra_log.contains("-fixture-extra.drv'"), "{extra_log}");
+    let events = std::fs::read_to_string(local_job.join("../../events.jsonl")).unwrap();
+    assert!(
+        events.lines().any(|l| l.contains(r#""event":"payload_build_finished","run_id""#)
+            && l.contains(r#""job_id":"view","payload":"extra","status":"built""#)),
+        "{events}"
+    );
     // The artifacts came back.
     assert_eq!(std::fs::read_to_string(local_job.join("artifacts/kept.txt")).unwrap(), "kept\n");
     // The snapshot was sent once for the two jobs.

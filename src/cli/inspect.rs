@@ -117,6 +117,9 @@ pub fn status(state: &StateRoot, spec: &str, json: bool) -> Result<i32> {
         if let Some(ms) = record.duration_ms {
             println!("  duration  {}", seconds(ms));
         }
+        if let Some(ms) = record.eval_ms {
+            println!("  eval      {} (the flake's evaluation, before the run)", seconds(ms));
+        }
         println!("  runtime   {}", record.runtime.as_str());
         let hosts = record.remote_hosts();
         if !hosts.is_empty() {
@@ -186,7 +189,28 @@ fn print_tests(tests: &TestsRecord) {
     }
 }
 
-pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow: bool) -> Result<()> {
+/// Which log of a job `logs` prints.
+#[derive(Clone, Copy, Debug)]
+pub enum LogFile<'a> {
+    /// The command's output.
+    Guest,
+    /// pikaci's own: every nix and runtime call.
+    Host,
+    /// What Nix printed while building this payload for the job.
+    Payload(&'a str),
+}
+
+impl LogFile<'_> {
+    fn file_name(&self) -> String {
+        match self {
+            LogFile::Guest => "guest.log".to_string(),
+            LogFile::Host => "host.log".to_string(),
+            LogFile::Payload(name) => format!("payload-{name}.log"),
+        }
+    }
+}
+
+pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, which: LogFile, follow: bool) -> Result<()> {
     let run_id = state.find_run(spec)?;
     // A damaged run.json does not hide the logs: the jobs are then those under `jobs/`.
     let record = match RunRecord::read(&state.run_dir(&run_id)) {
@@ -213,9 +237,12 @@ pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow
         }
         None => job_ids.iter().map(String::as_str).collect(),
     };
-    let file = if host { "host.log" } else { "guest.log" };
+    if let LogFile::Payload(name) = which {
+        check_payload(record.as_ref(), &run_id, &jobs, name)?;
+    }
+    let file = which.file_name();
     let files: Vec<(String, PathBuf)> =
-        jobs.iter().map(|j| (j.to_string(), state.job_dir(&run_id, j).join(file))).collect();
+        jobs.iter().map(|j| (j.to_string(), state.job_dir(&run_id, j).join(&file))).collect();
     let prefix = files.len() > 1;
     if !follow {
         let mut out = std::io::stdout().lock();
@@ -226,9 +253,7 @@ pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow
             match std::fs::read(path) {
                 Ok(bytes) => out.write_all(&bytes)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let status =
-                        record.as_ref().and_then(|r| r.job(job)).map(|j| j.status.as_str()).unwrap_or("unknown");
-                    writeln!(out, "(no {file}: job `{job}` is {status})")?;
+                    writeln!(out, "({})", missing_log(state, record.as_ref(), &run_id, job, which))?;
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("read `{}`", path.display()))),
             }
@@ -236,6 +261,82 @@ pub fn logs(state: &StateRoot, spec: &str, job: Option<&str>, host: bool, follow
         return Ok(());
     }
     follow_files(state, &run_id, &files, prefix)
+}
+
+/// A payload name `logs --payload` accepts: one the run's jobs declare (any name, when
+/// the record cannot be read, that could be one: it becomes part of a file name).
+fn check_payload(record: Option<&RunRecord>, run_id: &str, jobs: &[&str], name: &str) -> Result<()> {
+    let mut known: Vec<&str> = record
+        .map(|r| {
+            r.plan
+                .iter()
+                .filter(|p| jobs.contains(&p.job_id.as_str()))
+                .flat_map(|p| p.lane.payloads.iter().map(|pl| pl.name.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    known.sort();
+    known.dedup();
+    let declared = if record.is_some() { known.contains(&name) } else { crate::catalog::validate_id(name).is_ok() };
+    if declared {
+        return Ok(());
+    }
+    let whose = match jobs {
+        [job] => format!("job `{job}` of run `{run_id}` has"),
+        _ => format!("no job of run `{run_id}` has"),
+    };
+    let no = if jobs.len() == 1 { " no" } else { " a" };
+    Err(error::usage(format!("{whose}{no} payload `{name}`"))
+        .hint(format!("its payloads are: {}", known.join(", ")))
+        .into())
+}
+
+/// What `logs` says of a log a job does not have.
+fn missing_log(state: &StateRoot, record: Option<&RunRecord>, run_id: &str, job: &str, which: LogFile) -> String {
+    let status = record.and_then(|r| r.job(job)).map(|j| j.status.as_str()).unwrap_or("unknown");
+    let file = which.file_name();
+    let LogFile::Payload(name) = which else {
+        let mut said = format!("no {file}: job `{job}` is {status}");
+        if matches!(which, LogFile::Guest) {
+            let built = built_payloads(&state.job_dir(run_id, job));
+            if let Some(first) = built.first() {
+                said.push_str(&format!(
+                    "; its payloads' build logs: `pikaci logs {run_id} --job {job} --payload {first}`{}",
+                    if built.len() > 1 { format!(" ({})", built.join(", ")) } else { String::new() }
+                ));
+            }
+        }
+        return said;
+    };
+    let built_by = crate::state::JobRecord::read(&state.job_dir(run_id, job))
+        .ok()
+        .and_then(|r| r.payloads.into_iter().find(|p| p.name == name))
+        .and_then(|p| p.built_by);
+    match built_by {
+        Some(other) => format!(
+            "no build log of payload `{name}` in job `{job}`: job `{other}` built it (`pikaci logs {run_id} --job {other} --payload {name}`)"
+        ),
+        None => format!(
+            "no build log of payload `{name}` in job `{job}` ({status}): Nix built nothing for it (its outputs were there already) or it was not reached"
+        ),
+    }
+}
+
+/// The payloads of a job that have a build log, by name.
+fn built_payloads(job_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(job_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some(name.strip_prefix("payload-")?.strip_suffix(".log")?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// The job directories of a run, by name, for a run whose record cannot be read; only

@@ -3,6 +3,7 @@
 
 pub(crate) mod inspect;
 pub mod output;
+mod progress;
 mod terminal;
 
 use std::path::PathBuf;
@@ -85,8 +86,12 @@ pub enum Command {
         #[arg(long)]
         job: Option<String>,
         /// Print `host.log` (every nix and runtime call, with durations) instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "payload")]
         host: bool,
+        /// Print the build log of this payload (what Nix printed while building it for
+        /// the job) instead.
+        #[arg(long, value_name = "NAME")]
+        payload: Option<String>,
         /// Keep printing as the run goes on, until it ends.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -225,9 +230,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
             inspect::status(&state, &run, json)
         }
-        Command::Logs { run, job, host, follow } => {
+        Command::Logs { run, job, host, payload, follow } => {
             let state = StateRoot::resolve(cli.state_root.as_deref(), flake_dir(cli.flake.as_deref())?.as_deref())?;
-            inspect::logs(&state, &run, job.as_deref(), host, follow)?;
+            let which = match (&payload, host) {
+                (Some(name), _) => inspect::LogFile::Payload(name),
+                (None, true) => inspect::LogFile::Host,
+                (None, false) => inspect::LogFile::Guest,
+            };
+            inspect::logs(&state, &run, job.as_deref(), which, follow)?;
             Ok(exit::SUCCESS)
         }
         Command::Gc { keep } => {

@@ -72,6 +72,8 @@ struct Human {
     out: Mutex<std::io::BufWriter<std::io::Stdout>>,
     /// Every job's test results so far, for the summary.
     tests: Mutex<TestTally>,
+    /// Payload builds drawn in place, when stdout is a terminal.
+    live: Option<super::progress::LiveBuilds>,
 }
 
 /// Tests counted across the jobs of a run, with the names the summary shows.
@@ -121,6 +123,7 @@ impl Human {
             color,
             out: Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout())),
             tests: Mutex::new(TestTally::default()),
+            live: std::io::stdout().is_terminal().then(super::progress::LiveBuilds::new),
         }
     }
 
@@ -195,9 +198,31 @@ impl Human {
     }
 
     fn say(&self, line: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        self.clear_of_builds(|| {
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        });
+    }
+
+    /// Run `print` with the payload builds drawn on the terminal out of its way. The
+    /// display's lock is taken before `out`'s, never the other way round.
+    fn clear_of_builds(&self, print: impl FnOnce()) {
+        match &self.live {
+            Some(live) => live.print(print),
+            None => print(),
+        }
+    }
+
+    /// A `payload_build_*` event: drawn in place on a terminal, else a plain line.
+    fn payload_build(&self, event: &Event) {
+        let line = match &self.live {
+            Some(live) => live.event(event),
+            None => super::progress::plain_line(event),
+        };
+        if let Some(line) = line {
+            self.say(&self.paint("2", &line));
+        }
     }
 }
 
@@ -216,17 +241,20 @@ impl OutputSink for Human {
     }
 
     fn flush(&self) {
-        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        self.clear_of_builds(|| {
+            let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        });
     }
 }
 
 impl EventSink for Human {
     fn event(&self, event: &Event) {
         match event {
-            Event::RunStarted { run_id, runtime, snapshot, jobs, rerun_of, flake, .. } => {
+            Event::RunStarted { run_id, runtime, snapshot, jobs, rerun_of, flake, eval_ms, .. } => {
                 let rerun = rerun_of.as_deref().map(|r| format!(", rerun of {r}")).unwrap_or_default();
+                let eval = eval_ms.map(|ms| format!(", evaluated in {}", seconds(ms))).unwrap_or_default();
                 self.say(&format!(
-                    "{} {run_id}: {} job{} of `{flake}` on {runtime}, snapshot {}{rerun}",
+                    "{} {run_id}: {} job{} of `{flake}` on {runtime}, snapshot {}{eval}{rerun}",
                     self.paint("1", "run"),
                     jobs.len(),
                     if jobs.len() == 1 { "" } else { "s" },
@@ -234,11 +262,22 @@ impl EventSink for Human {
                 ));
             }
             Event::JobStarted { job_id, .. } => self.say(&format!("{} {job_id}", self.paint("36", "   START"))),
-            Event::PayloadRealized { job_id, payload, store_path, duration_ms, .. } => self.say(&format!(
-                "{} {job_id} {payload} {store_path} ({})",
-                self.paint("2", " PAYLOAD"),
-                seconds(*duration_ms)
-            )),
+            Event::PayloadRealized { job_id, payload, store_path, duration_ms, built_by, waited_ms, .. } => {
+                let shared = match (built_by, waited_ms) {
+                    (Some(job), Some(ms)) => format!("; built by job `{job}`, waited {}", seconds(*ms)),
+                    (Some(job), None) => format!("; built by job `{job}`"),
+                    (None, Some(ms)) => format!("; waited {} for another build of it", seconds(*ms)),
+                    (None, None) => String::new(),
+                };
+                self.say(&format!(
+                    "{} {job_id} {payload} {store_path} ({}{shared})",
+                    self.paint("2", " PAYLOAD"),
+                    seconds(*duration_ms)
+                ))
+            }
+            Event::PayloadBuildStarted { .. }
+            | Event::PayloadBuildProgress { .. }
+            | Event::PayloadBuildFinished { .. } => self.payload_build(event),
             Event::JobFinished { job_id, status, duration_ms, message, run_id, .. } => {
                 let (label, code) = match status {
                     JobStatus::Passed => ("    PASS", "32"),

@@ -4,13 +4,16 @@
 
 mod across_hosts;
 pub mod manifest;
+pub mod progress;
 
 pub use across_hosts::RunBuilds;
+pub use progress::{BuildOutcome, BuildReport, Progress, Watch};
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -20,6 +23,7 @@ use crate::handoff::StagedPayloadMount;
 use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
 use manifest::{PayloadManifest, ResolvedMount};
+use progress::PayloadBuild;
 
 /// The directory, inside a job directory, that holds the payload roots.
 pub const STAGED_DIR: &str = "staged-linux-rust";
@@ -35,7 +39,14 @@ pub struct PreparedPayload {
     pub roots: Vec<PathBuf>,
     /// The store path mounted at `/pikaci/payloads/<name>`.
     pub mounted: String,
+    /// This job's own work: the realisation and the manifest, without the time it
+    /// waited for another build of the same derivation.
     pub duration_ms: u64,
+    /// The job of the run that built the derivation, when it was not this one.
+    pub built_by: Option<String>,
+    /// How long this job waited for another build of it: another job's, or another
+    /// process's that held Nix's lock.
+    pub waited_ms: Option<u64>,
     pub manifest: Option<PayloadManifest>,
     pub extra_mounts: Vec<ResolvedMount>,
 }
@@ -55,29 +66,76 @@ pub struct Prepared {
 /// Lets the jobs of a run share builds: the first job to need a derivation builds it,
 /// the others wait for that and then only add their own roots. (Two `nix-store --realise`
 /// of one derivation at once would make the second wait on Nix's lock, whose poll
-/// interval is 5 seconds.)
+/// interval is 5 seconds.) Each cell holds the job that built it.
 #[derive(Debug, Default)]
 pub struct SharedBuilds {
-    cells: Mutex<HashMap<String, Arc<OnceLock<()>>>>,
+    cells: Mutex<HashMap<String, Arc<OnceLock<String>>>>,
 }
 
 impl SharedBuilds {
-    fn cell(&self, key: &str) -> Arc<OnceLock<()>> {
+    fn cell(&self, key: &str) -> Arc<OnceLock<String>> {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells.entry(key.to_string()).or_default().clone()
     }
 
-    /// Run `realise` for `key`; while another thread runs the first one, wait for it.
-    fn once<T>(&self, key: &str, realise: impl Fn() -> T) -> T {
-        let cell = self.cell(key);
+    /// Run `realise` for the claim's derivation; while another thread runs the first one,
+    /// wait for it (the claim notes whom, and how long).
+    fn once<T>(&self, claim: &Claim, realise: impl Fn() -> T) -> T {
+        let cell = self.cell(claim.key);
         let mut first = None;
-        cell.get_or_init(|| first = Some(realise()));
-        first.unwrap_or_else(realise)
+        let asked = Instant::now();
+        let builder = cell.get_or_init(|| {
+            first = Some(realise());
+            claim.job.to_string()
+        });
+        first.unwrap_or_else(|| {
+            claim.waited_for(Some(builder), asked);
+            realise()
+        })
     }
 }
 
-/// Realize every payload of `lane`, in parallel. `on_realized` is called as each one is
-/// ready. The first failure is returned, naming the payload and the lane.
+/// One job's claim on a derivation of the run: which job asks, and when another job (or
+/// another payload of its own) built the derivation meanwhile, which one and how long
+/// this one waited (Nix's lock on a path another process builds included). A payload's
+/// duration is its own work: the wait is not in it.
+pub struct Claim<'a> {
+    pub key: &'a str,
+    pub job: &'a str,
+    waited: Cell<Duration>,
+    built_by: RefCell<Option<String>>,
+}
+
+impl<'a> Claim<'a> {
+    pub fn new(key: &'a str, job: &'a str) -> Claim<'a> {
+        Claim { key, job, waited: Cell::default(), built_by: RefCell::default() }
+    }
+
+    /// This job waited since `since` for `builder`'s build (`None`: a build that failed).
+    pub fn waited_for(&self, builder: Option<&str>, since: Instant) {
+        self.waited.set(self.waited.get() + since.elapsed());
+        if let Some(job) = builder.filter(|b| *b != self.job) {
+            *self.built_by.borrow_mut() = Some(job.to_string());
+        }
+    }
+}
+
+/// A job's part in preparing its payloads.
+struct Preparing<'a> {
+    nix: &'a Nix,
+    job_id: &'a str,
+    job_dir: &'a Path,
+    staged: PathBuf,
+    placement: &'a Placement,
+    log: &'a HostLog,
+    shared: &'a SharedBuilds,
+    across: &'a RunBuilds,
+    watch: &'a dyn Watch,
+}
+
+/// Realize every payload of `lane`, in parallel, telling `watch` of their builds and of
+/// each one as it is ready. The first failure is returned, naming the payload and the
+/// lane (and, when it was a build, where its log is kept).
 pub fn prepare(
     nix: &Nix,
     lane: &Lane,
@@ -85,10 +143,13 @@ pub fn prepare(
     placement: &Placement,
     log: &HostLog,
     (shared, across): (&SharedBuilds, &RunBuilds),
-    on_realized: &(dyn Fn(&PreparedPayload) + Sync),
+    watch: &dyn Watch,
 ) -> Result<Prepared> {
     let staged = job_dir.join(STAGED_DIR);
     std::fs::create_dir_all(&staged).with_context(|| format!("create `{}`", staged.display()))?;
+    // A job's directory is named after the job (`runs/<run>/jobs/<job>`).
+    let job_id = job_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let job = Preparing { nix, job_id, job_dir, staged, placement, log, shared, across, watch };
     let outputs: Vec<&str> = lane.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
     let (results, early_closure) = std::thread::scope(|scope| {
         // The closure of outputs that are valid already (a payload built before) does not
@@ -99,11 +160,12 @@ pub fn prepare(
             .payloads
             .iter()
             .map(|payload| {
-                let staged = &staged;
+                let job = &job;
                 scope.spawn(move || {
-                    let realized = realize(nix, payload, staged, placement, log, (shared, across))
+                    let realized = job
+                        .realize(payload)
                         .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id))?;
-                    on_realized(&realized.0);
+                    watch.realized(&realized.0);
                     Ok(realized)
                 })
             })
@@ -114,6 +176,7 @@ pub fn prepare(
             .collect();
         (results, early.join().ok().flatten())
     });
+    let staged = job.staged;
     let mut prepared = Prepared::default();
     for result in results {
         let (payload, reproduce) = result?;
@@ -147,65 +210,72 @@ fn root_link(staged: &Path, payload: &str, output: &str) -> PathBuf {
     if output == "out" { staged.join(payload) } else { staged.join(format!("{payload}-{output}")) }
 }
 
-/// Realize one payload on the placement's host, the same way for every host: the `.drv`
-/// (sent there first, when the host is not this machine) with every output rooted; or,
-/// when the `.drv` was garbage-collected here (a rerun of an old run), the recorded
-/// outputs, which stay valid while that run's roots hold them. Then its manifest.
-fn realize(
-    nix: &Nix,
-    payload: &Payload,
-    staged: &Path,
-    placement: &Placement,
-    log: &HostLog,
-    (shared, across): (&SharedBuilds, &RunBuilds),
-) -> Result<(PreparedPayload, Vec<String>)> {
-    let started = Instant::now();
-    let (main, mounted) = payload.main_output().context("payload has no outputs")?;
-    let link = root_link(staged, &payload.name, main);
-    let outputs: Vec<String> = payload.outputs.values().cloned().collect();
-    let realise = || realise_roots(nix, payload, staged, placement, log);
-    let (roots, reproduce) = shared
-        .once(&payload.drv_path, || across.realise(&payload.drv_path, nix, placement, &outputs, log, &realise))?;
-    let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
-        Some((m, mounts)) => (Some(m), mounts),
-        None => (None, Vec::new()),
-    };
-    let realized = PreparedPayload {
-        name: payload.name.clone(),
-        drv_path: payload.drv_path.clone(),
-        outputs: payload.outputs.clone(),
-        roots,
-        mounted: mounted.to_string(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        manifest,
-        extra_mounts,
-    };
-    Ok((realized, reproduce))
-}
-
-fn realise_roots(
-    nix: &Nix,
-    payload: &Payload,
-    staged: &Path,
-    placement: &Placement,
-    log: &HostLog,
-) -> Result<(Vec<PathBuf>, Vec<String>)> {
-    let mut reproduce = Vec::new();
-    if Path::new(&payload.drv_path).exists() {
-        reproduce.extend(placement.send_derivation(nix, &payload.drv_path, log)?);
-        let (roots, cmd) = placement.realise(nix, &payload.drv_path, &root_link(staged, &payload.name, "out"), log)?;
-        reproduce.push(cmd);
-        return Ok((roots, reproduce));
+impl Preparing<'_> {
+    /// Realize one payload on the placement's host, the same way for every host: the
+    /// `.drv` (sent there first, when the host is not this machine) with every output
+    /// rooted; or, when the `.drv` was garbage-collected here (a rerun of an old run), the
+    /// recorded outputs, which stay valid while that run's roots hold them. Then its
+    /// manifest.
+    fn realize(&self, payload: &Payload) -> Result<(PreparedPayload, Vec<String>)> {
+        let started = Instant::now();
+        let (main, mounted) = payload.main_output().context("payload has no outputs")?;
+        let link = root_link(&self.staged, &payload.name, main);
+        let outputs: Vec<String> = payload.outputs.values().cloned().collect();
+        let claim = Claim::new(&payload.drv_path, self.job_id);
+        let realise = || self.realise_roots(payload, &claim);
+        let (nix, placement, log) = (self.nix, self.placement, self.log);
+        let (roots, reproduce) =
+            self.shared.once(&claim, || self.across.realise(&claim, nix, placement, &outputs, log, &realise))?;
+        let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
+            Some((m, mounts)) => (Some(m), mounts),
+            None => (None, Vec::new()),
+        };
+        let waited = claim.waited.get();
+        let realized = PreparedPayload {
+            name: payload.name.clone(),
+            drv_path: payload.drv_path.clone(),
+            outputs: payload.outputs.clone(),
+            roots,
+            mounted: mounted.to_string(),
+            duration_ms: started.elapsed().saturating_sub(waited).as_millis() as u64,
+            built_by: claim.built_by.into_inner(),
+            waited_ms: (!waited.is_zero()).then_some(waited.as_millis() as u64),
+            manifest,
+            extra_mounts,
+        };
+        Ok((realized, reproduce))
     }
-    log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
-    let mut roots = Vec::new();
-    for (output, path) in &payload.outputs {
-        let (more, cmd) =
-            placement.realise(nix, path, &root_link(staged, &payload.name, output), log).with_context(|| {
+
+    /// This job's own realisation of a payload, watched: its build log kept, its progress
+    /// told.
+    fn realise_roots(&self, payload: &Payload, claim: &Claim) -> Result<(Vec<PathBuf>, Vec<String>)> {
+        let mut build = PayloadBuild::new(&payload.name, &payload.drv_path, self.job_dir, self.watch);
+        let result = self.realise_watched(payload, &mut build);
+        let lock_wait = build.finish(result.as_ref().err());
+        claim.waited.set(claim.waited.get() + lock_wait);
+        result
+    }
+
+    fn realise_watched(&self, payload: &Payload, build: &mut PayloadBuild) -> Result<(Vec<PathBuf>, Vec<String>)> {
+        let (nix, placement, log, staged) = (self.nix, self.placement, self.log, &self.staged);
+        let mut reproduce = Vec::new();
+        if Path::new(&payload.drv_path).exists() {
+            reproduce.extend(placement.send_derivation(nix, &payload.drv_path, log)?);
+            let link = root_link(staged, &payload.name, "out");
+            let (roots, cmd) = placement.realise(nix, &payload.drv_path, &link, log, build)?;
+            reproduce.push(cmd);
+            return Ok((roots, reproduce));
+        }
+        log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
+        let mut roots = Vec::new();
+        for (output, path) in &payload.outputs {
+            let link = root_link(staged, &payload.name, output);
+            let (more, cmd) = placement.realise(nix, path, &link, log, build).with_context(|| {
                 format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
             })?;
-        roots.extend(more);
-        reproduce.push(cmd);
+            roots.extend(more);
+            reproduce.push(cmd);
+        }
+        Ok((roots, reproduce))
     }
-    Ok((roots, reproduce))
 }

@@ -16,9 +16,9 @@ use crate::error;
 use crate::executor::{GuestOutcome, JobIo, OutputSink, RuntimeReport, artifacts};
 use crate::handoff::{self as guest, HostContext, JobPreview};
 use crate::plan::PlannedJob;
-use crate::prepare::{self, Prepared, PreparedPayload};
+use crate::prepare::{self, BuildOutcome, BuildReport, Prepared, PreparedPayload, Watch};
 use crate::results::junit::read_junit_dir;
-use crate::state::events::Event;
+use crate::state::events::{BuildStatus, Event};
 use crate::state::record::{JOB_SCHEMA_VERSION, JobSummary, LaneRecord, RealizedPayload, TestsRecord};
 use crate::state::recorder::Recorder;
 use crate::state::{self, JobRecord, JobStatus};
@@ -325,18 +325,7 @@ impl JobScope<'_> {
     }
 
     fn prepare(&self, host_log: &HostLog) -> Result<Prepared, JobError> {
-        let on_realized = |p: &PreparedPayload| {
-            host_log.line(&format!("payload `{}` realized: {}", p.name, p.mounted));
-            self.recorder.emit(Event::PayloadRealized {
-                run_id: self.run_id.to_string(),
-                job_id: self.planned.job_id.clone(),
-                payload: p.name.clone(),
-                store_path: p.mounted.clone(),
-                outputs: p.outputs.clone(),
-                duration_ms: p.duration_ms,
-                at: state::now_rfc3339(),
-            });
-        };
+        let watch = JobWatch { scope: self, host_log };
         let setup = self.setup;
         prepare::prepare(
             &setup.nix,
@@ -345,7 +334,7 @@ impl JobScope<'_> {
             &self.host.placement,
             host_log,
             (&self.host.shared_builds, &setup.run_builds),
-            &on_realized,
+            &watch,
         )
         .map_err(|error| {
             host_log.line(&format!("prepare failed: {error:#}"));
@@ -360,6 +349,10 @@ impl JobScope<'_> {
             };
             JobError { status, error }
         })
+    }
+
+    fn event_ids(&self) -> (String, String) {
+        (self.run_id.to_string(), self.planned.job_id.clone())
     }
 
     fn host_context(&self, prepared: Prepared, artifacts_dir: PathBuf, runtime: &str) -> HostContext {
@@ -388,5 +381,70 @@ impl JobScope<'_> {
             extra_mounts: prepared.extra_mounts,
             store_closure: prepared.store_closure,
         }
+    }
+}
+
+/// What a job hears of its payloads becomes its events (and lines of its `host.log`).
+struct JobWatch<'a> {
+    scope: &'a JobScope<'a>,
+    host_log: &'a HostLog,
+}
+
+impl Watch for JobWatch<'_> {
+    fn realized(&self, p: &PreparedPayload) {
+        let shared = p.built_by.as_deref().map(|job| format!(" (built by job `{job}`)")).unwrap_or_default();
+        self.host_log.line(&format!("payload `{}` realized: {}{shared}", p.name, p.mounted));
+        let (run_id, job_id) = self.scope.event_ids();
+        self.scope.recorder.emit(Event::PayloadRealized {
+            run_id,
+            job_id,
+            payload: p.name.clone(),
+            store_path: p.mounted.clone(),
+            outputs: p.outputs.clone(),
+            duration_ms: p.duration_ms,
+            built_by: p.built_by.clone(),
+            waited_ms: p.waited_ms,
+            at: state::now_rfc3339(),
+        });
+    }
+
+    fn build(&self, payload: &str, report: BuildReport<'_>) {
+        let (run_id, job_id) = self.scope.event_ids();
+        let (payload, at) = (payload.to_string(), state::now_rfc3339());
+        let event = match report {
+            BuildReport::Started { drv_path, log } => {
+                self.host_log.line(&format!("payload `{payload}` builds; its log: `{}`", log.display()));
+                let (drv_path, log) = (drv_path.to_string(), log.display().to_string());
+                Event::PayloadBuildStarted { run_id, job_id, payload, drv_path, log, at }
+            }
+            BuildReport::Progress(p) => Event::PayloadBuildProgress {
+                run_id,
+                job_id,
+                payload,
+                done: p.done,
+                total: p.total,
+                building: p.building.clone(),
+                fetching: p.fetching,
+                waiting: p.waiting,
+                line: p.line.clone(),
+                elapsed_ms: p.elapsed.as_millis() as u64,
+                at,
+            },
+            BuildReport::Finished { outcome, built, duration, log } => {
+                let status = match outcome {
+                    BuildOutcome::Built => BuildStatus::Built,
+                    BuildOutcome::Failed => BuildStatus::Failed,
+                    BuildOutcome::Interrupted => BuildStatus::Interrupted,
+                };
+                self.host_log.line(&format!(
+                    "payload `{payload}`: build {} after {:.3}s, {built} derivation(s) built",
+                    status.as_str(),
+                    duration.as_secs_f64()
+                ));
+                let (duration_ms, log) = (duration.as_millis() as u64, log.display().to_string());
+                Event::PayloadBuildFinished { run_id, job_id, payload, status, built, duration_ms, log, at }
+            }
+        };
+        self.scope.recorder.emit(event);
     }
 }

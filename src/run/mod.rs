@@ -109,7 +109,9 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
     let version = setup::read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
     let version = setup::join_version(version)?;
+    let evaluating = std::time::Instant::now();
     let catalog = catalog_of(&nix, &req.state, &snap, &version.text, &req.flake.label, req.refresh)?;
+    let eval_ms = Some(evaluating.elapsed().as_millis() as u64);
     let changed = match &req.changed_since {
         Some(rev) => Some(changed_files(&req.flake, rev)?),
         None => None,
@@ -132,6 +134,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
             rerun_of: None,
             args: req.args,
             git_rev,
+            eval_ms,
         },
         nix,
         plan,
@@ -229,6 +232,7 @@ pub fn rerun(req: RerunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord
             rerun_of: Some(old.run_id.clone()),
             args: old.args.clone(),
             git_rev: old.git_rev.clone(),
+            eval_ms: None,
         },
         nix,
         plan,

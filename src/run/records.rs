@@ -130,6 +130,8 @@ impl From<&PreparedPayload> for RealizedPayload {
             roots: p.roots.clone(),
             mounted: p.mounted.clone(),
             duration_ms: p.duration_ms,
+            built_by: p.built_by.clone(),
+            waited_ms: p.waited_ms,
             manifest: p.manifest.as_ref().map(Into::into),
             extra_mounts: p.extra_mounts.iter().map(Into::into).collect(),
         }

@@ -104,6 +104,7 @@ fn first_record(setup: &Setup, run_id: &str) -> RunRecord {
         nix_version: setup.nix_version.clone(),
         snapshot: c.snapshot.clone(),
         git_rev: c.git_rev.clone(),
+        eval_ms: c.eval_ms,
         runtime: setup.runtime_name(),
         image: c.image.clone(),
         remote: setup.remote_names().into_iter().next(),
@@ -127,6 +128,7 @@ fn announce(setup: &Setup, recorder: &Recorder, run_id: &str) {
         snapshot: setup.choices.snapshot.id.clone(),
         jobs: setup.plan.iter().map(|p| p.job_id.clone()).collect(),
         rerun_of: setup.choices.rerun_of.clone(),
+        eval_ms: setup.choices.eval_ms,
     });
     for job in setup.plan.iter().filter(|p| p.skip_reason.is_some()) {
         recorder.emit(Event::JobFinished {

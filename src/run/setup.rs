@@ -32,6 +32,8 @@ pub struct Choices {
     pub args: Vec<String>,
     /// The git commit of the work tree, when it is one.
     pub git_rev: Option<String>,
+    /// How long the flake's evaluation took (`None` for a rerun: nothing is evaluated).
+    pub eval_ms: Option<u64>,
 }
 
 /// The runtime a run got, or why it has none.

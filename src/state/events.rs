@@ -28,6 +28,10 @@ pub enum Event {
         jobs: Vec<String>,
         #[serde(default)]
         rerun_of: Option<String>,
+        /// How long the flake's evaluation took (a cached catalog: reading it); absent
+        /// for a rerun, which replays a recorded plan.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_ms: Option<u64>,
     },
     JobStarted {
         run_id: String,
@@ -40,7 +44,60 @@ pub enum Event {
         payload: String,
         store_path: String,
         outputs: BTreeMap<String, String>,
+        /// This job's own work (its build, its roots, the manifest), without the time it
+        /// waited for another job's build of the same derivation.
         duration_ms: u64,
+        /// The job of this run that built the derivation, when another one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        built_by: Option<String>,
+        /// How long this job waited for that build, or for Nix's lock on a path another
+        /// process built.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waited_ms: Option<u64>,
+        at: String,
+    },
+    /// Nix started building (or fetching) something for a payload of this job; its log
+    /// is kept in `log`.
+    PayloadBuildStarted {
+        run_id: String,
+        job_id: String,
+        payload: String,
+        drv_path: String,
+        log: String,
+        at: String,
+    },
+    /// Where a payload's build is: at once when a derivation's build starts or ends, and
+    /// at most once a second for a new line of a build's log.
+    PayloadBuildProgress {
+        run_id: String,
+        job_id: String,
+        payload: String,
+        /// Derivations built, of how many (0 until Nix knows).
+        done: u64,
+        total: u64,
+        /// The names of the derivations building now.
+        building: Vec<String>,
+        /// Store paths being fetched from a binary cache now.
+        #[serde(default)]
+        fetching: u64,
+        /// Waiting for another build of a path it needs (Nix's lock).
+        #[serde(default)]
+        waiting: bool,
+        /// The latest line of a build's log, `<derivation name>> <line>`.
+        #[serde(default)]
+        line: Option<String>,
+        elapsed_ms: u64,
+        at: String,
+    },
+    PayloadBuildFinished {
+        run_id: String,
+        job_id: String,
+        payload: String,
+        status: BuildStatus,
+        /// How many derivations were built.
+        built: u64,
+        duration_ms: u64,
+        log: String,
         at: String,
     },
     JobFinished {
@@ -79,6 +136,25 @@ pub enum Event {
         counts: BTreeMap<String, usize>,
         at: String,
     },
+}
+
+/// How a payload's build ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStatus {
+    Built,
+    Failed,
+    Interrupted,
+}
+
+impl BuildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Built => "built",
+            BuildStatus::Failed => "failed",
+            BuildStatus::Interrupted => "interrupted",
+        }
+    }
 }
 
 #[derive(Serialize)]

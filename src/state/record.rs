@@ -111,6 +111,10 @@ pub struct RunRecord {
     /// (the snapshot also holds what was not committed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_rev: Option<String>,
+    /// How long the flake's evaluation took, in milliseconds (reading a cached catalog
+    /// is quick); absent for a rerun and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_ms: Option<u64>,
     pub runtime: RuntimeName,
     #[serde(default)]
     pub image: Option<String>,
@@ -368,7 +372,14 @@ pub struct RealizedPayload {
     pub roots: Vec<PathBuf>,
     /// The store path mounted at `/pikaci/payloads/<name>`.
     pub mounted: String,
+    /// This job's own work, without the time it waited for another build of it.
     pub duration_ms: u64,
+    /// The job of the run that built the derivation, when another one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_by: Option<String>,
+    /// How long it waited for another build of it (another job's, or Nix's lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
     #[serde(default)]
     pub manifest: Option<ManifestRecord>,
     #[serde(default)]

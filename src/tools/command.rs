@@ -6,6 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -294,11 +295,73 @@ impl Cmd {
         };
         let handle =
             expr.stderr_capture().unchecked().start().map_err(|e| spawn_error(&self.label, &self.program, e))?;
+        self.wait(&handle, started, log)?;
+        // Finished: taking the output moves it out of the handle instead of copying it.
+        let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
+        let out = CmdOutput {
+            status: output.status,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            duration: started.elapsed(),
+        };
+        if let Some(log) = log {
+            log.command(self, &out);
+        }
+        Ok(out)
+    }
+
+    /// Run to completion whatever the exit status, handing each line of stderr to
+    /// `on_line` while the command runs (and [`StderrLine::Quiet`] after a quarter of a
+    /// second without any). The output's `stderr` is empty, and the host log gets only
+    /// an interruption or a time limit: the caller, who makes sense of stderr, logs the
+    /// command ([`HostLog::command`]). Ctrl-C and the time limit stop it as they stop
+    /// [`Cmd::run`].
+    pub fn run_streaming(
+        &self,
+        on_line: &mut (dyn FnMut(StderrLine<'_>) + Send),
+        log: Option<&HostLog>,
+    ) -> Result<CmdOutput> {
+        let started = Instant::now();
+        let (reader, writer) = std::io::pipe().with_context(|| format!("create a pipe for `{}`", self.label))?;
+        let handle = {
+            // The expression, and with it our copy of the pipe's write end, is dropped at
+            // the end of this block, so that the reader sees the end when the command exits.
+            let expr = match &self.stdout_file {
+                Some(path) => self.expression().stdout_path(path),
+                None => self.expression().stdout_capture(),
+            };
+            expr.stderr_file(writer).unchecked().start().map_err(|e| spawn_error(&self.label, &self.program, e))?
+        };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reading = scope.spawn(|| read_lines(reader, &stop, on_line));
+            let waited = self.wait(&handle, started, log);
+            // The last lines: until the pipe closes, or for DRAIN_GRACE when something the
+            // command started holds it open.
+            let drained = Instant::now() + DRAIN_GRACE;
+            while !reading.is_finished() && Instant::now() < drained {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stop.store(true, Ordering::SeqCst);
+            let _ = reading.join();
+            waited?;
+            let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
+            Ok(CmdOutput {
+                status: output.status,
+                stdout: output.stdout,
+                stderr: Vec::new(),
+                duration: started.elapsed(),
+            })
+        })
+    }
+
+    /// Wait for a started command; stop it and fail on Ctrl-C or at its time limit.
+    fn wait(&self, handle: &duct::Handle, started: Instant, log: Option<&HostLog>) -> Result<()> {
         let deadline = self.time_limit.and_then(|limit| started.checked_add(limit));
-        match supervise(&handle, &self.label, deadline, self.interruptible)? {
+        match supervise(handle, &self.label, deadline, self.interruptible)? {
             Supervised::Exited(_) => {}
             Supervised::Interrupted => {
-                self.stop(&handle);
+                self.stop(handle);
                 if let Some(log) = log {
                     log.line(&format!("interrupted: {}", self.display()));
                 }
@@ -322,18 +385,71 @@ impl Cmd {
             }
             return Err(Interrupted.into());
         }
-        // Finished: taking the output moves it out of the handle instead of copying it.
-        let output = handle.into_output().with_context(|| format!("wait for `{}`", self.label))?;
-        let out = CmdOutput {
-            status: output.status,
-            stdout: output.stdout,
-            stderr: output.stderr,
-            duration: started.elapsed(),
-        };
-        if let Some(log) = log {
-            log.command(self, &out);
+        Ok(())
+    }
+}
+
+/// What [`Cmd::run_streaming`] hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StderrLine<'a> {
+    /// One line, without its newline (invalid UTF-8 replaced).
+    Line(&'a str),
+    /// Nothing came for [`QUIET`].
+    Quiet,
+}
+
+/// How long stderr is quiet before [`StderrLine::Quiet`].
+pub const QUIET: Duration = Duration::from_millis(250);
+/// How long to wait for the last of stderr after the command exited.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// A longer line is handed over in pieces of this length.
+const MAX_STDERR_LINE: usize = 1024 * 1024;
+
+/// Read `reader` line by line until it ends or `stop` is set (checked between polls).
+fn read_lines(mut reader: std::io::PipeReader, stop: &AtomicBool, on_line: &mut (dyn FnMut(StderrLine<'_>) + Send)) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut heard = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, alive for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, INTERRUPT_POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+            if heard.elapsed() >= QUIET {
+                on_line(StderrLine::Quiet);
+                heard = Instant::now();
+            }
+            continue;
         }
-        Ok(out)
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        heard = Instant::now();
+        let scanned = pending.len();
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        let mut from = scanned;
+        while let Some(pos) = pending[from..].iter().position(|b| *b == b'\n').map(|p| from + p) {
+            on_line(StderrLine::Line(&String::from_utf8_lossy(&pending[start..pos])));
+            start = pos + 1;
+            from = start;
+        }
+        pending.drain(..start);
+        if pending.len() >= MAX_STDERR_LINE {
+            on_line(StderrLine::Line(&String::from_utf8_lossy(&pending)));
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        on_line(StderrLine::Line(&String::from_utf8_lossy(&pending)));
     }
 }
 
@@ -469,6 +585,54 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(err.is::<TimeLimitExceeded>());
         assert_eq!(err.to_string(), "`sleep` did not finish within 0s");
+    }
+
+    fn streamed(cmd: &Cmd) -> (Result<CmdOutput>, Vec<String>) {
+        let mut heard = Vec::new();
+        let mut on_line = |line: StderrLine<'_>| match line {
+            StderrLine::Line(l) => heard.push(l.to_string()),
+            StderrLine::Quiet => heard.push("(quiet)".to_string()),
+        };
+        let out = cmd.run_streaming(&mut on_line, None);
+        (out, heard)
+    }
+
+    #[test]
+    fn stderr_streams_line_by_line_with_quiet_between() {
+        let cmd =
+            Cmd::new("sh -c", "/bin/sh").args(["-c", "echo out; echo one >&2; sleep 0.6; printf 'two\\nlast' >&2"]);
+        let (out, heard) = streamed(&cmd);
+        let out = out.unwrap();
+        assert_eq!(out.stdout_str(), "out\n");
+        assert!(out.stderr.is_empty());
+        let lines: Vec<&str> = heard.iter().map(String::as_str).filter(|l| *l != "(quiet)").collect();
+        assert_eq!(lines, ["one", "two", "last"]);
+        let one = heard.iter().position(|l| l == "one").unwrap();
+        assert_eq!(heard[one + 1], "(quiet)", "{heard:?}");
+    }
+
+    #[test]
+    fn a_streamed_command_keeps_its_time_limit() {
+        let started = Instant::now();
+        let cmd = Cmd::new("sleep", "/bin/sh")
+            .args(["-c", "echo begun >&2; exec sleep 30"])
+            .time_limit(Duration::from_millis(300));
+        let (out, heard) = streamed(&cmd);
+        assert!(out.unwrap_err().is::<TimeLimitExceeded>());
+        assert_eq!(heard.first().map(String::as_str), Some("begun"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_grandchild_holding_stderr_does_not_hold_the_caller() {
+        // The shell exits at once; the `sleep` it left behind keeps stderr's pipe open.
+        // (Its stdout goes elsewhere: duct waits for the end of a captured stdout.)
+        let started = Instant::now();
+        let cmd = Cmd::new("sh -c", "/bin/sh").args(["-c", "sleep 30 >/dev/null & echo left >&2"]);
+        let (out, heard) = streamed(&cmd);
+        assert!(out.unwrap().status.success());
+        assert_eq!(heard.first().map(String::as_str), Some("left"));
+        assert!(started.elapsed() < DRAIN_GRACE + Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -6,5 +6,6 @@ pub mod git;
 pub mod incus;
 pub mod log;
 pub mod nix;
+pub mod nix_log;
 pub mod ssh;
 pub mod url;

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::tools::command::Cmd;
 use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
+use crate::tools::nix_log::{BuildWatch, LOG_FORMAT_ARGS, run_realise};
 
 use crate::handoff::StagedPayloadMount;
 
@@ -138,17 +140,28 @@ impl Placement {
     }
 
     /// `nix-store --realise PATH --add-root LINK --indirect` on the host, with `link` (a
-    /// local job-directory path) mapped to the host. Returns the root links it made (host
-    /// paths) and the command, for `reproduce`.
-    pub fn realise(&self, nix: &Nix, path: &str, link: &Path, log: &HostLog) -> Result<(Vec<PathBuf>, String)> {
+    /// local job-directory path) mapped to the host, run with Nix's structured log, which
+    /// `watch` hears as it comes (over SSH too: the same command runs there and its stderr
+    /// comes back). Returns the root links it made (host paths) and the command as a user
+    /// would type it (without the structured log), for `reproduce`.
+    pub fn realise(
+        &self,
+        nix: &Nix,
+        path: &str,
+        link: &Path,
+        log: &HostLog,
+        watch: &mut dyn BuildWatch,
+    ) -> Result<(Vec<PathBuf>, String)> {
         let host_link = self.host_path(link)?;
-        let cmd = match self {
-            Placement::Local => nix.realise_cmd(path, &host_link),
-            Placement::Remote(remote) => remote.command_like(&nix.realise_cmd(path, &host_link))?,
+        let on_host = |cmd: Cmd| match self {
+            Placement::Local => Ok(cmd),
+            Placement::Remote(remote) => remote.command_like(&cmd),
         };
-        let out = cmd.run(Some(log))?;
+        let shown = on_host(nix.realise_cmd(path, &host_link))?;
+        let cmd = on_host(nix.realise_cmd(path, &host_link).args(LOG_FORMAT_ARGS))?;
+        let out = run_realise(&cmd, log, watch)?;
         let roots = out.stdout_paths();
-        Ok((roots, cmd.display()))
+        Ok((roots, shown.display()))
     }
 
     /// The store closure of `paths` in the host's store (`nix-store --query --requisites`,
