@@ -182,22 +182,64 @@ fn a_payload_another_job_built_counts_its_own_time_not_the_wait() {
 
 #[test]
 fn a_payload_waiting_for_nix_lock_counts_its_own_time_not_the_wait() {
-    // `layered`'s payloads are realized at once, and one needs the other: both want the
-    // slow derivation built, and one of them waits on Nix's lock while the other builds it.
+    // Another process (a `nix-store --realise` started here) builds the slow derivation
+    // that `building` needs: pikaci's realisation waits on Nix's lock meanwhile.
     let dir = lanes_fixture();
-    let out = run_in(dir.path(), &["run", "layered", "--runtime", "bwrap"]);
+    let installable =
+        format!("path:{}#pikaci.x86_64-linux.lanes.building.payloads.workspace-build.drvPath", dir.path().display());
+    let drv = Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command flakes", "eval", "--raw", &installable])
+        .env("NIX_CONFIG", "sandbox = true")
+        .output()
+        .unwrap();
+    assert!(drv.status.success(), "{drv:?}");
+    let drv = String::from_utf8(drv.stdout).unwrap();
+    let mut other = Command::new("nix-store")
+        .args(["--realise", &drv])
+        .env("NIX_CONFIG", "sandbox = true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its build has started once the builder printed its first line.
+    let mut first = String::new();
+    BufReader::new(other.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let out = run_in(dir.path(), &["run", "building", "--runtime", "bwrap"]);
+    assert!(other.wait().unwrap().success());
     assert_eq!(out.code, 0, "{out:?}");
-    let lines: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with(" PAYLOAD layered ")).collect();
-    assert_eq!(lines.len(), 2, "{}", out.stdout);
-    let waited: Vec<&&str> = lines.iter().filter(|l| l.contains("waited")).collect();
-    assert_eq!(waited.len(), 1, "{}", out.stdout);
-    assert!(waited[0].contains(" for another build of it)"), "{}", waited[0]);
-    let own = &waited[0][waited[0].rfind('(').unwrap() + 1..];
+    let line = out.stdout.lines().find(|l| l.starts_with(" PAYLOAD building workspace-build ")).unwrap();
+    assert!(line.contains(" for another build of it)"), "{}", out.stdout);
+    let own = &line[line.rfind('(').unwrap() + 1..];
     let own: f64 = own[..own.find('s').unwrap()].parse().unwrap();
-    assert!(own < 3.0, "its own time, not the wait: {}", waited[0]);
+    assert!(own < 3.0, "its own time, not the wait: {line}");
     let events = events(&only_run(dir.path()));
     let waiting = events.iter().filter(|e| e["event"] == "payload_build_progress" && e["waiting"] == true);
     assert!(waiting.count() >= 1, "{events:#?}");
+}
+
+#[test]
+fn a_payload_that_builds_on_another_waits_for_it_not_for_nix_lock() {
+    // `layered`'s workspace-build takes workspace-deps' derivation as an input: it is
+    // realized once workspace-deps is, so the input is built once, by workspace-deps, and
+    // nothing waits on Nix's lock (whose poll is 5 seconds).
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "layered", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("for another build of it"), "{}", out.stdout);
+    let run = only_run(dir.path());
+    let events = events(&run);
+    let deps_done = events
+        .iter()
+        .position(|e| e["event"] == "payload_realized" && e["payload"] == "workspace-deps")
+        .expect("workspace-deps realized");
+    let build_started = events
+        .iter()
+        .position(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-build")
+        .expect("workspace-build built");
+    assert!(deps_done < build_started, "workspace-build was built before workspace-deps was ready:\n{events:#?}");
+    assert!(events.iter().all(|e| e["waiting"] != true), "a wait on Nix's lock:\n{events:#?}");
+    let host_log = std::fs::read_to_string(run.join("jobs/layered/host.log")).unwrap();
+    assert!(host_log.contains("payload `workspace-build` waits for payload `workspace-deps`"), "{host_log}");
 }
 
 #[test]

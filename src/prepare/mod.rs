@@ -151,6 +151,7 @@ pub fn prepare(
     let job_id = job_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let job = Preparing { nix, job_id, job_dir, staged, placement, log, shared, across, watch };
     let outputs: Vec<&str> = lane.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
+    let order = BuildOrder::of(&lane.payloads);
     let (results, early_closure) = std::thread::scope(|scope| {
         // The closure of outputs that are valid already (a payload built before) does not
         // depend on the realisation: asked for at the same time, it leaves the critical
@@ -159,12 +160,16 @@ pub fn prepare(
         let handles: Vec<_> = lane
             .payloads
             .iter()
-            .map(|payload| {
-                let job = &job;
+            .enumerate()
+            .map(|(i, payload)| {
+                let (job, order) = (&job, &order);
                 scope.spawn(move || {
+                    order.wait_for_inputs(i, &lane.payloads, log);
                     let realized = job
                         .realize(payload)
-                        .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id))?;
+                        .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id));
+                    order.done(i);
+                    let realized = realized?;
                     watch.realized(&realized.0);
                     Ok(realized)
                 })
@@ -202,6 +207,57 @@ pub fn prepare(
     log.line(&format!("store closure of the payloads: {} paths", closure.len()));
     prepared.store_closure = Some(closure);
     Ok(prepared)
+}
+
+/// The order of a job's payload builds. Payloads are realized in parallel, but one whose
+/// derivation takes another's as an input (crane's `workspace-build` takes
+/// `workspace-deps`) first waits for that one: realized at once, both would build the
+/// input, and the second `nix-store` would wait on Nix's lock, which it polls every 5
+/// seconds. Read from the `.drv` files (an input derivation is named in its user's
+/// text), so it costs no process; a `.drv` that is not here orders nothing.
+struct BuildOrder {
+    inputs: Vec<Vec<usize>>,
+    done: Vec<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl BuildOrder {
+    fn of(payloads: &[Payload]) -> BuildOrder {
+        let inputs = payloads
+            .iter()
+            .map(|payload| {
+                let Ok(text) = std::fs::read_to_string(&payload.drv_path) else { return Vec::new() };
+                let named = |other: &Payload| {
+                    other.drv_path != payload.drv_path && text.contains(&format!("\"{}\"", other.drv_path))
+                };
+                payloads.iter().enumerate().filter(|(_, other)| named(other)).map(|(j, _)| j).collect()
+            })
+            .collect();
+        BuildOrder { inputs, done: payloads.iter().map(|_| Default::default()).collect() }
+    }
+
+    /// Wait until the payloads whose derivations payload `i` takes as inputs are realized
+    /// (or failed: its own realisation then says why).
+    fn wait_for_inputs(&self, i: usize, payloads: &[Payload], log: &HostLog) {
+        for &j in &self.inputs[i] {
+            let (lock, ready) = &self.done[j];
+            let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if !*done {
+                log.line(&format!(
+                    "payload `{}` waits for payload `{}`, whose derivation it builds on",
+                    payloads[i].name, payloads[j].name
+                ));
+            }
+            while !*done {
+                done = ready.wait(done).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    fn done(&self, i: usize) {
+        let (lock, ready) = &self.done[i];
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        ready.notify_all();
+    }
 }
 
 /// The GC-root link of one output of a payload: `<payload>` for `out`,
