@@ -196,9 +196,10 @@ impl Incus {
         self.command("incus init", &args).stdin_bytes(spec.to_json())
     }
 
-    /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all. Only
-    /// to a stopped instance: a read-only disk added to a running one is not locked
-    /// read-only inside it.
+    /// `PATCH /1.0/instances/NAME` with more devices: one API call adds them all. A
+    /// read-only disk added to a running container is not locked read-only inside it:
+    /// pikaci's job instances may take them only because they run without
+    /// `CAP_SYS_ADMIN` (`executor::runtime::incus::spec::DROPPED_CAPABILITIES`).
     pub fn add_devices_cmd(&self, name: &str, devices: &BTreeMap<String, BTreeMap<String, String>>) -> Cmd {
         let body = serde_json::json!({ "devices": devices }).to_string();
         let path = format!("/1.0/instances/{}", url_segment(name));
