@@ -105,6 +105,11 @@ fn catalog_of(
 }
 
 pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
+    if req.remotes.is_empty() && req.runtime != RuntimeChoice::Bwrap {
+        // Jobs run here, perhaps on Incus: its daemon is asked while the snapshot is taken
+        // and the flake evaluated.
+        crate::executor::runtime::incus::probe_local_early();
+    }
     let nix = Nix::locate()?;
     let version = setup::read_version_meanwhile(&nix, &req.state);
     let (snap, guard) = take_snapshot(&req.flake, &req.state)?;
@@ -140,6 +145,7 @@ pub fn run(req: RunRequest, reporter: Arc<dyn Reporter>) -> Result<RunRecord> {
         plan,
         version,
     )?;
+    crate::executor::runtime::incus::end_early_probe();
     scheduler::execute(setup, guard, reporter)
 }
 

@@ -75,7 +75,8 @@ impl IncusRuntime {
         if let Some(member) = member {
             incus = incus.on_member(member);
         }
-        incus.server().map_err(|e| daemon_error(&incus, e))?;
+        let probed = if incus.is_local() && member.is_none() { take_early_probe() } else { None };
+        probed.unwrap_or_else(|| incus.server()).map_err(|e| daemon_error(&incus, e))?;
         let state_root_tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
         Ok(IncusRuntime {
             incus,
@@ -179,6 +180,29 @@ impl Runtime for IncusRuntime {
     fn finish(&self) -> Vec<String> {
         self.warmed.finish()
     }
+}
+
+type EarlyProbe = std::thread::JoinHandle<Result<serde_json::Value>>;
+
+static EARLY_PROBE: std::sync::Mutex<Option<EarlyProbe>> = std::sync::Mutex::new(None);
+
+/// Ask this machine's Incus daemon whether it answers, in the background, so that the
+/// answer is there when a run connects (after its snapshot and evaluation, which it
+/// overlaps). The next local [`IncusRuntime::connect`] takes it instead of asking again.
+pub fn probe_local_early() {
+    let probe = std::thread::spawn(|| Incus::local().and_then(|incus| incus.server()));
+    *EARLY_PROBE.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+}
+
+/// Wait for the early probe when no runtime took it (a run with nothing to run), so that
+/// its `incus` call does not outlive pikaci.
+pub fn end_early_probe() {
+    let _ = take_early_probe();
+}
+
+fn take_early_probe() -> Option<Result<serde_json::Value>> {
+    let probe = EARLY_PROBE.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    probe.join().ok()
 }
 
 /// How a job's message begins when its instance could not be deleted; `pikaci gc` looks
