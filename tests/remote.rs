@@ -393,6 +393,30 @@ fn artifacts_come_back_from_a_remote_host_without_setid_bits_or_devices() {
     assert_eq!(mode & 0o007, 0, "the remote state root is open to other users: {mode:o}");
 }
 
+/// Output of every shape streams back over SSH byte for byte: no newline, `\r` progress
+/// bars, bytes of every value (`tests/fixtures/output`; `tests/output.rs` checks the view
+/// and the memory here).
+#[test]
+fn every_output_shape_comes_back_from_a_remote_host_byte_exact() {
+    let flake = copy_fixture(&fixture_path("output"));
+    let lab = RemoteLab::start(flake.path());
+    let lanes = ["progress", "no-newline", "binary"];
+    let host = lab.host.name.as_str();
+    let started = std::time::Instant::now();
+    let out = lab.pikaci(flake.path(), &[&["run", "--runtime", "incus", "--remote", host, "--jobs", "1"], &lanes[..]].concat());
+    eprintln!("three lanes, 95 MB of output over SSH: {:.2}s", started.elapsed().as_secs_f64());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.lines().any(|l| l == "[progress] compiled"), "the progress bar's last state is not shown");
+    let run = only_run(flake.path());
+    for lane in lanes {
+        let script = flake.path().join("ci").join(format!("{lane}.sh"));
+        let expected = std::process::Command::new("/bin/sh").arg(script).output().unwrap().stdout;
+        let log = std::fs::read(run.join("jobs").join(lane).join("guest.log")).unwrap();
+        assert_eq!(log.len(), expected.len(), "guest.log of {lane} has another length");
+        assert!(log == expected, "guest.log of {lane} differs from the output");
+    }
+}
+
 #[test]
 fn payload_manifests_on_a_remote_host_are_read_without_following_links_and_bounded() {
     let flake = copy_fixture(&fixture_path("sandbox"));
