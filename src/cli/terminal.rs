@@ -26,7 +26,7 @@ const SUSPECT: [bool; 256] = {
 pub fn write_neutralized(out: &mut impl Write, line: &[u8]) -> io::Result<()> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = line;
-    while let Some(i) = rest.iter().position(|b| SUSPECT[*b as usize]) {
+    while let Some(i) = first_suspect(rest) {
         out.write_all(&rest[..i])?;
         let b = rest[i];
         let next = rest.get(i + 1).copied();
@@ -47,6 +47,27 @@ pub fn write_neutralized(out: &mut impl Write, line: &[u8]) -> io::Result<()> {
     out.write_all(rest)
 }
 
+/// The first byte of `bytes` that [`SUSPECT`] marks, looked for eight bytes at a time (a
+/// word holds one when a byte is below `0x20`, or equal to `0x7F` or `0xC2`; a word with
+/// only a tab among them is checked byte by byte, and passed).
+fn first_suspect(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
+    let below_space = |w: u64| w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0;
+    let words = bytes.chunks_exact(8);
+    let tail_at = bytes.len() - words.remainder().len();
+    for (n, word) in words.enumerate() {
+        let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+        if below_space(w) || has_zero(w ^ (ONES * 0x7F)) || has_zero(w ^ (ONES * 0xC2)) {
+            if let Some(i) = word.iter().position(|b| SUSPECT[*b as usize]) {
+                return Some(n * 8 + i);
+            }
+        }
+    }
+    bytes[tail_at..].iter().position(|b| SUSPECT[*b as usize]).map(|i| tail_at + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +86,19 @@ mod tests {
         // `C2` not followed by a C1 control (or at the end) is ordinary UTF-8 or a lone byte.
         assert_eq!(neutralize(b"\xc2\xa0\xc2\x80\xc2"), b"\xc2\xa0\\u{80}\xc2");
         assert_eq!(neutralize(b"\x00\x1f\r"), b"^@^_^M");
+    }
+
+    #[test]
+    fn the_word_at_a_time_search_finds_what_the_table_marks() {
+        // Every byte value, alone and at every offset among safe bytes and tabs.
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[(at + 3) % 20] = b'\t';
+                bytes[at] = b;
+                let expected = bytes.iter().position(|b| SUSPECT[*b as usize]);
+                assert_eq!(first_suspect(&bytes), expected, "byte {b:#x} at {at}");
+            }
+        }
     }
 }
