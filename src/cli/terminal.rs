@@ -59,10 +59,9 @@ fn first_suspect(bytes: &[u8]) -> Option<usize> {
     let tail_at = bytes.len() - words.remainder().len();
     for (n, word) in words.enumerate() {
         let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
-        if below_space(w) || has_zero(w ^ (ONES * 0x7F)) || has_zero(w ^ (ONES * 0xC2)) {
-            if let Some(i) = word.iter().position(|b| SUSPECT[*b as usize]) {
-                return Some(n * 8 + i);
-            }
+        let marked = below_space(w) || has_zero(w ^ (ONES * 0x7F)) || has_zero(w ^ (ONES * 0xC2));
+        if marked && let Some(i) = word.iter().position(|b| SUSPECT[*b as usize]) {
+            return Some(n * 8 + i);
         }
     }
     bytes[tail_at..].iter().position(|b| SUSPECT[*b as usize]).map(|i| tail_at + i)

@@ -182,7 +182,12 @@ mod tests {
     fn split_everywhere(bytes: &[u8]) -> Vec<String> {
         let whole = split(&[bytes]);
         for i in 0..=bytes.len() {
-            assert_eq!(split(&[&bytes[..i], &bytes[i..]]), whole, "split at {i} of {:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                split(&[&bytes[..i], &bytes[i..]]),
+                whole,
+                "split at {i} of {:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(split(&singles), whole, "one byte at a time");
@@ -201,9 +206,10 @@ mod tests {
 
     #[test]
     fn where_a_read_ends_changes_nothing() {
-        assert_eq!(split_everywhere(b"one\ntwo\r\nthree\rTHREE\n\r\nfour\r\r\nfive"), [
-            "one", "two", "THREE", "", "", "five"
-        ]);
+        assert_eq!(
+            split_everywhere(b"one\ntwo\r\nthree\rTHREE\n\r\nfour\r\r\nfive"),
+            ["one", "two", "THREE", "", "", "five"]
+        );
         assert_eq!(split_everywhere(b"10%\r20%\r30%\r"), ["30%"]);
         assert_eq!(split_everywhere(b"\r\r\r\n\n"), ["", ""]);
     }
