@@ -422,6 +422,8 @@ fn every_output_shape_comes_back_from_a_remote_host_byte_exact() {
 /// measure_output`): output of each shape over SSH, pikaci (its view to /dev/null)
 /// against the commands of the job's record (`incus init` / `start` / `exec` / `delete`
 /// through `ssh`) with the guest's output into `tee`; medians of 5, interleaved.
+/// `PIKACI_BIN=target/release/pikaci` measures a release build (the test's own is a debug
+/// build, several times slower at this); `OLD_BIN=...` adds another build, interleaved.
 #[test]
 #[ignore]
 fn measure_output_over_ssh() {
@@ -434,14 +436,22 @@ fn measure_output_over_ssh() {
         assert!(status.success(), "{cmd:?}");
         t0.elapsed().as_secs_f64()
     };
-    let pikaci_run = |lane: &str| {
+    let bin = std::env::var_os("PIKACI_BIN");
+    let old_bin = std::env::var_os("OLD_BIN");
+    let pikaci_with = |bin: Option<&std::ffi::OsString>, lane: &str| {
         let mut cmd = pikaci();
+        if let Some(bin) = bin {
+            // The same environment as `pikaci()` gives, another binary.
+            cmd = std::process::Command::new(bin);
+            cmd.env_remove("PIKACI_STATE_ROOT").env("NO_COLOR", "1").env("NIX_CONFIG", "sandbox = true");
+        }
         cmd.env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
             .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
             .args(["run", lane, "--runtime", "incus", "--remote", host, "--flake"])
             .arg(flake.path());
         cmd
     };
+    let pikaci_run = |lane: &str| pikaci_with(bin.as_ref(), lane);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -455,7 +465,7 @@ fn measure_output_over_ssh() {
         let mut script = String::from("set -e\n");
         for line in job["reproduce"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()) {
             let first = line.lines().next().unwrap();
-            if !first.contains("incus ") || first.contains("nix") {
+            if !first.contains("incus ") {
                 continue;
             }
             script.push_str(line);
@@ -464,14 +474,23 @@ fn measure_output_over_ssh() {
             }
             script.push('\n');
         }
-        let (mut by_hand, mut with_pikaci) = (Vec::new(), Vec::new());
+        let (mut by_hand, mut with_pikaci, mut with_old) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
             by_hand.push(timed(std::process::Command::new("/bin/sh").args(["-c", &script])));
             with_pikaci.push(timed(&mut pikaci_run(lane)));
+            if old_bin.is_some() {
+                with_old.push(timed(&mut pikaci_with(old_bin.as_ref(), lane)));
+            }
         }
         assert!(std::fs::metadata(&tee).unwrap().len() > 0, "the by-hand script gave nothing:\n{script}");
         let (a, b) = (median(by_hand), median(with_pikaci));
-        eprintln!("output over SSH, {lane}: by hand into tee {a:.2}s, pikaci {b:.2}s, ratio {:.2}", b / a);
+        let old = if with_old.is_empty() {
+            String::new()
+        } else {
+            let o = median(with_old);
+            format!(", OLD_BIN {o:.2}s, ratio {:.2}", o / a)
+        };
+        eprintln!("output over SSH, {lane}: by hand into tee {a:.2}s, pikaci {b:.2}s, ratio {:.2}{old}", b / a);
     }
 }
 
