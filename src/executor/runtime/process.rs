@@ -82,9 +82,10 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     Ok(outcome)
 }
 
-/// How much of the guest's output one read takes, and how much the pipe holds: 100 MB are
-/// about a hundred reads and a hundred writes to `guest.log`, and the guest writes on
-/// while pikaci shows what it read.
+/// How much of the guest's output one read takes at most, and how much the pipe holds: the
+/// guest writes on while pikaci shows what it read, and when pikaci falls behind, the next
+/// read takes all that piled up (one write to `guest.log`, one batch for the view) instead
+/// of 64 KiB at a time.
 const READ_SIZE: usize = 1 << 20;
 
 /// Make the pipe hold [`READ_SIZE`] bytes instead of the kernel's 64 KiB. Best effort: past
