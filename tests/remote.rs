@@ -402,6 +402,107 @@ fn artifacts_come_back_from_a_remote_host_without_setid_bits_or_devices() {
     assert_eq!(mode & 0o007, 0, "the remote state root is open to other users: {mode:o}");
 }
 
+/// Output of every shape streams back over SSH byte for byte: no newline, `\r` progress
+/// bars, bytes of every value (`tests/fixtures/output`; `tests/output.rs` checks the view
+/// and the memory here).
+#[test]
+fn every_output_shape_comes_back_from_a_remote_host_byte_exact() {
+    let flake = copy_fixture(&fixture_path("output"));
+    let lab = RemoteLab::start(flake.path());
+    let lanes = ["progress", "no-newline", "binary"];
+    let host = lab.host.name.as_str();
+    let started = std::time::Instant::now();
+    let out = lab
+        .pikaci(flake.path(), &[&["run", "--runtime", "incus", "--remote", host, "--jobs", "1"], &lanes[..]].concat());
+    eprintln!("three lanes, 95 MB of output over SSH: {:.2}s", started.elapsed().as_secs_f64());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.lines().any(|l| l == "[progress] compiled"), "the progress bar's last state is not shown");
+    let run = only_run(flake.path());
+    for lane in lanes {
+        let script = flake.path().join("ci").join(format!("{lane}.sh"));
+        let expected = std::process::Command::new("/bin/sh").arg(script).output().unwrap().stdout;
+        let log = std::fs::read(run.join("jobs").join(lane).join("guest.log")).unwrap();
+        assert_eq!(log.len(), expected.len(), "guest.log of {lane} has another length");
+        assert!(log == expected, "guest.log of {lane} differs from the output");
+    }
+}
+
+/// Not a check but a measurement (`cargo test --test remote -- --ignored --nocapture
+/// measure_output`): output of each shape over SSH, pikaci (its view to /dev/null)
+/// against the commands of the job's record (`incus init` / `start` / `exec` / `delete`
+/// through `ssh`) with the guest's output into `tee`; medians of 5, interleaved.
+/// `PIKACI_BIN=target/release/pikaci` measures a release build (the test's own is a debug
+/// build, several times slower at this); `OLD_BIN=...` adds another build, interleaved.
+#[test]
+#[ignore]
+fn measure_output_over_ssh() {
+    let flake = copy_fixture(&fixture_path("output"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let timed = |cmd: &mut std::process::Command| {
+        let t0 = std::time::Instant::now();
+        let status = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "{cmd:?}");
+        t0.elapsed().as_secs_f64()
+    };
+    let bin = std::env::var_os("PIKACI_BIN");
+    let old_bin = std::env::var_os("OLD_BIN");
+    let pikaci_with = |bin: Option<&std::ffi::OsString>, lane: &str| {
+        let mut cmd = pikaci();
+        if let Some(bin) = bin {
+            // The same environment as `pikaci()` gives, another binary.
+            cmd = std::process::Command::new(bin);
+            cmd.env_remove("PIKACI_STATE_ROOT").env("NO_COLOR", "1").env("NIX_CONFIG", "sandbox = true");
+        }
+        cmd.env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
+            .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
+            .args(["run", lane, "--runtime", "incus", "--remote", host, "--flake"])
+            .arg(flake.path());
+        cmd
+    };
+    let pikaci_run = |lane: &str| pikaci_with(bin.as_ref(), lane);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for lane in ["lines", "no-newline", "progress", "binary"] {
+        timed(&mut pikaci_run(lane)); // builds the payloads there, records the commands
+        let mut runs: Vec<_> = std::fs::read_dir(flake.path().join(".pikaci/runs")).unwrap().flatten().collect();
+        runs.sort_by_key(|e| e.file_name());
+        let job = read_json(&runs.last().unwrap().path().join("jobs").join(lane).join("job.json"));
+        let tee = flake.path().join(format!("tee-{lane}.log"));
+        let mut script = String::from("set -e\n");
+        for line in job["reproduce"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()) {
+            let first = line.lines().next().unwrap();
+            if !first.contains("incus ") {
+                continue;
+            }
+            script.push_str(line);
+            if first.contains("incus exec ") {
+                script.push_str(&format!(" | tee {} >/dev/null", tee.display()));
+            }
+            script.push('\n');
+        }
+        let (mut by_hand, mut with_pikaci, mut with_old) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            by_hand.push(timed(std::process::Command::new("/bin/sh").args(["-c", &script])));
+            with_pikaci.push(timed(&mut pikaci_run(lane)));
+            if old_bin.is_some() {
+                with_old.push(timed(&mut pikaci_with(old_bin.as_ref(), lane)));
+            }
+        }
+        assert!(std::fs::metadata(&tee).unwrap().len() > 0, "the by-hand script gave nothing:\n{script}");
+        let (a, b) = (median(by_hand), median(with_pikaci));
+        let old = if with_old.is_empty() {
+            String::new()
+        } else {
+            let o = median(with_old);
+            format!(", OLD_BIN {o:.2}s, ratio {:.2}", o / a)
+        };
+        eprintln!("output over SSH, {lane}: by hand into tee {a:.2}s, pikaci {b:.2}s, ratio {:.2}{old}", b / a);
+    }
+}
+
 #[test]
 fn payload_manifests_on_a_remote_host_are_read_without_following_links_and_bounded() {
     let flake = copy_fixture(&fixture_path("sandbox"));

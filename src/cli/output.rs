@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
-use crate::executor::OutputSink;
+use crate::executor::{LineBatch, OutputSink};
 use crate::run::Reporter;
 use crate::state::events::{self, Event};
 use crate::state::recorder::EventSink;
@@ -26,21 +26,24 @@ pub fn reporter(format: OutputFormat) -> std::sync::Arc<dyn Reporter> {
     }
 }
 
-/// Guest output on stderr, prefixed with the job, for the machine-readable formats.
-fn guest_line_to_stderr(job_id: &str, line: &[u8]) {
-    let line = super::terminal::neutralize(line);
-    let mut text = Vec::with_capacity(job_id.len() + line.len() + 4);
-    let _ = write!(text, "[{job_id}] ");
-    text.extend_from_slice(&line);
-    text.push(b'\n');
-    let _ = std::io::stderr().lock().write_all(&text);
+/// Guest output on stderr, prefixed with the job, for the machine-readable formats: one
+/// batch of lines, one write.
+fn guest_lines_to_stderr(job_id: &str, lines: &LineBatch) {
+    let prefix = format!("[{job_id}] ");
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr().lock());
+    for line in lines.iter() {
+        let _ = out.write_all(prefix.as_bytes());
+        let _ = super::terminal::write_neutralized(&mut out, line);
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
 }
 
 struct Quiet;
 
 impl OutputSink for Quiet {
-    fn guest_line(&self, job_id: &str, line: &[u8]) {
-        guest_line_to_stderr(job_id, line);
+    fn guest_lines(&self, job_id: &str, lines: &LineBatch) {
+        guest_lines_to_stderr(job_id, lines);
     }
 }
 impl EventSink for Quiet {
@@ -52,8 +55,8 @@ struct Jsonl {
 }
 
 impl OutputSink for Jsonl {
-    fn guest_line(&self, job_id: &str, line: &[u8]) {
-        guest_line_to_stderr(job_id, line);
+    fn guest_lines(&self, job_id: &str, lines: &LineBatch) {
+        guest_lines_to_stderr(job_id, lines);
     }
 }
 impl EventSink for Jsonl {
@@ -67,8 +70,9 @@ impl EventSink for Jsonl {
 
 struct Human {
     color: bool,
-    /// Guest lines are buffered and flushed once per read of the guest's output (not one
-    /// write per line: 100 MB of short lines are millions of lines); events flush at once.
+    /// Guest lines are buffered and flushed once per batch (what one read of the guest's
+    /// output gave; not one write per line: 100 MB of short lines are millions of lines);
+    /// events flush at once.
     out: Mutex<std::io::BufWriter<std::io::Stdout>>,
     /// Every job's test results so far, for the summary.
     tests: Mutex<TestTally>,
@@ -231,18 +235,20 @@ pub fn seconds(ms: u64) -> String {
 }
 
 impl OutputSink for Human {
-    fn guest_line(&self, job_id: &str, line: &[u8]) {
-        let prefix = self.paint("2", &format!("[{job_id}]"));
-        let line = super::terminal::neutralize(line);
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = write!(out, "{prefix} ");
-        let _ = out.write_all(&line);
-        let _ = out.write_all(b"\n");
-    }
-
-    fn flush(&self) {
+    /// One lock and one pass for the batch: the prefix made once, each line made visible
+    /// straight into the buffer, the buffer flushed at the end (a write per 64 KiB).
+    fn guest_lines(&self, job_id: &str, lines: &LineBatch) {
+        let prefix = format!("{} ", self.paint("2", &format!("[{job_id}]")));
+        // With payload builds drawn on the terminal, the whole batch is written while
+        // they are out of its way (the display's lock before `out`'s).
         self.clear_of_builds(|| {
-            let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            for line in lines.iter() {
+                let _ = out.write_all(prefix.as_bytes());
+                let _ = super::terminal::write_neutralized(&mut *out, line);
+                let _ = out.write_all(b"\n");
+            }
+            let _ = out.flush();
         });
     }
 }

@@ -7,5 +7,6 @@ pub mod lines;
 pub mod placement;
 pub mod runtime;
 
+pub use lines::LineBatch;
 pub use placement::Placement;
 pub use runtime::{GuestOutcome, JobIo, OutputSink, Runtime, RuntimeChoice, RuntimeReport, select_runtime};

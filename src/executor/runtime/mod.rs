@@ -17,6 +17,7 @@ use crate::error;
 use crate::tools::log::HostLog;
 
 use super::Placement;
+use super::lines::LineBatch;
 use crate::handoff::{HostContext, JobPreview};
 
 /// How the lane's command ended.
@@ -40,11 +41,10 @@ impl GuestOutcome {
     }
 }
 
-/// Receives the guest's output, line by line, as it comes.
+/// Receives the guest's output as it comes, in batches of whole lines (what one read of
+/// it gave): a sink shows a batch at once, with one lock and one write, not line by line.
 pub trait OutputSink: Send + Sync {
-    fn guest_line(&self, job_id: &str, line: &[u8]);
-    /// The lines of one read of the guest's output were given: show them now.
-    fn flush(&self) {}
+    fn guest_lines(&self, job_id: &str, lines: &LineBatch);
 }
 
 /// A job's logs and output stream.

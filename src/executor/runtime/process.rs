@@ -1,5 +1,5 @@
 //! Running the guest command from the host, the same way for every runtime: stdout and
-//! stderr merged, streamed live line by line to the user and raw to `guest.log`; the
+//! stderr merged, streamed live to the user (in batches of lines) and raw to `guest.log`; the
 //! timeout and Ctrl-C enforced here, on the host side, by killing the runtime's client
 //! process (bwrap's PID namespace or `incus exec` then takes the whole guest tree down).
 
@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use super::{GuestOutcome, JobIo};
 use crate::error;
-use crate::executor::lines::LineSplitter;
+use crate::executor::lines::{LineBatch, LineSplitter};
 use crate::tools::command::{Cmd, Supervised, spawn_error, supervise};
 
 /// How long to wait for the last output after the process exited (a grandchild that
@@ -82,8 +82,25 @@ pub fn run_guest(cmd: &Cmd, job_id: &str, timeout: Duration, io: &JobIo) -> Resu
     Ok(outcome)
 }
 
-/// Read the guest's output until it ends: raw into `guest.log`, split into lines for the
-/// live view. The receiver gets, at the end, the first error writing `guest.log`.
+/// How much of the guest's output one read takes at most, and how much the pipe holds: the
+/// guest writes on while pikaci shows what it read, and when pikaci falls behind, the next
+/// read takes all that piled up (one write to `guest.log`, one batch for the view) instead
+/// of 64 KiB at a time.
+const READ_SIZE: usize = 1 << 20;
+
+/// Make the pipe hold [`READ_SIZE`] bytes instead of the kernel's 64 KiB. Best effort: past
+/// `/proc/sys/fs/pipe-max-size` the pipe keeps its size and only the reads are smaller.
+fn enlarge(pipe: &std::io::PipeReader) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(2) on a descriptor this function borrows; no memory is involved.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, READ_SIZE as libc::c_int) };
+}
+
+/// Read the guest's output until it ends: raw into `guest.log`, one write per read, and
+/// split into lines for the live view, handed over in batches (one per read, or more
+/// when a read holds very many lines). Memory stays bounded whatever the output's shape:
+/// the read buffer, a line's start (at most [`crate::executor::lines::MAX_LINE`]) and a
+/// batch. The receiver gets, at the end, the first error writing `guest.log`.
 fn spawn_reader(
     mut reader: std::io::PipeReader,
     job_id: &str,
@@ -95,37 +112,63 @@ fn spawn_reader(
         .mode(crate::tools::command::LOG_MODE)
         .open(&io.guest_log)
         .with_context(|| format!("open `{}`", io.guest_log.display()))?;
+    enlarge(&reader);
     let output = io.output.clone();
     let job = job_id.to_string();
     // The reader sends, when the output ends, the first error writing `guest.log` (a full
     // disk): the log is then incomplete, and the job says so.
     let (done_tx, done_rx) = mpsc::channel::<Option<std::io::Error>>();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_SIZE];
         let mut lines = LineSplitter::default();
-        let mut emit = |line: &[u8]| output.guest_line(&job, line);
+        let mut view = View { output, job, batch: LineBatch::default() };
         let mut write_error = None;
         loop {
             let n = match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
             };
             if write_error.is_none()
                 && let Err(e) = guest_log.write_all(&buf[..n])
             {
                 write_error = Some(e);
             }
-            lines.push(&buf[..n], &mut emit);
-            output.flush();
+            lines.push(&buf[..n], &mut |line| view.line(line));
+            view.show();
         }
-        lines.finish(&mut emit);
-        output.flush();
+        lines.finish(&mut |line| view.line(line));
+        view.show();
         if let (None, Err(e)) = (&write_error, guest_log.flush()) {
             write_error = Some(e);
         }
         let _ = done_tx.send(write_error);
     });
     Ok(done_rx)
+}
+
+/// The live view's side of the reader: lines gathered into a batch, shown a batch at a time.
+struct View {
+    output: std::sync::Arc<dyn crate::executor::OutputSink>,
+    job: String,
+    batch: LineBatch,
+}
+
+impl View {
+    fn line(&mut self, line: &[u8]) {
+        self.batch.push(line);
+        if self.batch.is_full() {
+            self.show();
+        }
+    }
+
+    fn show(&mut self) {
+        if !self.batch.is_empty() {
+            self.output.guest_lines(&self.job, &self.batch);
+            self.batch.clear();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,8 +181,9 @@ mod tests {
     #[derive(Default)]
     struct Lines(Mutex<Vec<String>>);
     impl OutputSink for Lines {
-        fn guest_line(&self, job_id: &str, line: &[u8]) {
-            self.0.lock().unwrap().push(format!("{job_id}: {}", String::from_utf8_lossy(line)));
+        fn guest_lines(&self, job_id: &str, lines: &LineBatch) {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(lines.iter().map(|line| format!("{job_id}: {}", String::from_utf8_lossy(line))));
         }
     }
 
