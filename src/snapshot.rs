@@ -116,10 +116,11 @@ pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[P
     };
     // Parse the cache while the tree is walked.
     let cache_bytes = fs::read(cache_file).unwrap_or_default();
-    let (mut entries, cache, ignored) = list_entries(source, &excluded, &under_excluded, &cache_bytes)?;
+    let in_git = git::is_work_tree(source);
+    let (mut entries, cache) = list_entries(source, in_git, &excluded, &under_excluded, &cache_bytes)?;
     let snapshot = snapshot_of(source, snapshots_dir, cache_file, &mut entries, &cache)?;
-    if let Some(ignored) = &ignored {
-        let listing = unchanged::Listing { entries: &entries, ignored, excluded: &under_excluded, started };
+    if in_git {
+        let listing = unchanged::Listing { entries: &entries, excluded: &under_excluded, started };
         unchanged::save(source, cache_file, &snapshot, &listing);
     }
     Ok(snapshot)
@@ -246,19 +247,20 @@ impl Exclusions {
     }
 }
 
-/// The files that make up the work tree, with their stat data; the stat cache, parsed
-/// meanwhile; and in a git work tree, what git ignores (for [`unchanged`]).
+/// The files that make up the work tree (`in_git`: as git lists them), with their stat
+/// data; and the stat cache, parsed meanwhile.
 fn list_entries<'a>(
     source: &Path,
+    in_git: bool,
     excluded: &[Vec<u8>],
     under_excluded: &(dyn Fn(&Path) -> bool + Sync),
     cache_bytes: &'a [u8],
 ) -> Result<git_listing::Listed<'a>> {
-    if !git::is_work_tree(source) {
+    if !in_git {
         return std::thread::scope(|scope| {
             let parsing = scope.spawn(|| parse_cache(cache_bytes, source));
             let listed = walk_parallel(source, &Exclusions { paths: excluded.to_vec(), build_output: true });
-            Ok((listed?, parsing.join().unwrap_or_default(), None))
+            Ok((listed?, parsing.join().unwrap_or_default()))
         });
     }
     let in_git = Exclusions { paths: excluded.to_vec(), build_output: false };

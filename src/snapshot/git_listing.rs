@@ -13,9 +13,8 @@ use anyhow::Result;
 use super::{CachedFile, Entry, Exclusions, Lstat, StatKey, entry_of, parse_cache, walk_dir};
 use crate::tools::git;
 
-/// What [`git_entries`] found: the entries (unsorted), the parsed stat cache, and what git
-/// ignores (none when it could not say).
-pub(super) type Listed<'a> = (Vec<Entry>, Vec<CachedFile<'a>>, Option<Vec<PathBuf>>);
+/// What [`git_entries`] found: the entries (unsorted) and the parsed stat cache.
+pub(super) type Listed<'a> = (Vec<Entry>, Vec<CachedFile<'a>>);
 
 /// Tracked and untracked-not-ignored files of the work tree at `source` (a submodule's
 /// files too), less what `under_excluded` says; with the stat cache parsed meanwhile.
@@ -25,12 +24,11 @@ pub(super) fn git_entries<'a>(
     in_git: &Exclusions,
     under_excluded: &(dyn Fn(&Path) -> bool + Sync),
 ) -> Result<Listed<'a>> {
-    let (listed, cache, ignored) = std::thread::scope(|scope| {
+    let (listed, cache) = std::thread::scope(|scope| {
         let listing = scope.spawn(|| git::work_tree_files(source));
-        let ignoring = scope.spawn(|| git::ignored_paths(source).ok());
         let cache = parse_cache(cache_bytes, source);
         let listed = listing.join().unwrap_or_else(|_| Err(anyhow::anyhow!("`git ls-files` thread panicked")));
-        (listed, cache, ignoring.join().ok().flatten())
+        (listed, cache)
     });
     let mut listed: Vec<PathBuf> = listed?.into_iter().filter(|rel| !under_excluded(rel)).collect();
     // By path, so that a directory's files come together (untracked files come last).
@@ -56,7 +54,7 @@ pub(super) fn git_entries<'a>(
             out.push(entry);
         }
     }
-    Ok((out, cache, ignored))
+    Ok((out, cache))
 }
 
 /// `lstat` every path (relative to `source`), in order, spread over the cores. Each is

@@ -13,9 +13,10 @@
 //! the racy window: a change made while the snapshot was taken, or later within the same
 //! clock tick as what was recorded, would not show in the stat data.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -110,8 +111,6 @@ fn parse_line(line: &[u8]) -> Option<(Lstat, &[u8])> {
 /// What the listing of a git work tree learnt, for the record.
 pub(super) struct Listing<'a> {
     pub entries: &'a [Entry],
-    /// Ignored paths as git lists them (a directory ignored as a whole ends in `/`).
-    pub ignored: &'a [PathBuf],
     /// Leaves out what the snapshot leaves out (the state root, `.git`).
     pub excluded: &'a (dyn Fn(&Path) -> bool + Sync),
     /// When the listing started.
@@ -208,39 +207,55 @@ fn git_files(source: &Path) -> Option<Vec<PathBuf>> {
 }
 
 /// The directories git looks into for untracked files (all below `source` but `.git`,
-/// what the snapshot leaves out and what is ignored as a whole), and every `.gitignore`
-/// in them, with their stat data, relative to `source` (`.` for itself).
+/// what the snapshot leaves out and what an ignore pattern names), and every `.gitignore`
+/// in them, with their stat data, relative to `source` (`.` for itself). A directory that
+/// holds a listed file is looked into; of the others, `git check-ignore` says which an
+/// ignore pattern names, a level at a time.
 fn looked_into(source: &Path, listing: &Listing) -> Option<Vec<(Vec<u8>, Lstat)>> {
-    // `git ls-files --directory` names a directory whose files are all ignored, whether or
-    // not a pattern ignores the directory itself; git looks into it unless one does.
-    let collapsed: Vec<&[u8]> =
-        listing.ignored.iter().map(|p| p.as_os_str().as_bytes()).filter(|p| p.ends_with(b"/")).collect();
-    let by_pattern = if collapsed.is_empty() {
-        Vec::new()
-    } else {
-        crate::tools::git::ignored_by_pattern(source, &collapsed).ok()?
-    };
-    let ignored: std::collections::HashSet<&[u8]> =
-        by_pattern.iter().map(|p| p.as_os_str().as_bytes()).map(|p| p.strip_suffix(b"/").unwrap_or(p)).collect();
+    let mut holding: HashSet<&[u8]> = HashSet::new();
+    for entry in listing.entries {
+        let mut rel = entry.rel.as_bytes();
+        while let Some(i) = rel.iter().rposition(|b| *b == b'/') {
+            rel = &rel[..i];
+            if !holding.insert(rel) {
+                break;
+            }
+        }
+    }
     let mut found = vec![(b".".to_vec(), Lstat::of(&fs::symlink_metadata(source).ok()?))];
     let mut pending = vec![PathBuf::new()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(source.join(&dir)).ok()? {
-            let entry = entry.ok()?;
-            let rel = dir.join(entry.file_name());
-            let bytes = rel.as_os_str().as_bytes();
-            let kind = entry.file_type().ok()?;
-            let wanted = if kind.is_dir() {
-                entry.file_name() != ".git" && !(listing.excluded)(&rel) && !ignored.contains(bytes)
-            } else {
-                entry.file_name() == ".gitignore"
-            };
-            if wanted {
-                found.push((bytes.to_vec(), Lstat::of(&entry.metadata().ok()?)));
-                if kind.is_dir() {
-                    pending.push(rel);
+    while !pending.is_empty() {
+        let mut others = Vec::new();
+        while let Some(dir) = pending.pop() {
+            for entry in fs::read_dir(source.join(&dir)).ok()? {
+                let entry = entry.ok()?;
+                let rel = dir.join(entry.file_name());
+                if entry.file_type().ok()?.is_dir() {
+                    if entry.file_name() == ".git" || (listing.excluded)(&rel) {
+                        continue;
+                    }
+                    if !holding.contains(rel.as_os_str().as_bytes()) {
+                        others.push(rel);
+                        continue;
+                    }
+                    pending.push(rel.clone());
+                } else if entry.file_name() != ".gitignore" {
+                    continue;
                 }
+                found.push((rel.into_os_string().into_vec(), Lstat::of(&entry.metadata().ok()?)));
             }
+        }
+        if others.is_empty() {
+            break;
+        }
+        let names: Vec<Vec<u8>> = others.iter().map(|d| [d.as_os_str().as_bytes(), b"/"].concat()).collect();
+        let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        let ignored: HashSet<PathBuf> =
+            crate::tools::git::ignored_by_pattern(source, &names).ok()?.into_iter().collect();
+        for dir in others.into_iter().filter(|d| !ignored.contains(d)) {
+            found
+                .push((dir.as_os_str().as_bytes().to_vec(), Lstat::of(&fs::symlink_metadata(source.join(&dir)).ok()?)));
+            pending.push(dir);
         }
     }
     Some(found)

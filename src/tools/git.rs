@@ -45,18 +45,8 @@ pub fn work_tree_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(split_z(&out.stdout))
 }
 
-/// Ignored files and directories below `dir` (relative to it): a directory ignored as a
-/// whole is one entry, ending in `/`, and git lists nothing inside it.
-pub fn ignored_paths(dir: &Path) -> Result<Vec<PathBuf>> {
-    let out = git("git ls-files", dir)?
-        .args(["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"])
-        .run(None)?;
-    Ok(split_z(&out.stdout))
-}
-
-/// Which of `paths` (relative to `dir`; directories end in `/`) an ignore pattern matches
-/// (`git check-ignore`): a directory that `ignored_paths` lists because all it holds is
-/// ignored is not one, unless a pattern names it.
+/// Which of `paths` (relative to `dir`; directories end in `/`) an ignore pattern matches,
+/// itself or through a directory above it (`git check-ignore`).
 pub fn ignored_by_pattern(dir: &Path, paths: &[&[u8]]) -> Result<Vec<PathBuf>> {
     let input: Vec<u8> = paths.iter().flat_map(|p| p.iter().copied().chain([0])).collect();
     let out =
