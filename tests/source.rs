@@ -234,5 +234,8 @@ fn an_unchanged_git_tree_is_recognised_from_stat_data_and_every_change_still_sho
         let (after, _) = snapshot(p);
         assert_ne!(before, after, "{name}: the change was not seen");
         check(p, &after);
+        // What changed is younger than the racy window: not recorded, so a second change
+        // in the same clock tick could not hide behind the same stat data.
+        assert!(!p.join(".pikaci/snapshot-cache.tree").exists(), "{name}: a racy tree was recorded");
     }
 }
