@@ -257,9 +257,14 @@ fn list_entries<'a>(
     cache_bytes: &'a [u8],
 ) -> Result<git_listing::Listed<'a>> {
     if !in_git {
+        let exclusions = Exclusions { paths: excluded.to_vec(), build_output: true };
+        // A small cache is parsed here: a thread would cost more.
+        if cache_bytes.len() < 1 << 16 {
+            return Ok((walk_parallel(source, &exclusions)?, parse_cache(cache_bytes, source)));
+        }
         return std::thread::scope(|scope| {
             let parsing = scope.spawn(|| parse_cache(cache_bytes, source));
-            let listed = walk_parallel(source, &Exclusions { paths: excluded.to_vec(), build_output: true });
+            let listed = walk_parallel(source, &exclusions);
             Ok((listed?, parsing.join().unwrap_or_default()))
         });
     }
@@ -271,7 +276,13 @@ fn list_entries<'a>(
 /// since stat-ing each file is most of the work.
 fn walk_parallel(source: &Path, exclusions: &Exclusions) -> Result<Vec<Entry>> {
     use std::sync::Mutex;
-    let pending = Mutex::new((vec![PathBuf::new()], 0usize)); // (directories to read, readers busy)
+    // The top directory first, here: a tree without subdirectories starts no thread.
+    let (mut all, mut dirs) = (Vec::new(), Vec::new());
+    walk_dir(source, Path::new(""), exclusions, &mut all, &mut dirs)?;
+    if dirs.is_empty() {
+        return Ok(all);
+    }
+    let pending = Mutex::new((dirs, 0usize)); // (directories to read, readers busy)
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let results: Vec<Result<Vec<Entry>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -314,7 +325,6 @@ fn walk_parallel(source: &Path, exclusions: &Exclusions) -> Result<Vec<Entry>> {
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("snapshot walk panicked"))))
             .collect()
     });
-    let mut all = Vec::new();
     for r in results {
         all.append(&mut r?);
     }
