@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,7 @@ use crate::tools::fs::atomic_write;
 use crate::tools::git;
 
 mod git_listing;
+mod unchanged;
 
 /// The first line of the stat cache; another first line means another format.
 const CACHE_HEADER: &str = "pikaci-snapshot-cache 2";
@@ -59,6 +60,8 @@ struct Entry {
     rel: OsString,
     kind: EntryKind,
     stat: StatKey,
+    /// `st_mode`, as `lstat` gave it.
+    mode: u32,
     hash: Option<Digest32>,
 }
 
@@ -73,28 +76,70 @@ struct StatKey {
     ino: u64,
 }
 
-impl StatKey {
-    fn of(meta: &fs::Metadata) -> StatKey {
-        StatKey {
+/// What `lstat` says of a path, as far as a snapshot cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lstat {
+    /// `st_mode`: the file type and permission bits.
+    mode: u32,
+    key: StatKey,
+}
+
+impl Lstat {
+    fn of(meta: &fs::Metadata) -> Lstat {
+        let key = StatKey {
             size: meta.size(),
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
             ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
             ino: meta.ino(),
-        }
+        };
+        Lstat { mode: meta.mode(), key }
+    }
+
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
     }
 }
 
 /// Take a snapshot of `source` into `snapshots_dir`, leaving out `exclude` (the state
 /// root, when it lies inside the source).
 pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[PathBuf]) -> Result<Snapshot> {
+    // An unchanged git work tree is known from its stat data alone.
+    if let Some(snapshot) = unchanged::check(source, cache_file, snapshots_dir) {
+        return Ok(snapshot);
+    }
+    let started = SystemTime::now();
+    let mut excluded: Vec<Vec<u8>> = vec![b".git".to_vec(), b".pikaci".to_vec()];
+    excluded.extend(exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()));
+    let under_excluded = |rel: &Path| {
+        let rel = rel.as_os_str().as_bytes();
+        excluded.iter().any(|p| rel.starts_with(p) && (rel.len() == p.len() || rel[p.len()] == b'/'))
+    };
     // Parse the cache while the tree is walked.
     let cache_bytes = fs::read(cache_file).unwrap_or_default();
-    let (mut entries, cache) = list_entries(source, exclude, &cache_bytes)?;
+    let in_git = git::is_work_tree(source);
+    let (mut entries, cache) = list_entries(source, in_git, &excluded, &under_excluded, &cache_bytes)?;
+    let snapshot = snapshot_of(source, snapshots_dir, cache_file, &mut entries, &cache)?;
+    if in_git {
+        let listing = unchanged::Listing { entries: &entries, excluded: &under_excluded, started };
+        unchanged::save(source, cache_file, &snapshot, &listing);
+    }
+    Ok(snapshot)
+}
+
+/// The snapshot of `entries`, with what the stat cache knew of them: an existing one when
+/// the content is known, else a new copy.
+fn snapshot_of(
+    source: &Path,
+    snapshots_dir: &Path,
+    cache_file: &Path,
+    entries: &mut [Entry],
+    cache: &[CachedFile],
+) -> Result<Snapshot> {
     entries.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     // Both lists are sorted by path: walk them side by side.
     let mut cached = cache.iter().peekable();
     let mut misses = 0;
-    for entry in &mut entries {
+    for entry in entries.iter_mut() {
         while cached.next_if(|c| c.rel < entry.rel.as_bytes()).is_some() {}
         let hit = cached.next_if(|c| c.rel == entry.rel.as_bytes()).filter(|c| c.stat == entry.stat);
         entry.hash = match &entry.kind {
@@ -111,17 +156,17 @@ pub fn take(source: &Path, snapshots_dir: &Path, cache_file: &Path, exclude: &[P
         for entry in entries.iter_mut().filter(|e| e.hash.is_none()) {
             entry.hash = Some(hash_file(&source.join(&entry.rel))?);
         }
-        let id = tree_id(&entries);
-        save_cache(cache_file, source, &entries, misses > 0 || cache.len() != files);
+        let id = tree_id(entries);
+        save_cache(cache_file, source, entries, misses > 0 || cache.len() != files);
         let dir = snapshots_dir.join(&id);
         if dir.is_dir() {
             return Ok(Snapshot { id, dir, files, bytes, reused: true });
         }
-        return publish(source, snapshots_dir, &mut entries, id, files, bytes);
+        return publish(source, snapshots_dir, entries, id, files, bytes);
     }
     // Many: copy everything, hashing the unknown files from the same read.
-    let snapshot = publish_unknown(source, snapshots_dir, &mut entries, files, bytes)?;
-    save_cache(cache_file, source, &entries, true);
+    let snapshot = publish_unknown(source, snapshots_dir, entries, files, bytes)?;
+    save_cache(cache_file, source, entries, true);
     Ok(snapshot)
 }
 
@@ -202,31 +247,42 @@ impl Exclusions {
     }
 }
 
-/// The files that make up the work tree, with their stat data; and the stat cache,
-/// parsed meanwhile.
-fn list_entries<'a>(source: &Path, exclude: &[PathBuf], cache_bytes: &'a [u8]) -> Result<git_listing::Listed<'a>> {
-    let mut paths: Vec<Vec<u8>> = vec![b".git".to_vec(), b".pikaci".to_vec()];
-    paths.extend(exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()));
-    let under_excluded = |rel: &Path| {
-        let rel = rel.as_os_str().as_bytes();
-        paths.iter().any(|p| rel.starts_with(p) && (rel.len() == p.len() || rel[p.len()] == b'/'))
-    };
-    if !git::is_work_tree(source) {
+/// The files that make up the work tree (`in_git`: as git lists them), with their stat
+/// data; and the stat cache, parsed meanwhile.
+fn list_entries<'a>(
+    source: &Path,
+    in_git: bool,
+    excluded: &[Vec<u8>],
+    under_excluded: &(dyn Fn(&Path) -> bool + Sync),
+    cache_bytes: &'a [u8],
+) -> Result<git_listing::Listed<'a>> {
+    if !in_git {
+        let exclusions = Exclusions { paths: excluded.to_vec(), build_output: true };
+        // A small cache is parsed here: a thread would cost more.
+        if cache_bytes.len() < 1 << 16 {
+            return Ok((walk_parallel(source, &exclusions)?, parse_cache(cache_bytes, source)));
+        }
         return std::thread::scope(|scope| {
             let parsing = scope.spawn(|| parse_cache(cache_bytes, source));
-            let listed = walk_parallel(source, &Exclusions { paths: paths.clone(), build_output: true });
+            let listed = walk_parallel(source, &exclusions);
             Ok((listed?, parsing.join().unwrap_or_default()))
         });
     }
-    let in_git = Exclusions { paths: paths.clone(), build_output: false };
-    git_listing::git_entries(source, cache_bytes, &in_git, &under_excluded)
+    let in_git = Exclusions { paths: excluded.to_vec(), build_output: false };
+    git_listing::git_entries(source, cache_bytes, &in_git, under_excluded)
 }
 
 /// Walk the whole source on every core: directories are handed out from a shared list,
 /// since stat-ing each file is most of the work.
 fn walk_parallel(source: &Path, exclusions: &Exclusions) -> Result<Vec<Entry>> {
     use std::sync::Mutex;
-    let pending = Mutex::new((vec![PathBuf::new()], 0usize)); // (directories to read, readers busy)
+    // The top directory first, here: a tree without subdirectories starts no thread.
+    let (mut all, mut dirs) = (Vec::new(), Vec::new());
+    walk_dir(source, Path::new(""), exclusions, &mut all, &mut dirs)?;
+    if dirs.is_empty() {
+        return Ok(all);
+    }
+    let pending = Mutex::new((dirs, 0usize)); // (directories to read, readers busy)
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let results: Vec<Result<Vec<Entry>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -269,7 +325,6 @@ fn walk_parallel(source: &Path, exclusions: &Exclusions) -> Result<Vec<Entry>> {
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("snapshot walk panicked"))))
             .collect()
     });
-    let mut all = Vec::new();
     for r in results {
         all.append(&mut r?);
     }
@@ -298,30 +353,35 @@ fn walk_dir(
             continue;
         }
         let meta = entry.metadata().with_context(|| format!("stat `{}`", entry.path().display()))?;
-        if let Some(e) = entry_of(&|| entry.path(), child.into_os_string(), &meta)? {
+        if let Some(e) = entry_of(source, child.into_os_string(), &Lstat::of(&meta))? {
             out.push(e);
         }
     }
     Ok(())
 }
 
-/// The entry for a file or symlink; `full` gives its full path (built only for a link).
-fn entry_of(full: &dyn Fn() -> PathBuf, rel: OsString, meta: &fs::Metadata) -> Result<Option<Entry>> {
-    let kind = if meta.file_type().is_symlink() {
-        let full = full();
+/// The entry for a file or symlink at `rel` in `source`.
+fn entry_of(source: &Path, rel: OsString, stat: &Lstat) -> Result<Option<Entry>> {
+    let kind = if stat.mode & libc::S_IFMT == libc::S_IFLNK {
+        let full = source.join(&rel);
         EntryKind::Symlink { target: fs::read_link(&full).with_context(|| format!("read link `{}`", full.display()))? }
-    } else if meta.is_file() {
-        EntryKind::File { executable: meta.permissions().mode() & 0o111 != 0 }
+    } else if stat.mode & libc::S_IFMT == libc::S_IFREG {
+        EntryKind::File { executable: stat.mode & 0o111 != 0 }
     } else {
         // Sockets, fifos, devices: not source.
         return Ok(None);
     };
-    Ok(Some(Entry { rel, kind, stat: StatKey::of(meta), hash: None }))
+    Ok(Some(Entry { rel, kind, stat: stat.key, mode: stat.mode, hash: None }))
 }
 
 fn is_racy(stat: StatKey, now: SystemTime) -> bool {
-    let now_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-    now_ns - stat.mtime_ns.max(stat.ctime_ns) < RACY_WINDOW.as_nanos() as i128
+    is_racy_since(stat, now, RACY_WINDOW)
+}
+
+/// Whether the file was modified (or its inode changed) later than `window` before `since`.
+fn is_racy_since(stat: StatKey, since: SystemTime, window: Duration) -> bool {
+    let since_ns = since.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    since_ns - stat.mtime_ns.max(stat.ctime_ns) < window.as_nanos() as i128
 }
 
 fn hash_file(path: &Path) -> Result<Digest32> {
@@ -428,20 +488,23 @@ fn parse_cache<'a>(bytes: &'a [u8], source: &Path) -> Vec<CachedFile<'a>> {
         return Vec::new();
     }
     let parse = |line: &'a [u8]| -> Option<CachedFile<'a>> {
-        let mut fields = line.splitn(6, |b| *b == b' ');
-        let mut next = || fields.next().and_then(|f| std::str::from_utf8(f).ok());
-        let stat = StatKey {
-            size: next()?.parse().ok()?,
-            mtime_ns: next()?.parse().ok()?,
-            ctime_ns: next()?.parse().ok()?,
-            ino: next()?.parse().ok()?,
-        };
-        let hash = unhex(next()?)?;
-        Some(CachedFile { rel: fields.next()?, stat, hash })
+        let (stat, rest) = parse_stat(line)?;
+        let (hash, rel) = rest.split_at_checked(64)?;
+        let rel = rel.strip_prefix(b" ")?;
+        Some(CachedFile { rel, stat, hash: unhex(std::str::from_utf8(hash).ok()?)? })
     };
     let cache: Vec<CachedFile> = lines.filter_map(parse).collect();
     // Written sorted; a cache edited by hand is not trusted.
     if cache.windows(2).all(|w| w[0].rel < w[1].rel) { cache } else { Vec::new() }
+}
+
+/// `size mtime_ns ctime_ns ino REST`: the stat data, and REST.
+fn parse_stat(line: &[u8]) -> Option<(StatKey, &[u8])> {
+    let mut fields = line.splitn(5, |b| *b == b' ');
+    let mut number = || -> Option<i128> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
+    let (size, mtime_ns, ctime_ns, ino) = (number()?, number()?, number()?, number()?);
+    let stat = StatKey { size: u64::try_from(size).ok()?, mtime_ns, ctime_ns, ino: u64::try_from(ino).ok()? };
+    Some((stat, fields.next()?))
 }
 
 /// Write the cache when something changed. Files modified within the racy window, and
@@ -494,6 +557,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -139,3 +139,103 @@ fn changed_since_runs_only_lanes_whose_paths_match_and_records_why_others_were_s
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("`--changed-since no-such-rev`: no such commit"), "{}", bad.stderr);
 }
+
+/// A git work tree that was snapshotted once it had settled (older than the racy window),
+/// so that the next snapshot is recognised from stat data alone, without `git`; then one
+/// change each. Every change must show in the next snapshot.
+#[test]
+fn an_unchanged_git_tree_is_recognised_from_stat_data_and_every_change_still_shows() {
+    type Change = fn(&Path);
+    type Check = fn(&Path, &Path);
+    let cases: [(&str, Change, Check); 8] = [
+        // Same size, right after the snapshot: only the stat data tells.
+        (
+            "same-size edit",
+            |p| std::fs::write(p.join("src/a.rs"), "fn b() {}\n").unwrap(),
+            |_, s| assert_eq!(std::fs::read_to_string(s.join("src/a.rs")).unwrap(), "fn b() {}\n"),
+        ),
+        (
+            "new untracked file",
+            |p| std::fs::write(p.join("src/new.rs"), "new").unwrap(),
+            |_, s| assert!(s.join("src/new.rs").is_file()),
+        ),
+        // A directory that held only ignored files: git looked into it, no listed file is in it.
+        (
+            "new file beside ignored ones",
+            |p| std::fs::write(p.join("logs/kept.txt"), "kept").unwrap(),
+            |_, s| assert!(s.join("logs/kept.txt").is_file()),
+        ),
+        (
+            "new file in a new directory",
+            |p| {
+                std::fs::create_dir_all(p.join("src/deep/er")).unwrap();
+                std::fs::write(p.join("src/deep/er/x.rs"), "x").unwrap();
+            },
+            |_, s| assert!(s.join("src/deep/er/x.rs").is_file()),
+        ),
+        (
+            "deleted file",
+            |p| std::fs::remove_file(p.join("src/a.rs")).unwrap(),
+            |_, s| assert!(!s.join("src/a.rs").exists()),
+        ),
+        (
+            "mode change",
+            |p| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p.join("src/a.rs"), std::fs::Permissions::from_mode(0o755)).unwrap();
+            },
+            |_, s| {
+                use std::os::unix::fs::PermissionsExt;
+                assert!(std::fs::metadata(s.join("src/a.rs")).unwrap().permissions().mode() & 0o100 != 0)
+            },
+        ),
+        (
+            ".gitignore edit",
+            |p| std::fs::write(p.join(".gitignore"), "").unwrap(),
+            |_, s| assert!(s.join("logs/debug.log").is_file()),
+        ),
+        // Only the index changes: the file is untracked now, and ignored.
+        (
+            "git rm --cached",
+            |p| git(p, &["rm", "-q", "--cached", "tracked.log"]),
+            |_, s| assert!(!s.join("tracked.log").exists()),
+        ),
+    ];
+    let trees: Vec<tempfile::TempDir> = cases
+        .iter()
+        .map(|_| {
+            let dir = tempfile::Builder::new().prefix("pikaci-test-").tempdir().unwrap();
+            let p = dir.path();
+            std::fs::create_dir_all(p.join("src")).unwrap();
+            std::fs::create_dir_all(p.join("logs")).unwrap();
+            std::fs::write(p.join("flake.nix"), "{ outputs = { self }: { }; }\n").unwrap();
+            std::fs::write(p.join("src/a.rs"), "fn a() {}\n").unwrap();
+            std::fs::write(p.join("logs/debug.log"), "ignored").unwrap();
+            std::fs::write(p.join("tracked.log"), "tracked though ignored").unwrap();
+            std::fs::write(p.join(".gitignore"), "*.log\n").unwrap();
+            git(p, &["init", "-q"]);
+            git(p, &["add", "."]);
+            git(p, &["add", "-f", "tracked.log"]);
+            git(p, &["commit", "-qm", "init"]);
+            snapshot(p); // creates the state root
+            dir
+        })
+        .collect();
+    // Past the racy window (2 s), so that the next snapshots are recorded.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    for ((name, change, check), dir) in cases.iter().zip(&trees) {
+        let p = dir.path();
+        let (before, _) = snapshot(p);
+        assert!(p.join(".pikaci/snapshot-cache.tree").is_file(), "{name}: the settled tree was not recorded");
+        let (again, note) = snapshot(p);
+        assert_eq!(before, again, "{name}");
+        assert!(note.contains("unchanged, reused"), "{name}: {note}");
+        change(p);
+        let (after, _) = snapshot(p);
+        assert_ne!(before, after, "{name}: the change was not seen");
+        check(p, &after);
+        // What changed is younger than the racy window: not recorded, so a second change
+        // in the same clock tick could not hide behind the same stat data.
+        assert!(!p.join(".pikaci/snapshot-cache.tree").exists(), "{name}: a racy tree was recorded");
+    }
+}

@@ -4,9 +4,9 @@
 //! `.drv` it names is still in the store (a garbage collection may have removed them);
 //! otherwise, or with `--refresh`, the flake is evaluated again.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What makes one evaluation the same as another.
@@ -26,27 +26,12 @@ impl CacheKey<'_> {
         }
         let digest = h.finalize();
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("{hex}.json")
+        format!("{hex}.catalog")
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    schema_version: u32,
-    /// The `.drv` files the evaluation instantiated; all must still exist.
-    drv_paths: Vec<String>,
-    raw: serde_json::Value,
-}
-
-/// [`Entry`] as written.
-#[derive(Serialize)]
-struct EntryRef<'a> {
-    schema_version: u32,
-    drv_paths: Vec<&'a str>,
-    raw: &'a serde_json::Value,
-}
-
-const ENTRY_VERSION: u32 = 1;
+/// The first line of an entry; another first line is another format (and is not used).
+const ENTRY_HEADER: &[u8] = b"pikaci-catalog-cache 2\n";
 
 /// The cache directory of a state root's catalogs.
 pub struct CatalogCache {
@@ -54,62 +39,65 @@ pub struct CatalogCache {
 }
 
 impl CatalogCache {
-    /// The recorded evaluation, when there is one and every `.drv` it names is there.
-    pub fn get(&self, key: &CacheKey) -> Option<serde_json::Value> {
-        let bytes = std::fs::read(self.dir.join(key.file_name())).ok()?;
-        let entry: Entry = serde_json::from_slice(&bytes).ok()?;
-        (entry.schema_version == ENTRY_VERSION && entry.drv_paths.iter().all(|d| Path::new(d).is_file()))
-            .then_some(entry.raw)
+    /// The recorded evaluation (what `nix eval` printed), when there is one and every
+    /// `.drv` it names is there.
+    pub fn get(&self, key: &CacheKey) -> Option<Vec<u8>> {
+        let mut bytes = std::fs::read(self.dir.join(key.file_name())).ok()?;
+        let rest = bytes.strip_prefix(ENTRY_HEADER)?;
+        // The `.drv` paths, one a line, then an empty line, then the output as printed.
+        let mut offset = ENTRY_HEADER.len();
+        let mut rest = rest;
+        // Each line ends in a newline (one that does not is a torn entry).
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            let line = &rest[..end];
+            offset += end + 1;
+            rest = &rest[end + 1..];
+            if line.is_empty() {
+                bytes.drain(..offset);
+                return Some(bytes);
+            }
+            if !Path::new(std::ffi::OsStr::from_bytes(line)).is_file() {
+                return None;
+            }
+        }
+        None
     }
 
-    /// Keep an evaluation. Failing to write is not an error: the next run evaluates again.
-    pub fn put(&self, key: &CacheKey, raw: &serde_json::Value) {
-        // Serialized from a borrow: the catalog of a large flake is not copied.
-        let entry = EntryRef { schema_version: ENTRY_VERSION, drv_paths: drv_paths(raw), raw };
-        let Ok(bytes) = serde_json::to_vec(&entry) else { return };
+    /// Keep an evaluation: `raw`, what `nix eval` printed, and the `.drv` files it names.
+    /// Failing to write is not an error: the next run evaluates again.
+    pub fn put<'a>(&self, key: &CacheKey, drv_paths: impl IntoIterator<Item = &'a str>, raw: &[u8]) {
+        let mut head = ENTRY_HEADER.to_vec();
+        for drv in drv_paths {
+            if drv.is_empty() || drv.contains('\n') {
+                return;
+            }
+            head.extend_from_slice(drv.as_bytes());
+            head.push(b'\n');
+        }
+        head.push(b'\n');
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let _ = write_unsynced(&self.dir.join(key.file_name()), &bytes);
+            let _ = write_unsynced(&self.dir.join(key.file_name()), &[&head, raw]);
         }
     }
 }
 
-/// Every `drvPath` in an evaluation's result.
 /// Written beside and renamed, without `fsync` (a large catalog's entry is megabytes, and
 /// syncing it costs more than evaluating): an entry a crash left torn does not parse, and
 /// the catalog is evaluated again.
-fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_unsynced(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
+    for part in parts {
+        tmp.write_all(part)?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-fn drv_paths(raw: &serde_json::Value) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut stack = vec![raw];
-    while let Some(v) = stack.pop() {
-        match v {
-            serde_json::Value::Object(map) => {
-                if let Some(serde_json::Value::String(d)) = map.get("drvPath") {
-                    out.push(d.as_str());
-                }
-                stack.extend(map.values());
-            }
-            serde_json::Value::Array(items) => stack.extend(items),
-            _ => {}
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn key<'a>(snapshot: &'a str, nix_version: &'a str) -> CacheKey<'a> {
         CacheKey { snapshot, system: "x86_64-linux", apply: "lanes: lanes", nix_version }
@@ -120,14 +108,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let drv = dir.path().join("x.drv");
         std::fs::write(&drv, "Derive(...)").unwrap();
-        let raw = json!({"unit": {"payloads": {"workspace-build": {"drvPath": drv, "outputs": {}}}}});
+        let drv = drv.to_str().unwrap();
+        let raw = format!(r#"{{"unit":{{"payloads":{{"workspace-build":{{"drvPath":"{drv}","outputs":{{}}}}}}}}}}"#);
         let cache = CatalogCache { dir: dir.path().join("cache") };
         assert!(cache.get(&key("s1", "2.34.8")).is_none());
-        cache.put(&key("s1", "2.34.8"), &raw);
-        assert_eq!(cache.get(&key("s1", "2.34.8")), Some(raw.clone()));
+        cache.put(&key("s1", "2.34.8"), [drv], raw.as_bytes());
+        assert_eq!(cache.get(&key("s1", "2.34.8")).as_deref(), Some(raw.as_bytes()));
         assert!(cache.get(&key("s2", "2.34.8")).is_none(), "another snapshot");
         assert!(cache.get(&key("s1", "2.31.2")).is_none(), "another Nix");
-        std::fs::remove_file(&drv).unwrap();
+        std::fs::remove_file(drv).unwrap();
         assert!(cache.get(&key("s1", "2.34.8")).is_none(), "a collected .drv invalidates the entry");
+    }
+
+    #[test]
+    fn an_entry_of_another_format_or_cut_short_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CatalogCache { dir: dir.path().to_path_buf() };
+        let path = dir.path().join(key("s", "v").file_name());
+        cache.put(&key("s", "v"), [], b"{}");
+        assert_eq!(cache.get(&key("s", "v")).as_deref(), Some(&b"{}"[..]));
+        std::fs::write(&path, b"pikaci-catalog-cache 1\n\n{}").unwrap();
+        assert!(cache.get(&key("s", "v")).is_none(), "another format");
+        std::fs::write(&path, b"pikaci-catalog-cache 2\n").unwrap();
+        assert!(cache.get(&key("s", "v")).is_none(), "no end of the .drv list");
     }
 }

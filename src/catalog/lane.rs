@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::{DEFAULT_TIMEOUT_SECS, REQUIRED_PAYLOADS, STAGED_LINUX_RUST, type_name};
+use super::json::Json;
+use super::{DEFAULT_TIMEOUT_SECS, REQUIRED_PAYLOADS, STAGED_LINUX_RUST};
 
 /// Longest lane id (and payload name); keeps Incus instance and device names in bounds.
 pub const MAX_ID_LEN: usize = 48;
@@ -92,21 +92,22 @@ pub fn validate_id(id: &str) -> Result<(), String> {
 
 impl Lane {
     /// Check every rule; return all that are broken.
-    pub fn from_json(id: &str, value: &Value) -> Result<Lane, Vec<LaneError>> {
+    pub fn from_json(id: &str, value: &Json) -> Result<Lane, Vec<LaneError>> {
         let mut errors = Vec::new();
         let mut err = |rule: String| errors.push(LaneError { lane: id.to_string(), rule });
 
         if let Err(why) = validate_id(id) {
             err(format!("the id {why}"));
         }
-        let Some(fields) = value.as_object() else {
-            err(format!("must be an attribute set, got a {}", value.as_str().unwrap_or(type_name(value))));
+        let Json::Set(_) = value else {
+            err(format!("must be an attribute set, got a {}", value.as_str().unwrap_or(value.type_name())));
             return Err(errors);
         };
-        let field = |name: &str| fields.get(name).filter(|v| !v.is_null());
+        let fields = value;
+        let field = |name: &str| v_of(fields, name);
 
-        if let Some(Value::Array(unknown)) = fields.get("unknown") {
-            for name in unknown.iter().filter_map(Value::as_str) {
+        if let Some(Json::List(unknown)) = fields.get("unknown") {
+            for name in unknown.iter().filter_map(Json::as_str) {
                 err(format!(
                     "unknown field `{name}` (the fields are description, kind, payloads, command, paths, timeout, env, runtime, retries, shards, testFilterArgs)"
                 ));
@@ -153,28 +154,31 @@ impl Lane {
 // One function per field: each returns the field's value (a default when it is broken)
 // and reports every broken rule through `err`.
 
-fn lane_description(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> String {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("description") {
+/// A field of a lane; `null` (what the expression returns for a field not set) is none.
+fn v_of<'j, 'a>(fields: &'j Json<'a>, name: &str) -> Option<&'j Json<'a>> {
+    fields.get(name).filter(|v| !v.is_null())
+}
+
+fn lane_description(fields: &Json, err: &mut dyn FnMut(String)) -> String {
+    match v_of(fields, "description") {
         None => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Json::Str(s)) => s.to_string(),
         Some(other) => {
-            err(format!("`description` must be a string, got a {}", type_name(other)));
+            err(format!("`description` must be a string, got a {}", other.type_name()));
             String::new()
         }
     }
 }
 
-fn lane_kind(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> String {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("kind") {
-        Some(Value::String(s)) if s == STAGED_LINUX_RUST => s.clone(),
-        Some(Value::String(s)) => {
+fn lane_kind(fields: &Json, err: &mut dyn FnMut(String)) -> String {
+    match v_of(fields, "kind") {
+        Some(Json::Str(s)) if s == STAGED_LINUX_RUST => s.to_string(),
+        Some(Json::Str(s)) => {
             err(format!("`kind` is `{s}`; the only kind is `{STAGED_LINUX_RUST}`"));
-            s.clone()
+            s.to_string()
         }
         Some(other) => {
-            err(format!("`kind` must be the string `{STAGED_LINUX_RUST}`, got a {}", type_name(other)));
+            err(format!("`kind` must be the string `{STAGED_LINUX_RUST}`, got a {}", other.type_name()));
             String::new()
         }
         None => {
@@ -184,11 +188,10 @@ fn lane_kind(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String
     }
 }
 
-fn lane_payloads(fields: &serde_json::Map<String, Value>, kind: &str, err: &mut dyn FnMut(String)) -> Vec<Payload> {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+fn lane_payloads(fields: &Json, kind: &str, err: &mut dyn FnMut(String)) -> Vec<Payload> {
     let mut payloads = Vec::new();
-    match v_of("payloads") {
-        Some(Value::Object(map)) => {
+    match v_of(fields, "payloads") {
+        Some(Json::Set(map)) => {
             for (name, p) in map {
                 if let Err(why) = validate_id(name) {
                     err(format!("payload name `{name}` {why}"));
@@ -201,7 +204,7 @@ fn lane_payloads(fields: &serde_json::Map<String, Value>, kind: &str, err: &mut 
             }
             if kind == STAGED_LINUX_RUST {
                 for required in REQUIRED_PAYLOADS {
-                    if !map.contains_key(required) {
+                    if !map.iter().any(|(k, _)| k == required) {
                         err(format!(
                             "payload `{required}` is missing (a {STAGED_LINUX_RUST} lane declares both `workspace-deps` and `workspace-build`)"
                         ));
@@ -209,19 +212,18 @@ fn lane_payloads(fields: &serde_json::Map<String, Value>, kind: &str, err: &mut 
                 }
             }
         }
-        Some(Value::String(t)) if t != "null" => {
+        Some(Json::Str(t)) if t != "null" => {
             err(format!("`payloads` must be an attribute set of derivations, got a {t}"))
         }
         _ => err("`payloads` is missing (declare `workspace-deps` and `workspace-build`)".into()),
     }
-    payloads.sort_by_key(|p| payload_order(&p.name));
+    payloads.sort_by(|a, b| payload_order(&a.name).cmp(&payload_order(&b.name)));
     payloads
 }
 
-fn lane_command(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Vec<String> {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("command") {
-        Some(Value::Array(items)) if !items.is_empty() => {
+fn lane_command(fields: &Json, err: &mut dyn FnMut(String)) -> Vec<String> {
+    match v_of(fields, "command") {
+        Some(Json::List(items)) if !items.is_empty() => {
             let words: Vec<String> = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
             if words.len() != items.len() {
                 err("`command` must be a list of strings".into());
@@ -230,12 +232,12 @@ fn lane_command(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(Str
             }
             words
         }
-        Some(Value::Array(_)) => {
+        Some(Json::List(_)) => {
             err("`command` is empty; it is the argv run in the guest, e.g. [ \"/pikaci/payloads/workspace-build/bin/run-tests\" ]".into());
             Vec::new()
         }
         Some(other) => {
-            err(format!("`command` must be a list of strings (an argv), got a {}", type_name(other)));
+            err(format!("`command` must be a list of strings (an argv), got a {}", other.type_name()));
             Vec::new()
         }
         None => {
@@ -245,11 +247,10 @@ fn lane_command(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(Str
     }
 }
 
-fn lane_paths(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Vec<String> {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("paths") {
+fn lane_paths(fields: &Json, err: &mut dyn FnMut(String)) -> Vec<String> {
+    match v_of(fields, "paths") {
         None => Vec::new(),
-        Some(Value::Array(items)) => {
+        Some(Json::List(items)) => {
             let mut globs = Vec::new();
             for item in items {
                 match item.as_str() {
@@ -260,23 +261,22 @@ fn lane_paths(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(Strin
                         Ok(_) => globs.push(glob.to_string()),
                         Err(why) => err(format!("`paths` entry `{glob}` is not a valid glob: {why}")),
                     },
-                    None => err(format!("`paths` entries must be strings, got a {}", type_name(item))),
+                    None => err(format!("`paths` entries must be strings, got a {}", item.type_name())),
                 }
             }
             globs
         }
         Some(other) => {
-            err(format!("`paths` must be a list of globs, got a {}", type_name(other)));
+            err(format!("`paths` must be a list of globs, got a {}", other.type_name()));
             Vec::new()
         }
     }
 }
 
-fn lane_timeout(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> u64 {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("timeout") {
+fn lane_timeout(fields: &Json, err: &mut dyn FnMut(String)) -> u64 {
+    match v_of(fields, "timeout") {
         None => DEFAULT_TIMEOUT_SECS,
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Json::Number(n)) => match n.as_u64() {
             Some(secs) if secs > MAX_TIMEOUT_SECS => {
                 err(format!(
                     "`timeout` is {secs} seconds, more than the most a lane may take ({MAX_TIMEOUT_SECS}, 7 days)"
@@ -290,65 +290,62 @@ fn lane_timeout(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(Str
             }
         },
         Some(other) => {
-            err(format!("`timeout` must be a positive whole number of seconds, got a {}", type_name(other)));
+            err(format!("`timeout` must be a positive whole number of seconds, got a {}", other.type_name()));
             DEFAULT_TIMEOUT_SECS
         }
     }
 }
 
-fn lane_env(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> BTreeMap<String, String> {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+fn lane_env(fields: &Json, err: &mut dyn FnMut(String)) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
-    match v_of("env") {
+    match v_of(fields, "env") {
         None => {}
-        Some(Value::Object(map)) => {
+        Some(Json::Set(map)) => {
             for (k, v) in map {
                 if !is_env_name(k) {
                     err(format!("`env` name `{}` is not a variable name (`[A-Za-z_][A-Za-z0-9_]*`)", k.escape_debug()));
                 }
                 match v.as_str() {
                     Some(s) => {
-                        env.insert(k.clone(), s.to_string());
+                        env.insert(k.to_string(), s.to_string());
                     }
-                    None => err(format!("`env.{k}` must be a string, got a {} (write it in quotes)", type_name(v))),
+                    None => err(format!("`env.{k}` must be a string, got a {} (write it in quotes)", v.type_name())),
                 }
             }
         }
-        Some(other) => err(format!("`env` must be an attribute set of strings, got a {}", type_name(other))),
+        Some(other) => err(format!("`env` must be an attribute set of strings, got a {}", other.type_name())),
     }
     env
 }
 
-fn lane_image(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> Option<String> {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
+fn lane_image(fields: &Json, err: &mut dyn FnMut(String)) -> Option<String> {
     let mut image = None;
-    match v_of("runtime") {
+    match v_of(fields, "runtime") {
         None => {}
-        Some(Value::Object(map)) => {
+        Some(Json::Set(map)) => {
             for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("image", Value::String(s)) if !s.is_empty() => image = Some(s.clone()),
+                match (k.as_ref(), v) {
+                    ("image", Json::Str(s)) if !s.is_empty() => image = Some(s.to_string()),
                     ("image", other) => {
-                        err(format!("`runtime.image` must be a non-empty string, got a {}", type_name(other)))
+                        err(format!("`runtime.image` must be a non-empty string, got a {}", other.type_name()))
                     }
                     (other, _) => err(format!("unknown field `runtime.{other}` (the only one is `image`)")),
                 }
             }
         }
-        Some(other) => err(format!("`runtime` must be an attribute set, got a {}", type_name(other))),
+        Some(other) => err(format!("`runtime` must be an attribute set, got a {}", other.type_name())),
     }
     image
 }
 
-fn lane_test_filter(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut(String)) -> bool {
-    let v_of = |name: &str| fields.get(name).filter(|v| !v.is_null());
-    match v_of("testFilterArgs") {
+fn lane_test_filter(fields: &Json, err: &mut dyn FnMut(String)) -> bool {
+    match v_of(fields, "testFilterArgs") {
         None => false,
-        Some(Value::String(t)) if t == "lambda" => true,
+        Some(Json::Str(t)) if t == "lambda" => true,
         Some(other) => {
             err(format!(
                 "`testFilterArgs` must be a function from a list of test names to a list of arguments, got a {}",
-                other.as_str().unwrap_or(type_name(other))
+                other.as_str().unwrap_or(other.type_name())
             ));
             false
         }
@@ -356,14 +353,14 @@ fn lane_test_filter(fields: &serde_json::Map<String, Value>, err: &mut dyn FnMut
 }
 
 /// An optional whole number in `min..=max`; `default` when absent.
-fn whole_number(value: Option<&Value>, default: u32, min: u64, max: u64) -> Result<u32, String> {
+fn whole_number(value: Option<&Json>, default: u32, min: u64, max: u64) -> Result<u32, String> {
     match value {
         None => Ok(default),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Json::Number(n)) => match n.as_u64() {
             Some(v) if (min..=max).contains(&v) => Ok(v as u32),
             _ => Err(format!("must be a whole number from {min} to {max}, got {n}")),
         },
-        Some(other) => Err(format!("must be a whole number from {min} to {max}, got a {}", type_name(other))),
+        Some(other) => Err(format!("must be a whole number from {min} to {max}, got a {}", other.type_name())),
     }
 }
 
@@ -394,20 +391,21 @@ fn check_path_glob(glob: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn parse_payload(name: &str, value: &Value) -> Result<Payload, String> {
-    let Some(obj) = value.as_object() else {
+fn parse_payload(name: &str, value: &Json) -> Result<Payload, String> {
+    let Json::Set(_) = value else {
         return Err(format!(
             "payload `{name}` must be a derivation, got a {}",
-            value.as_str().unwrap_or(type_name(value))
+            value.as_str().unwrap_or(value.type_name())
         ));
     };
     let drv_path =
-        obj.get("drvPath").and_then(Value::as_str).ok_or_else(|| format!("payload `{name}` has no `drvPath`"))?;
-    let outputs: BTreeMap<String, String> = obj
-        .get("outputs")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
-        .unwrap_or_default();
+        value.get("drvPath").and_then(Json::as_str).ok_or_else(|| format!("payload `{name}` has no `drvPath`"))?;
+    let outputs: BTreeMap<String, String> = match value.get("outputs") {
+        Some(Json::Set(m)) => {
+            m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.to_string(), s.to_string()))).collect()
+        }
+        _ => BTreeMap::new(),
+    };
     if outputs.is_empty() {
         return Err(format!("payload `{name}` has no outputs"));
     }
@@ -415,15 +413,21 @@ fn parse_payload(name: &str, value: &Value) -> Result<Payload, String> {
 }
 
 /// The required payloads first, in the contract's order, then the rest by name.
-fn payload_order(name: &str) -> (usize, String) {
+fn payload_order(name: &str) -> (usize, &str) {
     let rank = REQUIRED_PAYLOADS.iter().position(|r| *r == name).unwrap_or(REQUIRED_PAYLOADS.len());
-    (rank, name.to_string())
+    (rank, name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// A lane as Nix would print it.
+    fn from_value(id: &str, value: &Value) -> Result<Lane, Vec<LaneError>> {
+        let text = serde_json::to_vec(value).unwrap();
+        Lane::from_json(id, &Json::parse(&text).unwrap())
+    }
 
     fn good() -> Value {
         json!({
@@ -445,7 +449,7 @@ mod tests {
 
     #[test]
     fn valid_lane_parses_with_payloads_in_contract_order() {
-        let lane = Lane::from_json("unit", &good()).unwrap();
+        let lane = from_value("unit", &good()).unwrap();
         let names: Vec<&str> = lane.payloads.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["workspace-deps", "workspace-build", "extra"]);
         assert_eq!(lane.timeout_secs, 60);
@@ -474,7 +478,7 @@ mod tests {
         v["paths"] = json!(["crates/{a"]);
         v["unknown"] = json!(["comand"]);
         v["payloads"].as_object_mut().unwrap().remove("workspace-deps");
-        let errs = Lane::from_json("Bad_Id", &v).unwrap_err();
+        let errs = from_value("Bad_Id", &v).unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let all = text.join("\n");
         for needle in [
@@ -496,7 +500,7 @@ mod tests {
     fn missing_required_payload_and_non_derivation_payload() {
         let mut v = good();
         v["payloads"] = json!({"workspace-build": "int"});
-        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = from_value("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
         assert!(
             all.iter().any(|e| e == "lane `unit`: payload `workspace-build` must be a derivation, got a int"),
             "{all:?}"
@@ -506,19 +510,19 @@ mod tests {
 
     #[test]
     fn retries_shards_and_test_filter() {
-        let lane = Lane::from_json("unit", &good()).unwrap();
+        let lane = from_value("unit", &good()).unwrap();
         assert_eq!((lane.retries, lane.shards, lane.test_filter), (0, 1, false));
         let mut v = good();
         v["retries"] = json!(2);
         v["shards"] = json!(4);
         v["testFilterArgs"] = json!("lambda");
-        let lane = Lane::from_json("unit", &v).unwrap();
+        let lane = from_value("unit", &v).unwrap();
         assert_eq!((lane.retries, lane.shards, lane.test_filter), (2, 4, true));
 
         v["retries"] = json!(-1);
         v["shards"] = json!(0);
         v["testFilterArgs"] = json!("list");
-        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = from_value("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
         assert_eq!(
             all,
             [
@@ -528,7 +532,7 @@ mod tests {
             ]
         );
         v["shards"] = json!("2");
-        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = from_value("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
         assert!(
             all.iter().any(|e| e.ends_with("`shards` must be a whole number from 1 to 64, got a string")),
             "{all:?}"
@@ -541,7 +545,7 @@ mod tests {
         v["timeout"] = json!(9223372036854775807u64);
         v["env"] = json!({"A B": "1", "X\nY": "2", "1A": "3", "_OK_1": "4"});
         v["paths"] = json!(["", "/abs/**", "../up", "a/../b", "crates/**"]);
-        let all: Vec<String> = Lane::from_json("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = from_value("unit", &v).unwrap_err().iter().map(|e| e.to_string()).collect();
         let all = all.join("\n");
         for needle in [
             "`timeout` is 9223372036854775807 seconds, more than the most a lane may take (604800, 7 days)",
@@ -559,12 +563,12 @@ mod tests {
         v["timeout"] = json!(MAX_TIMEOUT_SECS);
         v["env"] = json!({});
         v["paths"] = json!([]);
-        assert_eq!(Lane::from_json("unit", &v).unwrap().timeout_secs, MAX_TIMEOUT_SECS);
+        assert_eq!(from_value("unit", &v).unwrap().timeout_secs, MAX_TIMEOUT_SECS);
     }
 
     #[test]
     fn lane_that_is_not_a_set() {
-        let errs = Lane::from_json("unit", &json!("list")).unwrap_err();
+        let errs = from_value("unit", &json!("list")).unwrap_err();
         assert_eq!(errs[0].to_string(), "lane `unit`: must be an attribute set, got a list");
     }
 }

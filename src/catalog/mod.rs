@@ -6,6 +6,7 @@ pub mod cache;
 pub mod filter;
 pub mod flake_url;
 pub mod glob;
+mod json;
 mod lane;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use anyhow::{Context, Result};
 
 pub use cache::{CacheKey, CatalogCache};
 pub use flake_url::path_url;
+pub use json::Json;
 pub use lane::{Lane, LaneError, MAX_TIMEOUT_SECS, Payload, validate_id};
 
 use crate::error;
@@ -81,8 +83,8 @@ impl Catalog {
     pub fn load(nix: &Nix, dir: &Path, system: &str, flake_label: &str) -> Result<Catalog> {
         let attr = format!("pikaci.{system}.lanes");
         let installable = format!("{}#{attr}", flake_url::path_url(dir));
-        let raw = nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
-        let lanes = Catalog::from_json(&raw, &attr, flake_label)?;
+        let raw = nix.eval_apply_output(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
+        let lanes = Catalog::from_output(&raw, &installable, &attr, flake_label)?;
         Ok(Catalog { lanes })
     }
 
@@ -101,36 +103,43 @@ impl Catalog {
         let attr = format!("pikaci.{system}.lanes");
         let key = CacheKey { snapshot: snapshot.1, system: &system, apply: APPLY, nix_version };
         let cached = if refresh { None } else { cache.get(&key) };
+        let installable = format!("{}#{attr}", flake_url::path_url(snapshot.0));
         let (raw, evaluated) = match cached {
             Some(raw) => (raw, false),
             None => {
-                let installable = format!("{}#{attr}", flake_url::path_url(snapshot.0));
                 let raw =
-                    nix.eval_json_apply(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
+                    nix.eval_apply_output(&installable, APPLY).map_err(|err| eval_error(err, flake_label, &attr))?;
                 (raw, true)
             }
         };
-        // A new result is written to the cache while it is validated, on another core.
-        let lanes = std::thread::scope(|scope| {
-            if evaluated {
-                scope.spawn(|| cache.put(&key, &raw));
-            }
-            Catalog::from_json(&raw, &attr, flake_label)
-        });
-        // Freeing a large catalog's JSON tree costs as much as reading it: not on the way.
-        std::thread::spawn(move || drop(raw));
+        let lanes = Catalog::from_output(&raw, &installable, &attr, flake_label);
+        // Kept as printed (nothing to serialize again), once it is known to be JSON, and
+        // with its lanes' `.drv` paths when they are valid (a catalog with a broken lane
+        // is evaluated again, and so reported again, until it is fixed).
+        if evaluated && let Ok(lanes) = &lanes {
+            let drv_paths = lanes.iter().flat_map(|l| &l.payloads).map(|p| p.drv_path.as_str());
+            cache.put(&key, drv_paths, &raw);
+        }
         Ok(Catalog { lanes: lanes? })
     }
 
+    /// Read and validate what `nix eval` printed for [`APPLY`] (`installable` names the
+    /// evaluation in a message about output that is not JSON).
+    fn from_output(raw: &[u8], installable: &str, attr: &str, flake_label: &str) -> Result<Vec<Lane>> {
+        let json = Json::parse(raw).with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))?;
+        Catalog::from_json(&json, attr, flake_label)
+    }
+
     /// Validate what [`APPLY`] returned; every broken rule of every lane is reported.
-    pub fn from_json(raw: &serde_json::Value, attr: &str, flake_label: &str) -> Result<Vec<Lane>> {
-        let object = raw.as_object().ok_or_else(|| {
-            error::config(format!(
+    pub fn from_json(raw: &Json, attr: &str, flake_label: &str) -> Result<Vec<Lane>> {
+        let Json::Set(object) = raw else {
+            return Err(error::config(format!(
                 "`{attr}` of flake `{flake_label}` is a {}, not an attribute set of lanes",
-                type_name(raw)
+                raw.type_name()
             ))
-        })?;
-        let mut lanes = Vec::new();
+            .into());
+        };
+        let mut lanes = Vec::with_capacity(object.len());
         let mut errors = Vec::new();
         for (id, value) in object {
             match Lane::from_json(id, value) {
@@ -182,18 +191,6 @@ fn nix_error_message(stderr: &str) -> String {
         .filter(|l| !l.contains("--show-trace") && !l.trim().is_empty() && !l.starts_with("warning:"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-pub(crate) fn type_name(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "set",
-    }
 }
 
 /// The flake source a run evaluates: a local directory with a `flake.nix`.

@@ -17,7 +17,12 @@ use crate::state::{RunRecord, RunStatus, StateRoot};
 
 pub fn print_lanes(catalog: &Catalog, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&catalog.lanes)?);
+        // Written as it is serialized: a large catalog's JSON is megabytes.
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &catalog.lanes)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
         return Ok(());
     }
     if catalog.lanes.is_empty() {

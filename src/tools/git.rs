@@ -45,6 +45,34 @@ pub fn work_tree_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(split_z(&out.stdout))
 }
 
+/// Which of `paths` (relative to `dir`; directories end in `/`) an ignore pattern matches,
+/// itself or through a directory above it (`git check-ignore`).
+pub fn ignored_by_pattern(dir: &Path, paths: &[&[u8]]) -> Result<Vec<PathBuf>> {
+    let input: Vec<u8> = paths.iter().flat_map(|p| p.iter().copied().chain([0])).collect();
+    let out =
+        git("git check-ignore", dir)?.args(["check-ignore", "-z", "--stdin"]).stdin_bytes(input).run_unchecked(None)?;
+    // Exit 1: none is ignored.
+    match out.status.code() {
+        Some(0 | 1) => Ok(split_z(&out.stdout)),
+        _ => Err(error::infra(format!("`git check-ignore` in `{}` failed", dir.display()))
+            .hint(format!("fix what git says: {}", out.stderr_str().trim()))
+            .into()),
+    }
+}
+
+/// `core.excludesFile` as configured for `dir` (absent when it is not set).
+pub fn excludes_file(dir: &Path) -> Result<Option<PathBuf>> {
+    let out = git("git config", dir)?.args(["config", "--path", "--get", "core.excludesFile"]).run_unchecked(None)?;
+    // Exit 1: not set.
+    match out.status.code() {
+        Some(0) => Ok(Some(PathBuf::from(out.stdout_str().trim_end_matches('\n')))),
+        Some(1) => Ok(None),
+        _ => Err(error::infra(format!("`git config --get core.excludesFile` in `{}` failed", dir.display()))
+            .hint(format!("fix what git says: {}", out.stderr_str().trim()))
+            .into()),
+    }
+}
+
 /// Files below `dir` (relative to it) that differ between the work tree and `rev`:
 /// tracked changes (both sides of a rename) plus untracked-not-ignored files.
 pub fn changed_files(dir: &Path, rev: &str) -> Result<Vec<String>> {

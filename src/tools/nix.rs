@@ -140,6 +140,12 @@ impl Nix {
             .with_context(|| format!("parse the JSON printed by `nix eval {installable}`"))
     }
 
+    /// `nix eval --json <installable> --apply <fn>`, its output as printed (for a caller
+    /// that reads it in its own way, or keeps it).
+    pub fn eval_apply_output(&self, installable: &str, apply: &str) -> Result<Vec<u8>> {
+        Ok(self.nix("nix eval").args(["eval", "--json", installable, "--apply", apply]).run(None)?.stdout)
+    }
+
     /// The command that realizes `path` (a `.drv`, or an output path) with every output
     /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
     /// the others). Returned unrun so that job records can show it.
