@@ -302,7 +302,7 @@ impl JobInstance {
             error::infra(format!("instance `{}` could not start: a device source vanished: {what}", self.name)).hint(VANISHED_HINT)
         } else {
             error::infra(format!("instance `{}` could not start: {what}", self.name))
-                .hint("the container's log is in the job's `host.log` (`pikaci logs RUN --job JOB --host`); `pikaci doctor` checks the Incus setup")
+                .hint("the container's log is in the job's `host.log` (`pikaci logs RUN --job JOB --host`); `pikaci doctor` checks the Incus setup; a job's container runs without CAP_SYS_ADMIN, so an image whose init needs it (systemd) does not start: use pikaci's image (`pikaci image import`) or one like it (docs/runtimes.md)")
         }
         .into())
     }
