@@ -73,15 +73,23 @@ pub struct SharedBuilds {
 }
 
 impl SharedBuilds {
-    fn cell(&self, key: &str) -> Arc<OnceLock<String>> {
+    /// The derivation's cell, and whether another thread had asked for it already.
+    fn cell(&self, key: &str) -> (Arc<OnceLock<String>>, bool) {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        cells.entry(key.to_string()).or_default().clone()
+        let asked_before = cells.contains_key(key);
+        (cells.entry(key.to_string()).or_default().clone(), asked_before)
     }
 
     /// Run `realise` for the claim's derivation; while another thread runs the first one,
-    /// wait for it (the claim notes whom, and how long).
-    fn once<T>(&self, claim: &Claim, realise: impl Fn() -> T) -> T {
-        let cell = self.cell(claim.key);
+    /// wait for it (the claim notes whom, and how long). Unless `valid` says that the
+    /// outputs are in the store already: then there is nothing to build and nothing to
+    /// wait for (rooting valid outputs takes no lock), which `valid` checks only when
+    /// the other thread's realisation is still going.
+    fn once<T>(&self, claim: &Claim, valid: impl Fn() -> bool, realise: impl Fn() -> T) -> T {
+        let (cell, asked_before) = self.cell(claim.key);
+        if asked_before && cell.get().is_none() && valid() {
+            return realise();
+        }
         let mut first = None;
         let asked = Instant::now();
         let builder = cell.get_or_init(|| {
@@ -280,8 +288,11 @@ impl Preparing<'_> {
         let claim = Claim::new(&payload.drv_path, self.job_id);
         let realise = || self.realise_roots(payload, &claim);
         let (nix, placement, log) = (self.nix, self.placement, self.log);
-        let (roots, reproduce) =
-            self.shared.once(&claim, || self.across.realise(&claim, nix, placement, &outputs, log, &realise))?;
+        let (roots, reproduce) = self.shared.once(
+            &claim,
+            || placement.all_valid(nix, &outputs, log).unwrap_or(false),
+            || self.across.realise(&claim, nix, placement, &outputs, log, &realise),
+        )?;
         let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
             Some((m, mounts)) => (Some(m), mounts),
             None => (None, Vec::new()),
@@ -295,7 +306,8 @@ impl Preparing<'_> {
             mounted: mounted.to_string(),
             duration_ms: started.elapsed().saturating_sub(waited).as_millis() as u64,
             built_by: claim.built_by.into_inner(),
-            waited_ms: (!waited.is_zero()).then_some(waited.as_millis() as u64),
+            // A wait too short to read (the other job was done already) is not told.
+            waited_ms: (waited >= Duration::from_millis(10)).then_some(waited.as_millis() as u64),
             manifest,
             extra_mounts,
         };
@@ -333,5 +345,46 @@ impl Preparing<'_> {
             reproduce.push(cmd);
         }
         Ok((roots, reproduce))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// Job `a` realizes a derivation (for 400 ms); job `b` asks for it meanwhile. Returns
+    /// how long `b` took, and the job it says built it.
+    fn second_asks_while_first_realizes(valid: bool) -> (Duration, Option<String>) {
+        let shared = SharedBuilds::default();
+        let started = Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let claim = Claim::new("x.drv", "a");
+                shared.once(
+                    &claim,
+                    || false,
+                    || {
+                        started.wait();
+                        std::thread::sleep(Duration::from_millis(400));
+                    },
+                );
+            });
+            started.wait();
+            let claim = Claim::new("x.drv", "b");
+            let asked = Instant::now();
+            shared.once(&claim, || valid, || ());
+            (asked.elapsed(), claim.built_by.into_inner())
+        })
+    }
+
+    #[test]
+    fn a_job_waits_for_another_jobs_build_unless_the_outputs_are_valid_already() {
+        let (took, built_by) = second_asks_while_first_realizes(false);
+        assert!(took >= Duration::from_millis(300), "waited {took:?}");
+        assert_eq!(built_by.as_deref(), Some("a"));
+        let (took, built_by) = second_asks_while_first_realizes(true);
+        assert!(took < Duration::from_millis(300), "waited {took:?} for outputs that were valid");
+        assert_eq!(built_by, None);
     }
 }

@@ -164,6 +164,15 @@ impl Placement {
         Ok((roots, shown.display()))
     }
 
+    /// Whether every one of `paths` is valid in the host's store (`nix-store
+    /// --check-validity`, there).
+    pub fn all_valid(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {
+        match self {
+            Placement::Local => Ok(nix.check_validity_cmd(paths).run_unchecked(Some(log))?.status.success()),
+            Placement::Remote(remote) => remote.all_valid(nix, paths, log),
+        }
+    }
+
     /// The store closure of `paths` in the host's store (`nix-store --query --requisites`,
     /// there): what a job's guest gets to see of `/nix/store`.
     pub fn requisites(&self, nix: &Nix, paths: &[&str], log: &HostLog) -> Result<Vec<PathBuf>> {
