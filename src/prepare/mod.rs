@@ -305,8 +305,9 @@ impl Preparing<'_> {
             roots,
             mounted: mounted.to_string(),
             duration_ms: started.elapsed().saturating_sub(waited).as_millis() as u64,
-            built_by: claim.built_by.into_inner(),
-            // A wait too short to read (the other job was done already) is not told.
+            // Told only of a wait long enough to read: a job that found the other done
+            // already did not wait for a build of it (most often there was none).
+            built_by: claim.built_by.into_inner().filter(|_| waited >= Duration::from_millis(10)),
             waited_ms: (waited >= Duration::from_millis(10)).then_some(waited.as_millis() as u64),
             manifest,
             extra_mounts,
