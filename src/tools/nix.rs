@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Cmd, CommandFailed};
-use super::log::HostLog;
 use crate::error;
 
 /// The Nix installation pikaci talks to.
@@ -188,12 +187,7 @@ impl Nix {
     }
 
     /// `nix-store --query --requisites PATH...`: the store closure of the paths, with
-    /// one call for all of them.
-    pub fn requisites(&self, paths: &[&str], log: Option<&HostLog>) -> Result<Vec<PathBuf>> {
-        Ok(self.requisites_cmd(paths).run(log)?.stdout_paths())
-    }
-
-    /// The command of [`Nix::requisites`], unrun (a placement runs it on its host).
+    /// one call for all of them; unrun (a placement runs it on its host).
     pub fn requisites_cmd(&self, paths: &[&str]) -> Cmd {
         Cmd::new("nix-store --query --requisites", &self.nix_store).args(["--query", "--requisites"]).args(paths)
     }

@@ -153,12 +153,8 @@ impl Placement {
         watch: &mut dyn BuildWatch,
     ) -> Result<(Vec<PathBuf>, String)> {
         let host_link = self.host_path(link)?;
-        let on_host = |cmd: Cmd| match self {
-            Placement::Local => Ok(cmd),
-            Placement::Remote(remote) => remote.command_like(&cmd),
-        };
-        let shown = on_host(nix.realise_cmd(path, &host_link))?;
-        let cmd = on_host(nix.realise_cmd(path, &host_link).args(LOG_FORMAT_ARGS))?;
+        let shown = self.on_host(nix.realise_cmd(path, &host_link))?;
+        let cmd = self.on_host(nix.realise_cmd(path, &host_link).args(LOG_FORMAT_ARGS))?;
         let out = run_realise(&cmd, log, watch)?;
         let roots = out.stdout_paths();
         Ok((roots, shown.display()))
@@ -167,20 +163,21 @@ impl Placement {
     /// Whether every one of `paths` is valid in the host's store (`nix-store
     /// --check-validity`, there).
     pub fn all_valid(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {
-        match self {
-            Placement::Local => Ok(nix.check_validity_cmd(paths).run_unchecked(Some(log))?.status.success()),
-            Placement::Remote(remote) => remote.all_valid(nix, paths, log),
-        }
+        Ok(self.on_host(nix.check_validity_cmd(paths))?.run_unchecked(Some(log))?.status.success())
     }
 
     /// The store closure of `paths` in the host's store (`nix-store --query --requisites`,
     /// there): what a job's guest gets to see of `/nix/store`.
     pub fn requisites(&self, nix: &Nix, paths: &[&str], log: &HostLog) -> Result<Vec<PathBuf>> {
+        Ok(self.on_host(nix.requisites_cmd(paths))?.run(Some(log))?.stdout_paths())
+    }
+
+    /// A command of this machine's tools, to run on the host: as it is here; through SSH,
+    /// by its program's name, on an SSH host.
+    fn on_host(&self, cmd: Cmd) -> Result<Cmd> {
         match self {
-            Placement::Local => nix.requisites(paths, Some(log)),
-            Placement::Remote(remote) => {
-                Ok(remote.command_like(&nix.requisites_cmd(paths))?.run(Some(log))?.stdout_paths())
-            }
+            Placement::Local => Ok(cmd),
+            Placement::Remote(remote) => remote.command_like(&cmd),
         }
     }
 
@@ -198,7 +195,7 @@ impl Placement {
         if here == there {
             return Ok(None);
         }
-        if here.all_valid(nix, paths, log)? {
+        if self.all_valid(nix, paths, log)? {
             log.line(&format!("payload outputs are valid on `{}` already: not sent", here.host));
             return Ok(None);
         }

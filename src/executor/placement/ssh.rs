@@ -81,12 +81,6 @@ impl RemoteHost {
         Ok(copy.display())
     }
 
-    /// True when every path is valid in the host's store (`nix-store --check-validity`).
-    pub fn all_valid(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {
-        let out = self.command_like(&nix.check_validity_cmd(paths))?.run_unchecked(Some(log))?;
-        Ok(out.status.success())
-    }
-
     /// Copy store paths (with their closures) from another SSH host's store into this
     /// host's, with Nix's own copying (`nix copy --from ssh://A --to ssh://B`; the bytes
     /// pass through this process, not this machine's store). Returns the command.
