@@ -55,6 +55,7 @@ const PROBE_FLAKE: &str = r#"{
         missing-program = lane [ "/no/such/program" ] { };
         env = lane [ "/usr/bin/env" ] { env = { LANE_VAR = "x"; }; };
         a-lane-id-of-the-longest-length-allowed-48-chars = lane [ "/bin/true" ] { };
+        fresh = lane [ "/bin/sh" "-c" "if [ -e /var/pikaci-used ]; then echo REUSED; exit 1; fi; touch /var/pikaci-used; echo fresh" ] { };
       };
     };
 }
@@ -961,4 +962,190 @@ fn without_incus_doctor_says_so_in_one_line_and_gc_stays_quiet() {
     let out: Run = pikaci().env("PATH", bin.path()).arg("gc").current_dir(dir.path()).output().unwrap().into();
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------------------
+// The warm pool (on for these tests only: `tests/common` turns it off)
+
+/// `pikaci ARGS --flake path:FLAKE` with a warm pool of one, whose instances wait
+/// `idle_secs` for a job.
+fn run_pooled(flake: &Path, args: &[&str], idle_secs: u64) -> Run {
+    pikaci()
+        .env("PIKACI_INCUS_POOL", "1")
+        .env("PIKACI_INCUS_POOL_IDLE", idle_secs.to_string())
+        .args(args)
+        .arg("--flake")
+        .arg(format!("path:{}", flake.display()))
+        .output()
+        .expect("run pikaci")
+        .into()
+}
+
+/// The pool's entries (instance names), as the state root holds them.
+fn pool_entries(flake: &Path) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(flake.join(".pikaci/incus-pool")) else { return Vec::new() };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| read_json(&p)["instance"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The entry the run's end made in the background (other than `not`).
+fn wait_pool_entry(flake: &Path, not: Option<&str>) -> String {
+    wait_for("the warm pool's refill", Duration::from_secs(90), || {
+        pool_entries(flake).into_iter().find(|n| Some(n.as_str()) != not)
+    })
+}
+
+fn only_run_dir_newest(flake: &Path) -> PathBuf {
+    let mut runs: Vec<PathBuf> =
+        fs::read_dir(flake.join(".pikaci/runs")).unwrap().flatten().map(|e| e.path()).collect();
+    runs.sort();
+    runs.pop().unwrap()
+}
+
+#[test]
+fn the_warm_pool_gives_the_next_run_a_started_instance_used_once_and_gc_empties_it() {
+    setup();
+    let flake = probe_flake("unused");
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    let first = only_run(flake.path());
+    let run_id = first.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(job_json(&first, "fresh")["instance"], naming::instance_name(&run_id, "fresh"), "no pool yet");
+
+    // The run's end made one started, empty instance, tagged for the pool and not for a run.
+    let pooled = wait_pool_entry(flake.path(), None);
+    let info = incus(&["query", &format!("/1.0/instances/{pooled}")]).json();
+    assert_eq!(info["status"], "Running", "{info}");
+    assert_eq!(info["config"]["user.pikaci.state_root"], *state_root(flake.path()).to_string_lossy());
+    assert!(info["config"]["user.pikaci.pool"].is_string(), "{info}");
+    assert!(info["config"].get("user.pikaci.run").is_none(), "{info}");
+    assert!(info["devices"].as_object().is_none_or(|d| d.is_empty()), "no job's devices yet: {info}");
+
+    // The next run's job runs in it, once: a fresh instance, deleted after the job.
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("fresh") && !out.stdout.contains("REUSED"), "{}", out.stdout);
+    let second = only_run_dir_newest(flake.path());
+    let job = job_json(&second, "fresh");
+    assert_eq!(job["instance"], *pooled, "{job}");
+    assert!(host_log(&second, "fresh").contains(&format!("instance `{pooled}` of the warm pool")));
+    assert!(!instance_exists(&pooled), "a pool instance runs one job and is deleted");
+
+    // And the run after that gets another one, never the same.
+    let next = wait_pool_entry(flake.path(), Some(&pooled));
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("REUSED"), "{}", out.stdout);
+    assert_eq!(job_json(&only_run_dir_newest(flake.path()), "fresh")["instance"], *next);
+
+    // gc empties the pool: no instance of this state root, no entry.
+    wait_pool_entry(flake.path(), Some(&next));
+    let out = run_in(flake.path(), &["gc"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(pool_entries(flake.path()).is_empty());
+    assert_no_instance_left(flake.path());
+}
+
+#[test]
+fn an_idle_pool_instance_powers_itself_off_and_is_never_claimed_late() {
+    setup();
+    let flake = probe_flake("unused");
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 5);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pooled = wait_pool_entry(flake.path(), None);
+    // Nothing of pikaci runs now: the instance's own timer stops it, and Incus deletes it.
+    wait_for("the idle instance to go", Duration::from_secs(60), || (!instance_exists(&pooled)).then_some(()));
+    assert_eq!(pool_entries(flake.path()), std::slice::from_ref(&pooled), "its entry stays until a run or gc looks");
+
+    // The next run takes the expired entry out and makes its own instance.
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 5);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run_dir = only_run_dir_newest(flake.path());
+    let run_id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(job_json(&run_dir, "fresh")["instance"], naming::instance_name(&run_id, "fresh"));
+    assert!(host_log(&run_dir, "fresh").contains(&format!("`{pooled}` of the warm pool idled too long")));
+    let out = run_in(flake.path(), &["gc"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_instance_left(flake.path());
+}
+
+#[test]
+fn a_pool_instance_of_an_image_replaced_since_is_not_used() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let (old, new) = (unique("old-marker"), unique("new-marker"));
+    let image = TestImage::import(&unique("pooled"), &image_tarball(&work.path().join("old"), true, Some(&old), 0));
+    let flake = probe_flake(&image.alias);
+    let out = run_pooled(flake.path(), &["run", "marker-by-lane", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&old), "{}", out.stdout);
+    let pooled = wait_pool_entry(flake.path(), None);
+
+    // The alias now names another image: the instance made from the old one is not used.
+    let tarball = image_tarball(&work.path().join("new"), true, Some(&new), 0);
+    let replaced: Run = pikaci()
+        .args(["image", "import", "--force", "--alias", &image.alias, "--from"])
+        .arg(&tarball)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(replaced.code, 0, "{replaced:?}");
+    let out = run_pooled(flake.path(), &["run", "marker-by-lane", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&new) && !out.stdout.contains(&old), "{}", out.stdout);
+    let run_dir = only_run_dir_newest(flake.path());
+    assert_ne!(job_json(&run_dir, "marker-by-lane")["instance"], *pooled);
+    assert!(
+        host_log(&run_dir, "marker-by-lane").contains(&format!("`{pooled}` of the warm pool cannot be this job's"))
+    );
+    assert!(!instance_exists(&pooled));
+    wait_pool_entry(flake.path(), Some(&pooled));
+    let out = run_in(flake.path(), &["gc"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_instance_left(flake.path());
+}
+
+#[test]
+fn ctrl_c_in_a_job_on_a_pool_instance_removes_it_and_refills_nothing() {
+    setup();
+    let flake = probe_flake("unused");
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pooled = wait_pool_entry(flake.path(), None);
+    let refill_log = flake.path().join(".pikaci/incus-pool/refill.log");
+    let refills = || fs::read_to_string(&refill_log).unwrap_or_default().matches("refill of").count();
+    assert_eq!(refills(), 1);
+
+    let mut child = pikaci()
+        .env("PIKACI_INCUS_POOL", "1")
+        .env("PIKACI_INCUS_POOL_IDLE", "300")
+        .args(["run", "sleepy", "--runtime", "incus", "--flake", &format!("path:{}", flake.path().display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_dir = wait_for("the second run", Duration::from_secs(60), || {
+        let dir = only_run_dir_newest(flake.path());
+        let log = fs::read_to_string(dir.join("jobs/sleepy/guest.log")).ok()?;
+        log.contains("started").then_some(dir)
+    });
+    assert!(host_log(&run_dir, "sleepy").contains(&format!("instance `{pooled}` of the warm pool")));
+    signal(child.id(), "-INT");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_eq!(job_json(&run_dir, "sleepy")["instance"], *pooled);
+    assert!(!instance_exists(&pooled), "the claimed instance is deleted");
+    // An interrupted run starts no refill (a refill's first line is written as it
+    // starts): nothing of this state root is left at all.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(refills(), 1, "{}", fs::read_to_string(&refill_log).unwrap());
+    assert!(pool_entries(flake.path()).is_empty(), "{:?}", pool_entries(flake.path()));
+    assert_no_instance_left(flake.path());
 }

@@ -122,6 +122,18 @@ pub enum Command {
     /// Manage the Incus guest image.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Fill the state root's warm pool of started Incus instances (what a run's end
+    /// starts in the background; docs/runtimes.md).
+    #[command(hide = true)]
+    PoolRefill {
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        size: usize,
+        /// Seconds an unclaimed instance waits for a job.
+        #[arg(long)]
+        idle: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +269,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             let flake = FlakeSource::resolve(cli.flake.as_deref())?;
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
             print_snapshot(&flake, &state)
+        }
+        Command::PoolRefill { image, size, idle } => {
+            let state_root =
+                cli.state_root.as_deref().ok_or_else(|| anyhow::anyhow!("`pool-refill` needs `--state-root`"))?;
+            let settings =
+                crate::executor::runtime::incus::PoolSettings { size, idle: std::time::Duration::from_secs(idle) };
+            crate::executor::runtime::incus::refill_pool(state_root, &image, settings)?;
+            Ok(exit::SUCCESS)
         }
         Command::Image(ImageCommand::Import { alias, from, force, remote }) => {
             import_image(&alias, from.as_deref(), force, remote.as_deref())

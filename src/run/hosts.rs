@@ -16,7 +16,7 @@ use anyhow::Result;
 use super::hosts_file::HostsFile;
 use super::setup::{Choices, RuntimeSlot};
 use crate::error;
-use crate::executor::runtime::incus::IncusRuntime;
+use crate::executor::runtime::incus::{IncusRuntime, PoolSettings};
 use crate::executor::{Placement, RuntimeChoice, placement, select_runtime};
 use crate::plan::PlannedJob;
 use crate::prepare::SharedBuilds;
@@ -111,10 +111,11 @@ fn runtime_for(needed: bool, choices: &Choices, placement: &Placement, member: O
         return Ok(RuntimeSlot::NotNeeded);
     }
     let image = choices.image.as_deref();
+    let pool = PoolSettings::from_env(choices.parallelism)?;
     let connected = match member {
         Some(member) => IncusRuntime::connect_member(placement, Some(member), image, &choices.state.root)
             .map(|r| Box::new(r) as Box<dyn crate::executor::Runtime>),
-        None => select_runtime(choices.runtime, placement, image, &choices.state.root),
+        None => select_runtime(choices.runtime, placement, image, &choices.state.root, pool),
     };
     match connected {
         Ok(runtime) => Ok(RuntimeSlot::Ready(runtime)),

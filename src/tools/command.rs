@@ -275,6 +275,18 @@ impl Cmd {
         }
     }
 
+    /// Start it and let it go on without pikaci: in a process group of its own (Ctrl-C
+    /// at the terminal does not reach it), output discarded, never waited for. For work
+    /// that is to outlive the run that starts it.
+    pub fn spawn_detached(&self) -> Result<()> {
+        let expr = self.expression().before_spawn(|c| {
+            std::os::unix::process::CommandExt::process_group(c, 0);
+            Ok(())
+        });
+        expr.stdout_null().stderr_null().start().map_err(|e| spawn_error(&self.label, &self.program, e))?;
+        Ok(())
+    }
+
     /// Run to completion; a non-zero exit is an error ([`CommandFailed`]).
     pub fn run(&self, log: Option<&HostLog>) -> Result<CmdOutput> {
         let out = self.run_unchecked(log)?;

@@ -201,9 +201,14 @@ impl Incus {
     /// pikaci's job instances may take them only because they run without
     /// `CAP_SYS_ADMIN` (`executor::runtime::incus::spec::DROPPED_CAPABILITIES`).
     pub fn add_devices_cmd(&self, name: &str, devices: &BTreeMap<String, BTreeMap<String, String>>) -> Cmd {
-        let body = serde_json::json!({ "devices": devices }).to_string();
+        self.patch_cmd(name, &serde_json::json!({ "devices": devices }))
+    }
+
+    /// `PATCH /1.0/instances/NAME`: the keys of `body` (`description`, `config`,
+    /// `devices`) are merged into the instance's, in one API call.
+    pub fn patch_cmd(&self, name: &str, body: &serde_json::Value) -> Cmd {
         let path = format!("/1.0/instances/{}", url_segment(name));
-        self.command("incus query -X PATCH", &["query", "-X", "PATCH", &path, "--data", &body])
+        self.command("incus query -X PATCH", &["query", "-X", "PATCH", &path, "--data", &body.to_string()])
     }
 
     pub fn start_cmd(&self, name: &str) -> Cmd {

@@ -25,6 +25,10 @@ pub fn pikaci() -> Command {
     // builds there. Fixtures build with a busybox from the store (`add_build_tools`); the
     // few that need the host's tools turn it off and say why.
     cmd.env_remove("PIKACI_STATE_ROOT").env("NO_COLOR", "1").env("NIX_CONFIG", "sandbox = true");
+    // No warm pool of Incus instances kept between runs: every test has a state root of
+    // its own, gone with it, and checks that its runs leave no instance. The pool's own
+    // tests (tests/incus.rs) turn it on.
+    cmd.env("PIKACI_INCUS_POOL", "0").env_remove("PIKACI_INCUS_POOL_IDLE");
     cmd
 }
 

@@ -110,9 +110,11 @@ pub fn select_runtime(
     placement: &Placement,
     image: Option<&str>,
     state_root: &Path,
+    pool: incus::PoolSettings,
 ) -> Result<Box<dyn Runtime>> {
+    let incus = || incus::IncusRuntime::connect(placement, image, state_root).map(|r| r.with_pool(state_root, pool));
     match choice {
-        RuntimeChoice::Incus => Ok(Box::new(incus::IncusRuntime::connect(placement, image, state_root)?)),
+        RuntimeChoice::Incus => Ok(Box::new(incus()?)),
         RuntimeChoice::Bwrap => {
             if !placement.is_local() {
                 return Err(error::usage("the bwrap runtime runs jobs on this machine only")
@@ -122,7 +124,7 @@ pub fn select_runtime(
             Ok(Box::new(bwrap::BwrapRuntime::locate()?))
         }
         RuntimeChoice::Auto => {
-            let incus_err = match incus::IncusRuntime::connect(placement, image, state_root) {
+            let incus_err = match incus() {
                 Ok(rt) => return Ok(Box::new(rt)),
                 Err(e) => e,
             };

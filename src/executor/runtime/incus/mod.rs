@@ -17,6 +17,7 @@
 
 mod image;
 pub mod naming;
+mod pool;
 mod reap;
 mod remote_image;
 pub mod spec;
@@ -36,6 +37,7 @@ use crate::tools::incus::{Incus, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait, is_not_
 use crate::tools::log::HostLog;
 
 pub use image::{build_default_image, import_image};
+pub use pool::{PoolSettings, refill_now as refill_pool};
 pub use reap::{orphans, reap_orphans, reap_orphans_with};
 pub use spec::InstancePlan;
 
@@ -53,6 +55,12 @@ pub struct IncusRuntime {
     placement: Placement,
     /// Instances started ahead of their jobs, and deletions under way.
     warmed: warm::Warmed,
+    /// Started instances kept between runs (this machine's daemon only).
+    pool: std::sync::Arc<pool::Pool>,
+    /// The images whose pools the run's end refills, each with the `host.log` of the
+    /// last job that used it (which tells of the refill) and how many jobs did.
+    pool_images: std::sync::Mutex<std::collections::BTreeMap<String, (HostLog, usize)>>,
+    state_root: std::path::PathBuf,
 }
 
 impl IncusRuntime {
@@ -77,14 +85,27 @@ impl IncusRuntime {
         }
         let probed = if incus.is_local() && member.is_none() { take_early_probe() } else { None };
         probed.unwrap_or_else(|| incus.server()).map_err(|e| daemon_error(&incus, e))?;
-        let state_root_tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
+        let state_root_tag =
+            state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf()).to_string_lossy().into_owned();
         Ok(IncusRuntime {
             incus,
             default_image: image.unwrap_or(DEFAULT_IMAGE).to_string(),
-            state_root_tag: state_root_tag.to_string_lossy().into_owned(),
+            state_root_tag: state_root_tag.clone(),
             placement: placement.clone(),
             warmed: warm::Warmed::default(),
+            pool: std::sync::Arc::new(pool::Pool::new(state_root, &state_root_tag, PoolSettings::OFF)),
+            pool_images: Default::default(),
+            state_root: state_root.to_path_buf(),
         })
+    }
+
+    /// Keep a warm pool of `settings.size` started instances between runs (see
+    /// [`pool`]); on this machine's daemon only, else nothing changes.
+    pub fn with_pool(mut self, state_root: &Path, settings: PoolSettings) -> IncusRuntime {
+        if self.incus.is_local() && self.incus.member().is_none() {
+            self.pool = std::sync::Arc::new(pool::Pool::new(state_root, &self.state_root_tag, settings));
+        }
+        self
     }
 
     pub fn incus(&self) -> &Incus {
@@ -120,8 +141,7 @@ impl Runtime for IncusRuntime {
         report.instance = Some(plan.name.clone());
         report.reproduce.extend(plan.reproduce(&self.incus, ctx));
         io.host_log.line(&format!(
-            "incus: instance `{}` from image `{}` on {}",
-            plan.name,
+            "incus: the job's instance is of image `{}` on {}",
             plan.image,
             self.incus.location()
         ));
@@ -146,9 +166,16 @@ impl Runtime for IncusRuntime {
                 instance
             }
         };
-        let outcome =
-            check_interrupted(&plan.name, "before the command ran in").and_then(|()| instance.exec(&plan, ctx, io));
+        // A pool instance has a name of its own.
+        report.instance = Some(instance.name().to_string());
+        let outcome = check_interrupted(instance.name(), "before the command ran in")
+            .and_then(|()| instance.exec(&plan, ctx, io));
         self.warmed.delete_in_background(instance);
+        if self.pool.enabled() {
+            let mut images = self.pool_images.lock().unwrap_or_else(|p| p.into_inner());
+            let used = images.entry(plan.image.clone()).or_insert_with(|| (io.host_log.clone(), 0));
+            *used = (io.host_log.clone(), used.1 + 1);
+        }
         outcome
     }
 
@@ -164,7 +191,7 @@ impl Runtime for IncusRuntime {
         let image = job.image.as_deref().unwrap_or(&self.default_image);
         // A plan that cannot be made is reported by the job itself, when it gets there.
         if let Ok(plan) = InstancePlan::base(job, &self.placement, image, &self.state_root_tag) {
-            self.warmed.start(&self.incus, plan, &job.host_log);
+            self.warmed.start(&self.incus, &self.pool, plan, &job.host_log);
         }
     }
 
@@ -178,7 +205,16 @@ impl Runtime for IncusRuntime {
     }
 
     fn finish(&self) -> Vec<String> {
-        self.warmed.finish()
+        let left = self.warmed.finish();
+        if !crate::signals::interrupted() {
+            // As many as the run used, up to the pool's size: a run of one lane keeps one.
+            for (image, (log, used)) in std::mem::take(&mut *self.pool_images.lock().unwrap_or_else(|p| p.into_inner()))
+            {
+                let settings = PoolSettings { size: self.pool.settings().size.min(used), ..self.pool.settings() };
+                pool::refill_detached(&self.state_root, &image, settings, &log);
+            }
+        }
+        left
     }
 }
 
@@ -215,6 +251,8 @@ pub struct JobInstance {
     name: String,
     pub(super) log: HostLog,
     live: bool,
+    /// Claimed from the warm pool: it has none of the job's tags and devices yet.
+    from_pool: bool,
 }
 
 impl JobInstance {
@@ -227,7 +265,13 @@ impl JobInstance {
             plan.name,
             compact_json(&plan.spec.to_json())
         ));
-        let mut instance = JobInstance { incus: incus.clone(), name: plan.name.clone(), log: log.clone(), live: false };
+        let mut instance = JobInstance {
+            incus: incus.clone(),
+            name: plan.name.clone(),
+            log: log.clone(),
+            live: false,
+            from_pool: false,
+        };
         match incus.run(&cmd, Some(log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
             Ok(_) => {
                 instance.live = true;
@@ -246,18 +290,40 @@ impl JobInstance {
         }
     }
 
+    /// A started instance made elsewhere (the warm pool's): this job's from now on, and
+    /// deleted like one it created.
+    pub fn adopt(incus: &Incus, name: &str, log: &HostLog) -> JobInstance {
+        JobInstance { incus: incus.clone(), name: name.to_string(), log: log.clone(), live: true, from_pool: true }
+    }
+
+    /// Leave the instance running: the warm pool keeps it.
+    pub fn keep(mut self) {
+        self.live = false;
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Add the devices the plan has and a warmed (running) instance lacks, in one call
     /// (see [`warm`] for why that is safe: the container runs without `CAP_SYS_ADMIN`).
+    /// An instance of the warm pool lacks them all, and the job's description and tags:
+    /// the same call adds those.
     pub fn add_devices(&self, plan: &InstancePlan) -> Result<()> {
-        let devices = plan.later_devices();
-        if devices.is_empty() {
-            return Ok(());
-        }
-        let cmd = self.incus.add_devices_cmd(&self.name, &devices);
+        let cmd = if self.from_pool {
+            let tags: serde_json::Map<String, serde_json::Value> = (plan.spec.config.iter())
+                .filter(|(k, _)| k.starts_with("user."))
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let body = serde_json::json!({ "description": plan.spec.description, "config": tags, "devices": plan.spec.devices });
+            self.incus.patch_cmd(&self.name, &body)
+        } else {
+            let devices = plan.later_devices();
+            if devices.is_empty() {
+                return Ok(());
+            }
+            self.incus.add_devices_cmd(&self.name, &devices)
+        };
         self.incus.run(&cmd, Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)).map(drop).map_err(|e| {
             let what = incus_failure(&e);
             let err = error::infra(format!("could not add the payloads to instance `{}`: {what}", self.name));
@@ -403,7 +469,7 @@ impl Drop for JobInstance {
 const VANISHED_HINT: &str = "a payload, the snapshot or the artifacts directory was removed before the job started \
      (a concurrent `pikaci gc` or `nix-store --delete`?); run the job again";
 
-fn instance_path(name: &str) -> String {
+pub(super) fn instance_path(name: &str) -> String {
     format!("/1.0/instances/{}", crate::tools::incus::url_segment(name))
 }
 

@@ -20,6 +20,9 @@ pub const TAG_JOB: &str = "user.pikaci.job";
 /// `user.pikaci.state_root`: the canonical state root of that run; `pikaci gc` of this
 /// state root reaps the instance once the run is no longer live.
 pub const TAG_STATE_ROOT: &str = "user.pikaci.state_root";
+/// `user.pikaci.pool`: on an instance of the warm pool, when it was made (Unix seconds).
+/// One without [`TAG_RUN`] waits for a job; a job that claims it adds its own tags.
+pub const TAG_POOL: &str = "user.pikaci.pool";
 
 pub const MAX_INSTANCE_NAME: usize = 63;
 pub const MAX_DEVICE_NAME: usize = 63;

@@ -15,9 +15,14 @@ use crate::tools::incus::{Incus, InstanceInfo, LIFECYCLE_TIMEOUT, Wait};
 /// names, or `None` when Incus is absent or its daemon does not answer (nothing could
 /// be looked for; the caller knows whether that matters). Instances of other state
 /// roots, of live runs, and instances pikaci did not tag are never touched.
+///
+/// The warm pool of the state root ([`super::pool`]) is emptied too: its instances are
+/// among the names returned.
 pub fn reap_orphans(state: &StateRoot) -> Result<Option<Vec<String>>> {
     let Ok(incus) = Incus::local() else { return Ok(None) };
-    reap_orphans_with(&incus, state)
+    let Some(mut reaped) = reap_orphans_with(&incus, state)? else { return Ok(None) };
+    reaped.extend(super::pool::drain(&incus, &state.root, &canonical_tag(&state.root))?);
+    Ok(Some(reaped))
 }
 
 /// [`reap_orphans`] on the daemon `incus` talks to (this machine's, or a remote host's

@@ -15,11 +15,12 @@
 //! reaps what a killed pikaci leaves, by its tags.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Result;
 
+use super::pool::Pool;
 use super::{InstancePlan, JobInstance, check_interrupted};
 use crate::tools::command::is_interrupted;
 use crate::tools::incus::Incus;
@@ -45,13 +46,28 @@ impl Warmed {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Create and start the instance of `plan` in the background. Its calls go to the
+    /// Get the instance of `plan` ready in the background: one of the warm pool's when
+    /// there is one to claim, else one created and started now. Its calls go to the
     /// job's `host.log`, like every other of the job's calls.
-    pub fn start(&self, incus: &Incus, plan: InstancePlan, log: &HostLog) {
+    pub fn start(&self, incus: &Incus, pool: &Arc<Pool>, plan: InstancePlan, log: &HostLog) {
         let log = log.clone();
         let incus = incus.clone();
         let name = plan.name.clone();
+        let claimed = if pool.enabled() { pool.claim(&plan.image) } else { Default::default() };
+        for expired in claimed.expired {
+            log.line(&format!("incus: `{expired}` of the warm pool idled too long; deleting it"));
+            self.delete_in_background(JobInstance::adopt(&incus, &expired, &log));
+        }
         let handle = std::thread::spawn(move || {
+            if let Some(entry) = claimed.entry {
+                match Pool::adopt(&incus, &entry, &plan, &log) {
+                    Ok(instance) => return Ok(instance),
+                    Err(e) if is_interrupted(&e) => return Err(e),
+                    Err(e) => {
+                        log.line(&format!("incus: `{}` of the warm pool cannot be this job's: {e:#}", entry.instance))
+                    }
+                }
+            }
             log.line(&format!("incus: creating instance `{}` while the job's payloads are realized", plan.name));
             check_interrupted(&plan.name, "before the creation of")?;
             let instance = JobInstance::create(&incus, &plan, &log)?;
@@ -118,8 +134,8 @@ impl Warm {
     /// The instance started ahead, with the job's other devices added.
     pub fn ready(self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
         let instance = self.join()?;
-        log.line(&format!("incus: instance `{}` was started ahead; adding the job's devices", plan.name));
-        check_interrupted(&plan.name, "before the devices were added to")?;
+        log.line(&format!("incus: instance `{}` was started ahead; adding the job's devices", instance.name()));
+        check_interrupted(instance.name(), "before the devices were added to")?;
         instance.add_devices(plan)?;
         Ok(instance)
     }
