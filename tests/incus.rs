@@ -1070,6 +1070,7 @@ fn an_idle_pool_instance_powers_itself_off_and_is_never_claimed_late() {
     let run_id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(job_json(&run_dir, "fresh")["instance"], naming::instance_name(&run_id, "fresh"));
     assert!(host_log(&run_dir, "fresh").contains(&format!("`{pooled}` of the warm pool idled too long")));
+    wait_pool_entry(flake.path(), Some(&pooled));
     let out = run_in(flake.path(), &["gc"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_no_instance_left(flake.path());
@@ -1147,5 +1148,28 @@ fn ctrl_c_in_a_job_on_a_pool_instance_removes_it_and_refills_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(refills(), 1, "{}", fs::read_to_string(&refill_log).unwrap());
     assert!(pool_entries(flake.path()).is_empty(), "{:?}", pool_entries(flake.path()));
+    assert_no_instance_left(flake.path());
+}
+
+#[test]
+fn a_pool_instance_deleted_behind_pikacis_back_is_passed_over() {
+    setup();
+    let flake = probe_flake("unused");
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pooled = wait_pool_entry(flake.path(), None);
+    // As a reboot of the host would (its instances are ephemeral).
+    assert_eq!(incus(&["delete", "--force", &pooled]).code, 0);
+
+    let out = run_pooled(flake.path(), &["run", "fresh", "--runtime", "incus"], 300);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run_dir = only_run_dir_newest(flake.path());
+    let run_id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(job_json(&run_dir, "fresh")["instance"], naming::instance_name(&run_id, "fresh"));
+    let log = host_log(&run_dir, "fresh");
+    assert!(log.contains(&format!("`{pooled}` of the warm pool cannot be this job's: it is not running")), "{log}");
+    wait_pool_entry(flake.path(), Some(&pooled));
+    let out = run_in(flake.path(), &["gc"]);
+    assert_eq!(out.code, 0, "{out:?}");
     assert_no_instance_left(flake.path());
 }

@@ -185,6 +185,12 @@ impl Pool {
             entry.age(unix_now()).as_secs()
         ));
         check_interrupted(&entry.instance, "before the claim of")?;
+        // Still there and running (a reboot, or someone's `incus delete`, ends it), and
+        // made from the image the lane's alias names now.
+        let info =
+            incus.query(&super::instance_path(&entry.instance), Some(log), Wait::Interruptible(QUERY_TIMEOUT))?;
+        let status = info.as_ref().and_then(|i| i["status"].as_str()).unwrap_or("gone");
+        anyhow::ensure!(status == "Running", "it is not running (status: {status})");
         let target = incus.alias_target(&plan.image)?;
         anyhow::ensure!(
             target.as_deref() == Some(entry.fingerprint.as_str()),
