@@ -177,20 +177,39 @@ impl Pool {
     /// Make a claimed instance the job's, once the lane's image alias is found to point
     /// at the image it was made from. Its tags and devices are added later, all in one
     /// `PATCH` ([`JobInstance::add_devices`]). On failure the instance is deleted.
-    pub fn adopt(incus: &Incus, entry: &Entry, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
-        let instance = JobInstance::adopt(incus, &entry.instance, log);
+    pub fn adopt(
+        incus: &Incus,
+        entry: &Entry,
+        plan: &InstancePlan,
+        state_root_tag: &str,
+        log: &HostLog,
+    ) -> Result<JobInstance> {
         log.line(&format!(
             "incus: instance `{}` of the warm pool (started {}s ago) is the job's",
             entry.instance,
             entry.age(unix_now()).as_secs()
         ));
         check_interrupted(&entry.instance, "before the claim of")?;
-        // Still there and running (a reboot, or someone's `incus delete`, ends it), and
-        // made from the image the lane's alias names now.
-        let info =
-            incus.query(&super::instance_path(&entry.instance), Some(log), Wait::Interruptible(QUERY_TIMEOUT))?;
-        let status = info.as_ref().and_then(|i| i["status"].as_str()).unwrap_or("gone");
+        let info = incus
+            .query(&super::instance_path(&entry.instance), Some(log), Wait::Interruptible(QUERY_TIMEOUT))?
+            .context("it is not running (status: gone)")?;
+        // An entry alone does not make an instance the pool's: its tags must (else it is
+        // left alone, not deleted).
+        anyhow::ensure!(
+            is_unclaimed_pool_instance(&info["config"], state_root_tag),
+            "it is not an unclaimed pool instance of this state root"
+        );
+        let instance = JobInstance::adopt(incus, &entry.instance, log);
+        // Still running (a reboot, or someone's `incus delete`, ends it), made as a job's
+        // is, and from the image the lane's alias names now.
+        let status = info["status"].as_str().unwrap_or("unknown");
         anyhow::ensure!(status == "Running", "it is not running (status: {status})");
+        let config = |key: &str| info["config"][key].as_str();
+        anyhow::ensure!(
+            config("raw.lxc") == Some(DROPPED_CAPABILITIES)
+                && config("volatile.base_image") == Some(entry.fingerprint.as_str()),
+            "it was not made as a job's instance is now"
+        );
         let target = incus.alias_target(&plan.image)?;
         anyhow::ensure!(
             target.as_deref() == Some(entry.fingerprint.as_str()),
@@ -199,6 +218,17 @@ impl Pool {
             target.as_deref().unwrap_or("nothing")
         );
         Ok(instance)
+    }
+
+    /// Delete the instance of an expired entry, when its tags make it this pool's.
+    pub fn delete_expired(incus: &Incus, name: &str, state_root_tag: &str, log: &HostLog) -> Result<()> {
+        let Some(info) = incus.query(&super::instance_path(name), Some(log), Wait::ToCompletion(QUERY_TIMEOUT))? else {
+            return Ok(());
+        };
+        if is_unclaimed_pool_instance(&info["config"], state_root_tag) {
+            JobInstance::adopt(incus, name, log).delete()?;
+        }
+        Ok(())
     }
 
     /// How many replacements for `image` the pool wants: its size less the claimable
@@ -287,6 +317,14 @@ impl Pool {
     }
 }
 
+/// Whether an instance's config makes it an instance a refill of this state root made
+/// and no job has claimed.
+fn is_unclaimed_pool_instance(config: &serde_json::Value, state_root_tag: &str) -> bool {
+    config[TAG_POOL].is_string()
+        && config[super::naming::TAG_RUN].is_null()
+        && config[TAG_STATE_ROOT].as_str() == Some(state_root_tag)
+}
+
 /// The log of the latest refill, in the pool's directory.
 pub const REFILL_LOG: &str = "refill.log";
 
@@ -340,20 +378,23 @@ const UNENTERED_GRACE: Duration = Duration::from_secs(120);
 /// run's tags, once older than [`UNENTERED_GRACE`] (a pikaci killed while making it). Returns the names of the instances deleted.
 pub fn drain(incus: &Incus, state_root: &Path, state_root_tag: &str) -> Result<Vec<String>> {
     let pool = Pool::new(state_root, state_root_tag, PoolSettings::OFF);
-    let mut names: Vec<String> = Vec::new();
+    let mut entered: Vec<String> = Vec::new();
     for (path, entry) in pool.entries() {
         if std::fs::remove_file(&path).is_ok() {
-            names.push(entry.instance);
+            entered.push(entry.instance);
         }
     }
+    let mut names: Vec<String> = Vec::new();
     for instance in incus.instances(None)? {
-        let ours = instance.config.get(TAG_STATE_ROOT).is_some_and(|r| r == state_root_tag);
-        let unclaimed = instance.config.contains_key(TAG_POOL) && !instance.config.contains_key(super::naming::TAG_RUN);
-        // Younger ones are being made by a refill, or were claimed by a run a moment ago
-        // and are about to get its tags.
+        let config = serde_json::to_value(&instance.config).unwrap_or_default();
+        if !is_unclaimed_pool_instance(&config, state_root_tag) {
+            continue;
+        }
+        // One without an entry that is young is being made by a refill (or was claimed
+        // by a run a moment ago and is about to get its tags).
         let made = instance.config.get(TAG_POOL).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
         let old = unix_now().saturating_sub(made) > UNENTERED_GRACE.as_secs();
-        if ours && unclaimed && old && !names.contains(&instance.name) {
+        if entered.contains(&instance.name) || old {
             names.push(instance.name);
         }
     }

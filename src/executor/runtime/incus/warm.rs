@@ -54,13 +54,22 @@ impl Warmed {
         let incus = incus.clone();
         let name = plan.name.clone();
         let claimed = if pool.enabled() { pool.claim(&plan.image) } else { Default::default() };
+        let tag = plan.spec.config.get(super::naming::TAG_STATE_ROOT).cloned().unwrap_or_default();
         for expired in claimed.expired {
             log.line(&format!("incus: `{expired}` of the warm pool idled too long; deleting it"));
-            self.delete_in_background(JobInstance::adopt(&incus, &expired, &log));
+            let (incus, tag, log) = (incus.clone(), tag.clone(), log.clone());
+            let handle = std::thread::spawn(move || {
+                // Not the run's own: told in the job's log only (it idles out, or gc takes it).
+                if let Err(e) = Pool::delete_expired(&incus, &expired, &tag, &log) {
+                    log.line(&format!("incus: `{expired}` of the warm pool was not deleted: {e:#}"));
+                }
+                None
+            });
+            self.lock().deleting.push(handle);
         }
         let handle = std::thread::spawn(move || {
             if let Some(entry) = claimed.entry {
-                match Pool::adopt(&incus, &entry, &plan, &log) {
+                match Pool::adopt(&incus, &entry, &plan, &tag, &log) {
                     Ok(instance) => return Ok(instance),
                     Err(e) if is_interrupted(&e) => return Err(e),
                     Err(e) => {
