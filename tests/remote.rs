@@ -150,6 +150,24 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let again_log =
         std::fs::read_to_string(flake.path().join(".pikaci/runs").join(&again_id).join("jobs/view/host.log")).unwrap();
     assert!(!again_log.contains("set -e; d=$1;"), "a snapshot already there is not sent again:\n{again_log}");
+    // Its payloads are valid there now: one `nix copy` of every `.drv`, one check that the
+    // outputs are valid there, and one Nix command there roots them all; no payload is
+    // realized, and the roots are registered there.
+    let nix_calls: Vec<&str> = again_log
+        .lines()
+        .filter(|l| l.contains("] $ ") && (l.contains("/bin/nix ") || l.contains(" 'nix-store ")))
+        .collect();
+    assert_eq!(nix_calls.len(), 3, "{again_log}");
+    assert!(nix_calls[0].contains("copy --derivation --to ssh://") && nix_calls[0].contains("-fixture-extra.drv"));
+    assert!(nix_calls[1].contains("--check-validity"), "{again_log}");
+    assert!(nix_calls[2].contains("--force-realise") && nix_calls[2].contains("--add-root"), "{again_log}");
+    assert!(!again_log.contains("--realise"), "{again_log}");
+    let again_staged = format!("{}/runs/{again_id}/jobs/view/staged-linux-rust", lab.remote_root);
+    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
+    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
+        let path = format!("{again_staged}/{link}");
+        assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
+    }
 
     let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
     assert_eq!(gc.code, 0, "{gc:?}");
