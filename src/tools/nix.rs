@@ -268,6 +268,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn root_names_follow_the_position_then_the_output() {
+        let root = Path::new("/j/staged/payload");
+        let names: Vec<PathBuf> = [(0, "out"), (0, "dev"), (1, "out"), (2, "out"), (2, "lib")]
+            .iter()
+            .map(|(i, o)| root_name(root, *i, o))
+            .collect();
+        let expected = ["payload", "payload-dev", "payload-2", "payload-3", "payload-3-lib"];
+        assert_eq!(names, expected.map(|n| Path::new("/j/staged").join(n)));
+    }
+
+    #[test]
     fn versions_of_old_and_new_nix() {
         let v = NixVersion::parse("nix (Nix) 2.8.0\n").unwrap();
         assert_eq!((v.major, v.minor), (2, 8));
