@@ -1,6 +1,8 @@
-//! Prepare: realize each payload of a job into `jobs/<job>/staged-linux-rust/<payload>` as
-//! a registered Nix GC root (every output of a multi-output derivation is rooted), read
-//! its manifest, and produce the `StagedPayloadMount`s that the runtime gets.
+//! Prepare: root every output of a job's payloads as a registered Nix GC root in
+//! `jobs/<job>/staged-linux-rust/` (`payload`, `payload-dev`, `payload-2`, ...: see
+//! `root_link`): all with one command when they are valid already, else by realizing
+//! each payload; read their manifests, and produce the `StagedPayloadMount`s that the
+//! runtime gets.
 
 mod across_hosts;
 pub mod manifest;
@@ -418,7 +420,7 @@ fn root_link(staged: &Path, index: usize, output: &str) -> PathBuf {
 }
 
 /// The base name of a job's GC-root links, in its `staged-linux-rust/`.
-pub const ROOT_BASE: &str = "payload";
+const ROOT_BASE: &str = "payload";
 
 impl Preparing<'_> {
     /// Realize one payload on the placement's host, the same way for every host: the
