@@ -81,7 +81,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
     let job = read_json(&local_job.join("job.json"));
     let mut payload_paths = Vec::new();
-    for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
+    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
         let path = format!("{staged}/{link}");
         assert!(lab.hosts.test(lab.host, &["-L", &path]), "{link} is not rooted on the remote side");
         assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
@@ -129,7 +129,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(dirs.len(), 1, "one mkdir -p for all of a job's directories:\n{view_log}");
     assert_eq!(views.len(), 1, "one more for the mount points of the guest's /nix/store:\n{view_log}");
     // The Incus devices there name the remote job directory's payload links as sources.
-    for link in ["workspace-deps", "workspace-build", "extra"] {
+    for link in ["payload", "payload-2", "payload-3"] {
         assert!(view_log.contains(&format!("\"source\":\"{staged}/{link}\"")), "device source `{link}`:\n{view_log}");
     }
     let reproduce = job["reproduce"]
@@ -150,6 +150,24 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let again_log =
         std::fs::read_to_string(flake.path().join(".pikaci/runs").join(&again_id).join("jobs/view/host.log")).unwrap();
     assert!(!again_log.contains("set -e; d=$1;"), "a snapshot already there is not sent again:\n{again_log}");
+    // Its payloads are valid there now: one `nix copy` of every `.drv`, one check that the
+    // outputs are valid there, and one Nix command there roots them all; no payload is
+    // realized, and the roots are registered there.
+    let nix_calls: Vec<&str> = again_log
+        .lines()
+        .filter(|l| l.contains("] $ ") && (l.contains("/bin/nix ") || l.contains(" 'nix-store ")))
+        .collect();
+    assert_eq!(nix_calls.len(), 3, "{again_log}");
+    assert!(nix_calls[0].contains("copy --derivation --to ssh://") && nix_calls[0].contains("-fixture-extra.drv"));
+    assert!(nix_calls[1].contains("--check-validity"), "{again_log}");
+    assert!(nix_calls[2].contains("--force-realise") && nix_calls[2].contains("--add-root"), "{again_log}");
+    assert!(!again_log.contains("--realise"), "{again_log}");
+    let again_staged = format!("{}/runs/{again_id}/jobs/view/staged-linux-rust", lab.remote_root);
+    let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
+    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
+        let path = format!("{again_staged}/{link}");
+        assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
+    }
 
     let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
     assert_eq!(gc.code, 0, "{gc:?}");
@@ -739,7 +757,8 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
     }
     assert_eq!(jobs.len(), 4);
     let log = logs(&record);
-    assert!(log.contains("already: not sent"), "outputs valid on a host are not sent again:\n{log}");
+    // Outputs valid on a host are not sent again: they are rooted there at once.
+    assert!(log.contains("every payload output was valid already"), "{log}");
     assert!(!log.contains("copy --from"), "{log}");
     assert_eq!(record["status"], "error", "{record:#}");
     assert_eq!(out.code, 3, "a job ended in error: {out:?}");

@@ -71,18 +71,27 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     assert_eq!(names, ["workspace-deps", "workspace-build", "extra"]);
     let deps = &payloads[0];
     assert!(deps["drv_path"].as_str().unwrap().ends_with("-fixture-deps.drv"));
-    // Both outputs of the two-output derivation are rooted.
+    // Both outputs of the two-output derivation are rooted, with the names Nix gives the
+    // outputs of the lane's payloads realized at once (the first payload's `payload`,
+    // `payload-<output>`, then `payload-2`, ...), whether they were built or not.
     let out_path = deps["outputs"]["out"].as_str().unwrap();
     let dev_path = deps["outputs"]["dev"].as_str().unwrap();
-    assert_eq!(link_target(&staged.join("workspace-deps")), Path::new(out_path));
-    assert_eq!(link_target(&staged.join("workspace-deps-dev")), Path::new(dev_path));
+    assert_eq!(link_target(&staged.join("payload")), Path::new(out_path));
+    assert_eq!(link_target(&staged.join("payload-dev")), Path::new(dev_path));
+    assert_eq!(link_target(&staged.join("payload-2")), Path::new(payloads[1]["mounted"].as_str().unwrap()));
+    assert_eq!(link_target(&staged.join("payload-3")), Path::new(payloads[2]["mounted"].as_str().unwrap()));
+    let roots = |i: usize| -> Vec<PathBuf> {
+        payloads[i]["roots"].as_array().unwrap().iter().map(|r| PathBuf::from(r.as_str().unwrap())).collect()
+    };
+    assert_eq!(roots(0), [staged.join("payload"), staged.join("payload-dev")]);
+    assert_eq!(roots(2), [staged.join("payload-3")]);
     assert_eq!(deps["mounted"], out_path);
     assert_eq!(deps["manifest"]["kind"], "workspace-deps");
 
     // Registered with Nix: an indirect root in gcroots/auto points at each link.
     let auto: Vec<PathBuf> =
         std::fs::read_dir("/nix/var/nix/gcroots/auto").unwrap().map(|e| link_target(&e.unwrap().path())).collect();
-    for link in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
+    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
         assert!(auto.contains(&staged.join(link)), "{link} is not a registered GC root");
     }
     // And Nix agrees they are alive.
@@ -101,6 +110,51 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     );
     let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
     assert!(host_log.contains("/nix-store --realise /nix/store/"), "{host_log}");
+}
+
+#[test]
+fn payloads_valid_already_are_rooted_by_one_nix_command_and_their_roots_hold() {
+    let dir = lanes_fixture();
+    // The first run builds the payloads; the second finds every output valid.
+    assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
+    let out = run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Only the second run is kept: its roots alone hold the payloads now.
+    assert_eq!(run_in(dir.path(), &["gc", "--keep", "1"]).code, 0);
+    let run = only_run(dir.path());
+    let job_dir = run.join("jobs/view");
+    let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
+    // The host log writes down every command: one Nix command, and no realisation.
+    let program = |l: &str| l.split_once("] $ ").and_then(|(_, cmd)| cmd.split(' ').next()).map(str::to_string);
+    let nix_commands: Vec<&str> = host_log
+        .lines()
+        .filter(|l| program(l).is_some_and(|p| p.ends_with("/nix-store") || p.ends_with("/nix")))
+        .collect();
+    assert_eq!(nix_commands.len(), 1, "{host_log}");
+    assert!(nix_commands[0].contains("--add-root") && !nix_commands[0].contains("--realise"), "{host_log}");
+    assert!(!job_dir.join("payload-workspace-build.log").exists(), "nothing was built, no build log is kept");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    assert!(!events.contains("payload_build_started"), "{events}");
+    assert_eq!(events.matches("\"event\":\"payload_realized\"").count(), 3, "{events}");
+
+    let job = read_json(&job_dir.join("job.json"));
+    let staged = job_dir.join("staged-linux-rust");
+    for payload in job["payloads"].as_array().unwrap() {
+        for (output, path) in payload["outputs"].as_object().unwrap() {
+            let path = path.as_str().unwrap();
+            // Nix lists this job's link among the path's roots...
+            let roots = std::process::Command::new("nix-store").args(["--query", "--roots", path]).output().unwrap();
+            let roots = String::from_utf8_lossy(&roots.stdout);
+            let rooted = roots.lines().any(|l| l.starts_with(&*staged.to_string_lossy()) && l.ends_with(path));
+            assert!(rooted, "{} `{output}`: {path} is not rooted in the job:\n{roots}", payload["name"]);
+            // ...and refuses to delete it.
+            let delete = std::process::Command::new("nix-store").args(["--delete", path]).output().unwrap();
+            assert!(!delete.status.success(), "{path} could be deleted: {delete:?}");
+            assert!(Path::new(path).exists());
+        }
+    }
+    let reproduce = job["reproduce"][0].as_str().unwrap();
+    assert!(reproduce.contains("nix-store --realise") && reproduce.contains("-fixture-extra.drv"), "{reproduce}");
 }
 
 #[test]

@@ -59,7 +59,8 @@ fn assert_escape_held(flake: &Path, out: &Run, expected_held: &[&str]) {
         assert!(!Path::new(target).exists(), "the guest wrote `{target}` on the host");
     }
     let run = only_run(flake);
-    for payload in ["workspace-deps", "workspace-build"] {
+    // The GC-root links of the two payloads' outputs.
+    for payload in ["payload", "payload-2"] {
         let store_path = std::fs::read_link(run.join("jobs/escape/staged-linux-rust").join(payload)).unwrap();
         assert!(!store_path.join("pikaci-escape").exists(), "the guest wrote into payload {payload}");
         assert!(!store_path.join("bin/pwned").exists(), "the guest wrote into payload {payload}");

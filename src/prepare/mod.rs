@@ -1,6 +1,8 @@
-//! Prepare: realize each payload of a job into `jobs/<job>/staged-linux-rust/<payload>` as
-//! a registered Nix GC root (every output of a multi-output derivation is rooted), read
-//! its manifest, and produce the `StagedPayloadMount`s that the runtime gets.
+//! Prepare: root every output of a job's payloads as a registered Nix GC root in
+//! `jobs/<job>/staged-linux-rust/` (`payload`, `payload-dev`, `payload-2`, ...: see
+//! `root_link`): all with one command when they are valid already, else by realizing
+//! each payload; read their manifests, and produce the `StagedPayloadMount`s that the
+//! runtime gets.
 
 mod across_hosts;
 pub mod manifest;
@@ -22,6 +24,7 @@ use crate::executor::Placement;
 use crate::handoff::StagedPayloadMount;
 use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
+use crate::tools::nix_log::{BuildState, BuildWatch, Change};
 use manifest::{PayloadManifest, ResolvedMount};
 use progress::PayloadBuild;
 
@@ -78,6 +81,12 @@ impl SharedBuilds {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         let asked_before = cells.contains_key(key);
         (cells.entry(key.to_string()).or_default().clone(), asked_before)
+    }
+
+    /// Whether another job of the run is realizing one of `keys` now.
+    fn busy(&self, keys: &[&str]) -> bool {
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().any(|key| cells.get(*key).is_some_and(|cell| cell.get().is_none()))
     }
 
     /// Run `realise` for the claim's derivation; while another thread runs the first one,
@@ -139,11 +148,15 @@ struct Preparing<'a> {
     shared: &'a SharedBuilds,
     across: &'a RunBuilds,
     watch: &'a dyn Watch,
+    /// Every payload's `.drv` is on the host already (sent there at the start).
+    drvs_sent: bool,
 }
 
-/// Realize every payload of `lane`, in parallel, telling `watch` of their builds and of
-/// each one as it is ready. The first failure is returned, naming the payload and the
-/// lane (and, when it was a build, where its log is kept).
+/// Realize every payload of `lane`, telling `watch` of their builds and of each one as it
+/// is ready. When every output is valid on the host already (the payloads were built
+/// before), one command roots them all and no payload is realized; else each payload is
+/// realized, in parallel. The first failure is returned, naming the payload and the lane
+/// (and, when it was a build, where its log is kept).
 pub fn prepare(
     nix: &Nix,
     lane: &Lane,
@@ -157,64 +170,192 @@ pub fn prepare(
     std::fs::create_dir_all(&staged).with_context(|| format!("create `{}`", staged.display()))?;
     // A job's directory is named after the job (`runs/<run>/jobs/<job>`).
     let job_id = job_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let job = Preparing { nix, job_id, job_dir, staged, placement, log, shared, across, watch };
-    let outputs: Vec<&str> = lane.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
-    let order = BuildOrder::of(&lane.payloads);
-    let (results, early_closure) = std::thread::scope(|scope| {
-        // The closure of outputs that are valid already (a payload built before) does not
-        // depend on the realisation: asked for at the same time, it leaves the critical
-        // path. When an output is not valid yet the query fails, and is asked again below.
-        let early = scope.spawn(|| placement.requisites(nix, &outputs, log).ok());
-        let handles: Vec<_> = lane
-            .payloads
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| {
-                let (job, order) = (&job, &order);
-                scope.spawn(move || {
-                    order.wait_for_inputs(i, &lane.payloads, log);
-                    let realized = job
-                        .realize(payload)
-                        .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id));
-                    order.done(i);
-                    let realized = realized?;
-                    watch.realized(&realized.0);
-                    Ok(realized)
-                })
-            })
-            .collect();
-        let results: Vec<Result<(PreparedPayload, Vec<String>)>> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("payload realization thread panicked"))))
-            .collect();
-        (results, early.join().ok().flatten())
-    });
-    let staged = job.staged;
-    let mut prepared = Prepared::default();
-    for result in results {
-        let (payload, reproduce) = result?;
-        let main = payload.outputs.iter().find(|(_, path)| **path == payload.mounted).map(|(name, _)| name.as_str());
-        prepared.mounts.push(StagedPayloadMount {
-            local_mount_path: root_link(&staged, &payload.name, main.unwrap_or("out")),
-            device_prefix: payload.name.clone(),
-        });
-        prepared.extra_mounts.extend(payload.extra_mounts.iter().cloned());
-        prepared.reproduce.extend(reproduce);
-        prepared.payloads.push(payload);
+    // Not there when this is a rerun of a run whose derivations were garbage-collected.
+    let drvs: Vec<&str> = lane.payloads.iter().map(|p| p.drv_path.as_str()).collect();
+    let drvs_here = !drvs.is_empty() && drvs.iter().all(|d| Path::new(d).exists());
+    let mut sent = None;
+    if drvs_here {
+        sent = placement.send_derivations(nix, &drvs, log).with_context(|| {
+            format!("send the derivations of lane `{}`'s payloads to `{}`", lane.id, placement.host_name())
+        })?;
     }
-    manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
-    let closure = match early_closure {
-        Some(closure) => closure,
-        None => {
-            log.line("the payloads' outputs were not all valid before their realisation: closure asked again");
-            placement
-                .requisites(nix, &outputs, log)
-                .with_context(|| format!("find the store closure of the payloads on `{}`", placement.host_name()))?
+    let job = Preparing { nix, job_id, job_dir, staged, placement, log, shared, across, watch, drvs_sent: drvs_here };
+    if drvs_here {
+        if let Some(prepared) = job.root_if_valid(lane, &drvs, sent.clone())? {
+            return Ok(prepared);
         }
-    };
-    log.line(&format!("store closure of the payloads: {} paths", closure.len()));
-    prepared.store_closure = Some(closure);
+        log.line("not every payload output is valid yet: each payload is realized");
+    }
+    let mut prepared = job.realize_each(lane, !drvs_here)?;
+    prepared.reproduce.splice(0..0, sent);
     Ok(prepared)
+}
+
+/// One payload realized on the job's host: its description, the commands that did it.
+type Realized = (PreparedPayload, Vec<String>);
+
+impl Preparing<'_> {
+    /// When every output of the payloads is valid on the host already, root them all with
+    /// one command and realize none. That command fails at once when an output is not
+    /// valid and nobody builds it; but while another process builds it, Nix makes it
+    /// wait for that build's lock. So it runs only when every output is there, and no
+    /// other job of the run is realizing one of them (that wait is the realisations',
+    /// which tell it). `sent`: the command that sent the `.drv`s to the host.
+    fn root_if_valid(&self, lane: &Lane, drvs: &[&str], sent: Option<String>) -> Result<Option<Prepared>> {
+        let (nix, placement, log) = (self.nix, self.placement, self.log);
+        let outputs: Vec<String> = lane.payloads.iter().flat_map(|p| p.outputs.values().cloned()).collect();
+        if !placement.all_present(nix, &outputs, log)? || self.shared.busy(drvs) {
+            return Ok(None);
+        }
+        let (started, mut lock) = (Instant::now(), LockWait::default());
+        let root = root_link(&self.staged, 0, "out");
+        let Some((closure, shown)) = placement.root_valid(nix, drvs, &root, log, &mut lock)? else { return Ok(None) };
+        log.line("every payload output was valid already: all rooted with one command, none realized");
+        let reproduce = sent.into_iter().chain([shown]).collect();
+        self.rooted(lane, started, lock.total(), closure, reproduce).map(Some)
+    }
+
+    /// Realize each payload, in parallel, then ask for the closure. `early`: ask for the
+    /// closure at the same time, in case every output is valid already.
+    fn realize_each(&self, lane: &Lane, early: bool) -> Result<Prepared> {
+        let (placement, nix, log) = (self.placement, self.nix, self.log);
+        let outputs: Vec<&str> = lane.payloads.iter().flat_map(|p| p.outputs.values().map(String::as_str)).collect();
+        let order = BuildOrder::of(&lane.payloads);
+        let (results, early_closure) = std::thread::scope(|scope| {
+            // The closure of outputs that are valid already (a payload built before) does
+            // not depend on the realisation: asked for at the same time, it leaves the
+            // critical path. When an output is not valid yet the query fails, and is asked
+            // again below.
+            let early = early.then(|| scope.spawn(|| placement.requisites(nix, &outputs, log).ok()));
+            let handles: Vec<_> = lane
+                .payloads
+                .iter()
+                .enumerate()
+                .map(|(i, payload)| {
+                    let order = &order;
+                    scope.spawn(move || {
+                        order.wait_for_inputs(i, &lane.payloads, log);
+                        let realized = self
+                            .realize(i, payload)
+                            .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id));
+                        order.done(i);
+                        let realized = realized?;
+                        self.watch.realized(&realized.0);
+                        Ok(realized)
+                    })
+                })
+                .collect();
+            let results: Vec<Result<Realized>> = handles.into_iter().map(joined).collect();
+            (results, early.and_then(|h| h.join().ok().flatten()))
+        });
+        let mut prepared = self.collect(lane, results)?;
+        let closure = match early_closure {
+            Some(closure) => closure,
+            None => {
+                log.line("the payloads' outputs were not all valid before their realisation: closure asked now");
+                placement
+                    .requisites(nix, &outputs, log)
+                    .with_context(|| format!("find the store closure of the payloads on `{}`", placement.host_name()))?
+            }
+        };
+        log.line(&format!("store closure of the payloads: {} paths", closure.len()));
+        prepared.store_closure = Some(closure);
+        Ok(prepared)
+    }
+
+    /// Every payload's outputs were valid, and are rooted as a realisation of them all
+    /// would have (`closure`: theirs): read each one's manifest, in parallel.
+    /// `waited`: for another process's build of one of them (Nix's lock), which is not
+    /// this job's work.
+    fn rooted(
+        &self,
+        lane: &Lane,
+        started: Instant,
+        waited: Duration,
+        closure: Vec<PathBuf>,
+        reproduce: Vec<String>,
+    ) -> Result<Prepared> {
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = lane
+                .payloads
+                .iter()
+                .enumerate()
+                .map(|(i, payload)| {
+                    scope.spawn(move || {
+                        // `out` first, as a realisation prints them.
+                        let mut names: Vec<&String> = payload.outputs.keys().collect();
+                        names.sort_by_key(|o| *o != "out");
+                        let roots = names.iter().map(|o| self.placement.host_path(&root_link(&self.staged, i, o)));
+                        let roots = roots.collect::<Result<Vec<_>>>()?;
+                        let claim = Claim::new(&payload.drv_path, self.job_id);
+                        claim.waited.set(waited);
+                        let described = self
+                            .describe(i, payload, roots, started, claim)
+                            .with_context(|| format!("realize payload `{}` of lane `{}`", payload.name, lane.id))?;
+                        self.watch.realized(&described);
+                        Ok((described, Vec::new()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(joined).collect::<Vec<Result<Realized>>>()
+        });
+        let mut prepared = self.collect(lane, results)?;
+        prepared.reproduce = reproduce;
+        self.log.line(&format!("store closure of the payloads: {} paths", closure.len()));
+        prepared.store_closure = Some(closure);
+        Ok(prepared)
+    }
+
+    /// The payloads, in the lane's order, with their mounts: the first failure, if any.
+    fn collect(&self, lane: &Lane, results: Vec<Result<Realized>>) -> Result<Prepared> {
+        let mut prepared = Prepared::default();
+        for (i, result) in results.into_iter().enumerate() {
+            let (payload, reproduce) = result?;
+            let main =
+                payload.outputs.iter().find(|(_, path)| **path == payload.mounted).map(|(name, _)| name.as_str());
+            prepared.mounts.push(StagedPayloadMount {
+                local_mount_path: root_link(&self.staged, i, main.unwrap_or("out")),
+                device_prefix: payload.name.clone(),
+            });
+            prepared.extra_mounts.extend(payload.extra_mounts.iter().cloned());
+            prepared.reproduce.extend(reproduce);
+            prepared.payloads.push(payload);
+        }
+        manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
+        Ok(prepared)
+    }
+}
+
+/// How long a command waited for Nix's lock on a path another process builds, from its
+/// structured log.
+#[derive(Default)]
+struct LockWait {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl LockWait {
+    fn total(&self) -> Duration {
+        self.total + self.since.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+impl BuildWatch for LockWait {
+    fn change(&mut self, change: &Change, state: &BuildState) {
+        match (change, self.since) {
+            (Change::WaitStarted(_), None) => self.since = Some(Instant::now()),
+            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
+                self.total += since.elapsed();
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A payload thread's result; a panic is an error.
+fn joined(handle: std::thread::ScopedJoinHandle<'_, Result<Realized>>) -> Result<Realized> {
+    handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("payload realization thread panicked")))
 }
 
 /// The order of a job's payload builds. Payloads are realized in parallel, but one whose
@@ -268,11 +409,18 @@ impl BuildOrder {
     }
 }
 
-/// The GC-root link of one output of a payload: `<payload>` for `out`,
-/// `<payload>-<output>` for the others (the names `nix-store --add-root` gives).
-fn root_link(staged: &Path, payload: &str, output: &str) -> PathBuf {
-    if output == "out" { staged.join(payload) } else { staged.join(format!("{payload}-{output}")) }
+/// The GC-root link of output `output` of the job's payload at `index` (in the lane's
+/// order): the name a `nix-store --realise` of every payload's `.drv`, in that order,
+/// `--add-root <staged>/payload` gives it: `payload`, `payload-dev`, `payload-2`,
+/// `payload-2-dev`, ... ([`crate::tools::nix::root_name`]). Whichever way a payload is
+/// rooted (with the others, alone, or its recorded outputs one by one), its links have
+/// these names.
+fn root_link(staged: &Path, index: usize, output: &str) -> PathBuf {
+    crate::tools::nix::root_name(&staged.join(ROOT_BASE), index, output)
 }
+
+/// The base name of a job's GC-root links, in its `staged-linux-rust/`.
+const ROOT_BASE: &str = "payload";
 
 impl Preparing<'_> {
     /// Realize one payload on the placement's host, the same way for every host: the
@@ -280,25 +428,38 @@ impl Preparing<'_> {
     /// rooted; or, when the `.drv` was garbage-collected here (a rerun of an old run), the
     /// recorded outputs, which stay valid while that run's roots hold them. Then its
     /// manifest.
-    fn realize(&self, payload: &Payload) -> Result<(PreparedPayload, Vec<String>)> {
+    fn realize(&self, index: usize, payload: &Payload) -> Result<Realized> {
         let started = Instant::now();
-        let (main, mounted) = payload.main_output().context("payload has no outputs")?;
-        let link = root_link(&self.staged, &payload.name, main);
         let outputs: Vec<String> = payload.outputs.values().cloned().collect();
         let claim = Claim::new(&payload.drv_path, self.job_id);
-        let realise = || self.realise_roots(payload, &claim);
+        let realise = || self.realise_roots(index, payload, &claim);
         let (nix, placement, log) = (self.nix, self.placement, self.log);
         let (roots, reproduce) = self.shared.once(
             &claim,
             || placement.all_valid(nix, &outputs, log).unwrap_or(false),
             || self.across.realise(&claim, nix, placement, &outputs, log, &realise),
         )?;
-        let (manifest, extra_mounts) = match PayloadManifest::load(placement, mounted, &link, &payload.name, log)? {
-            Some((m, mounts)) => (Some(m), mounts),
-            None => (None, Vec::new()),
-        };
+        Ok((self.describe(index, payload, roots, started, claim)?, reproduce))
+    }
+
+    /// A payload rooted as `roots` since `started`: its manifest read, its record made.
+    fn describe(
+        &self,
+        index: usize,
+        payload: &Payload,
+        roots: Vec<PathBuf>,
+        started: Instant,
+        claim: Claim,
+    ) -> Result<PreparedPayload> {
+        let (main, mounted) = payload.main_output().context("payload has no outputs")?;
+        let link = root_link(&self.staged, index, main);
+        let (manifest, extra_mounts) =
+            match PayloadManifest::load(self.placement, mounted, &link, &payload.name, self.log)? {
+                Some((m, mounts)) => (Some(m), mounts),
+                None => (None, Vec::new()),
+            };
         let waited = claim.waited.get();
-        let realized = PreparedPayload {
+        Ok(PreparedPayload {
             name: payload.name.clone(),
             drv_path: payload.drv_path.clone(),
             outputs: payload.outputs.clone(),
@@ -311,26 +472,32 @@ impl Preparing<'_> {
             waited_ms: (waited >= Duration::from_millis(10)).then_some(waited.as_millis() as u64),
             manifest,
             extra_mounts,
-        };
-        Ok((realized, reproduce))
+        })
     }
 
     /// This job's own realisation of a payload, watched: its build log kept, its progress
     /// told.
-    fn realise_roots(&self, payload: &Payload, claim: &Claim) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    fn realise_roots(&self, index: usize, payload: &Payload, claim: &Claim) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let mut build = PayloadBuild::new(&payload.name, &payload.drv_path, self.job_dir, self.watch);
-        let result = self.realise_watched(payload, &mut build);
+        let result = self.realise_watched(index, payload, &mut build);
         let lock_wait = build.finish(result.as_ref().err());
         claim.waited.set(claim.waited.get() + lock_wait);
         result
     }
 
-    fn realise_watched(&self, payload: &Payload, build: &mut PayloadBuild) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    fn realise_watched(
+        &self,
+        index: usize,
+        payload: &Payload,
+        build: &mut PayloadBuild,
+    ) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let (nix, placement, log, staged) = (self.nix, self.placement, self.log, &self.staged);
         let mut reproduce = Vec::new();
         if Path::new(&payload.drv_path).exists() {
-            reproduce.extend(placement.send_derivation(nix, &payload.drv_path, log)?);
-            let link = root_link(staged, &payload.name, "out");
+            if !self.drvs_sent {
+                reproduce.extend(placement.send_derivations(nix, &[payload.drv_path.as_str()], log)?);
+            }
+            let link = root_link(staged, index, "out");
             let (roots, cmd) = placement.realise(nix, &payload.drv_path, &link, log, build)?;
             reproduce.push(cmd);
             return Ok((roots, reproduce));
@@ -338,7 +505,7 @@ impl Preparing<'_> {
         log.line(&format!("`{}` is gone; rooting the recorded outputs instead", payload.drv_path));
         let mut roots = Vec::new();
         for (output, path) in &payload.outputs {
-            let link = root_link(staged, &payload.name, output);
+            let link = root_link(staged, index, output);
             let (more, cmd) = placement.realise(nix, path, &link, log, build).with_context(|| {
                 format!("`{}` was garbage-collected and its output `{path}` is no longer valid", payload.drv_path)
             })?;

@@ -159,7 +159,8 @@ impl Nix {
     }
 
     /// [`Nix::realise_cmd`] of several paths at once: `nix-store` roots them as `root`,
-    /// `root-<output>`, `root-2`, ... by position.
+    /// `root-<output>`, `root-2`, `root-2-<output>`, ... by position (see
+    /// [`root_name`]).
     pub fn realise_many_cmd(&self, paths: &[&str], root: &Path) -> Cmd {
         Cmd::new("nix-store --realise", &self.nix_store)
             .arg("--realise")
@@ -169,10 +170,27 @@ impl Nix {
             .arg("--indirect")
     }
 
-    /// `nix copy --derivation --to <store> <drv>`: the `.drv` and its closure (the input
-    /// derivations and sources), not the outputs, so that the other store builds them.
-    pub fn copy_derivation_cmd(&self, drv: &str, to: &str) -> Cmd {
-        self.nix("nix copy").args(["copy", "--derivation", "--to", to, drv])
+    /// Root the outputs of `drvs` at `root` as [`Nix::realise_many_cmd`] names them, and
+    /// print the store closure of those outputs, with one process, when every output is
+    /// valid already: nothing is built (`max-jobs 0`, no remote builders) or fetched
+    /// (`substitute false`), so that it fails, fast, when one is not. (`--force-realise`
+    /// of a `.drv` with `--use-output` realises it and queries its outputs; the roots are
+    /// registered one argument at a time, so a failure leaves those of the arguments
+    /// before it, with the names a realisation gives them.)
+    pub fn root_valid_cmd(&self, drvs: &[&str], root: &Path) -> Cmd {
+        Cmd::new("nix-store --query --requisites --force-realise", &self.nix_store)
+            .args(["--query", "--requisites", "--use-output", "--force-realise", "--add-root"])
+            .arg(root)
+            .arg("--indirect")
+            .args(["--option", "max-jobs", "0", "--option", "builders", "", "--option", "substitute", "false"])
+            .args(drvs)
+    }
+
+    /// `nix copy --derivation --to <store> <drv>...`: the `.drv`s and their closures (the
+    /// input derivations and sources), not the outputs, so that the other store builds
+    /// them.
+    pub fn copy_derivation_cmd(&self, drvs: &[&str], to: &str) -> Cmd {
+        self.nix("nix copy").args(["copy", "--derivation", "--to", to]).args(drvs)
     }
 
     /// `nix copy --from <store> --to <store> <paths>`: store paths and their closures from
@@ -196,6 +214,22 @@ impl Nix {
     pub fn program(&self) -> &Path {
         &self.nix
     }
+}
+
+/// The GC root `nix-store --realise ARG... --add-root ROOT` makes for output `output` of
+/// its argument at `position` (0-based), a `.drv`: `ROOT` for the first argument's `out`,
+/// `ROOT-<n>` for the n-th one's (n from 2), and `-<output>` after that for any other
+/// output (Nix 2.34, checked by running it). A single output path as the only argument
+/// is rooted as `ROOT` itself.
+pub fn root_name(root: &Path, position: usize, output: &str) -> PathBuf {
+    let mut name = root.as_os_str().to_owned();
+    if position > 0 {
+        name.push(format!("-{}", position + 1));
+    }
+    if output != "out" {
+        name.push(format!("-{output}"));
+    }
+    PathBuf::from(name)
 }
 
 /// True when a `nix-store --realise` failure is a builder that failed (the lane's code is
@@ -232,6 +266,17 @@ pub fn parse_store_path(path: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_names_follow_the_position_then_the_output() {
+        let root = Path::new("/j/staged/payload");
+        let names: Vec<PathBuf> = [(0, "out"), (0, "dev"), (1, "out"), (2, "out"), (2, "lib")]
+            .iter()
+            .map(|(i, o)| root_name(root, *i, o))
+            .collect();
+        let expected = ["payload", "payload-dev", "payload-2", "payload-3", "payload-3-lib"];
+        assert_eq!(names, expected.map(|n| Path::new("/j/staged").join(n)));
+    }
 
     #[test]
     fn versions_of_old_and_new_nix() {

@@ -129,13 +129,13 @@ impl Placement {
         }
     }
 
-    /// Make a `.drv` of this machine's store buildable on the host: nothing here; on an
-    /// SSH host, its closure is copied there (`nix copy --derivation`). Returns the
+    /// Make `.drv`s of this machine's store buildable on the host: nothing here; on an
+    /// SSH host, their closure is copied there (one `nix copy --derivation`). Returns the
     /// command, for the job's `reproduce` lines.
-    pub fn send_derivation(&self, nix: &Nix, drv: &str, log: &HostLog) -> Result<Option<String>> {
+    pub fn send_derivations(&self, nix: &Nix, drvs: &[&str], log: &HostLog) -> Result<Option<String>> {
         match self {
             Placement::Local => Ok(None),
-            Placement::Remote(remote) => remote.send_derivation(nix, drv, log).map(Some),
+            Placement::Remote(remote) => remote.send_derivations(nix, drvs, log).map(Some),
         }
     }
 
@@ -158,6 +158,44 @@ impl Placement {
         let out = run_realise(&cmd, log, watch)?;
         let roots = out.stdout_paths();
         Ok((roots, shown.display()))
+    }
+
+    /// When every output of `drvs` is valid in the host's store: all of them rooted at
+    /// `root` (a local job-directory path, mapped to the host) with the names
+    /// [`Nix::realise_many_cmd`] gives them, and their store closure, with one command
+    /// that can neither build nor fetch ([`Nix::root_valid_cmd`]). `None` when one is not
+    /// valid (or the command failed otherwise: a realisation then says why). Run with
+    /// Nix's structured log, which `watch` hears: an output another process is building
+    /// makes it wait for Nix's lock. Returns the closure and the equivalent `nix-store
+    /// --realise` as a user would type it, for `reproduce`.
+    pub fn root_valid(
+        &self,
+        nix: &Nix,
+        drvs: &[&str],
+        root: &Path,
+        log: &HostLog,
+        watch: &mut dyn BuildWatch,
+    ) -> Result<Option<(Vec<PathBuf>, String)>> {
+        let host_root = self.host_path(root)?;
+        let cmd = self.on_host(nix.root_valid_cmd(drvs, &host_root).args(LOG_FORMAT_ARGS))?;
+        let out = match run_realise(&cmd, log, watch) {
+            Ok(out) => out,
+            Err(e) if crate::tools::command::is_interrupted(&e) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let shown = self.on_host(nix.realise_many_cmd(drvs, &host_root))?.display();
+        Ok(Some((out.stdout_paths(), shown)))
+    }
+
+    /// Whether every one of `paths` is likely valid in the host's store, as cheaply as can
+    /// be: here, that each exists (no process; a path that exists without being valid is
+    /// what a build that is running without Nix's sandbox, or one that was killed, left);
+    /// on an SSH host, [`Placement::all_valid`].
+    pub fn all_present(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {
+        match self {
+            Placement::Local => Ok(paths.iter().all(|p| Path::new(p).symlink_metadata().is_ok())),
+            Placement::Remote(_) => self.all_valid(nix, paths, log),
+        }
     }
 
     /// Whether every one of `paths` is valid in the host's store (`nix-store

@@ -71,13 +71,13 @@ impl RemoteHost {
         Ok(())
     }
 
-    /// Copy a `.drv` and its closure (input derivations and sources, not outputs) to
-    /// the host, so that it builds there. Returns the command, for `reproduce`.
-    pub fn send_derivation(&self, nix: &Nix, drv: &str, log: &HostLog) -> Result<String> {
+    /// Copy `.drv`s and their closure (input derivations and sources, not outputs) to
+    /// the host, so that they build there. Returns the command, for `reproduce`.
+    pub fn send_derivations(&self, nix: &Nix, drvs: &[&str], log: &HostLog) -> Result<String> {
         let ssh = self.ssh()?;
         let to = format!("ssh://{}", self.host);
-        let copy = nix.copy_derivation_cmd(drv, &to).env("NIX_SSHOPTS", ssh.nix_sshopts());
-        copy.run(Some(log)).with_context(|| format!("copy `{drv}` to `{}`", self.host))?;
+        let copy = nix.copy_derivation_cmd(drvs, &to).env("NIX_SSHOPTS", ssh.nix_sshopts());
+        copy.run(Some(log)).with_context(|| format!("copy `{}` to `{}`", drvs.join("`, `"), self.host))?;
         Ok(copy.display())
     }
 
