@@ -392,8 +392,8 @@ fn a_running_instance_is_named_tagged_and_mounted_as_documented_and_ctrl_c_remov
         assert_eq!(d["shift"], "true", "{dev}");
         assert_eq!(d["readonly"] == "true", *ro, "{dev}: {d}");
     }
-    // workspace-build is the second payload: its root is `payload-2`.
-    let build_link = run_dir.join("jobs/sleepy/staged-linux-rust/payload-2");
+    // The link named after the payload, which leads through its GC root to the store.
+    let build_link = run_dir.join("jobs/sleepy/staged-linux-rust/workspace-build");
     assert_eq!(
         devices["payload-workspace-build"]["source"],
         build_link.canonicalize().unwrap().to_string_lossy().as_ref()

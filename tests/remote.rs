@@ -81,7 +81,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
     let job = read_json(&local_job.join("job.json"));
     let mut payload_paths = Vec::new();
-    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
+    for link in [".gcroot", ".gcroot-dev", ".gcroot-2", ".gcroot-3"] {
         let path = format!("{staged}/{link}");
         assert!(lab.hosts.test(lab.host, &["-L", &path]), "{link} is not rooted on the remote side");
         assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
@@ -129,7 +129,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert_eq!(dirs.len(), 1, "one mkdir -p for all of a job's directories:\n{view_log}");
     assert_eq!(views.len(), 1, "one more for the mount points of the guest's /nix/store:\n{view_log}");
     // The Incus devices there name the remote job directory's payload links as sources.
-    for link in ["payload", "payload-2", "payload-3"] {
+    for link in ["workspace-deps", "workspace-build", "extra"] {
         assert!(view_log.contains(&format!("\"source\":\"{staged}/{link}\"")), "device source `{link}`:\n{view_log}");
     }
     let reproduce = job["reproduce"]
@@ -164,7 +164,7 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
     assert!(!again_log.contains("--realise"), "{again_log}");
     let again_staged = format!("{}/runs/{again_id}/jobs/view/staged-linux-rust", lab.remote_root);
     let auto = lab.hosts.sh(lab.host, "for l in /nix/var/nix/gcroots/auto/*; do readlink \"$l\"; done");
-    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
+    for link in [".gcroot", ".gcroot-dev", ".gcroot-2", ".gcroot-3"] {
         let path = format!("{again_staged}/{link}");
         assert!(auto.lines().any(|l| l == path), "{link} is not a registered root there:\n{auto}");
     }

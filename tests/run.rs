@@ -72,26 +72,35 @@ fn payloads_are_registered_gc_roots_and_the_job_record_can_reproduce_them() {
     let deps = &payloads[0];
     assert!(deps["drv_path"].as_str().unwrap().ends_with("-fixture-deps.drv"));
     // Both outputs of the two-output derivation are rooted, with the names Nix gives the
-    // outputs of the lane's payloads realized at once (the first payload's `payload`,
-    // `payload-<output>`, then `payload-2`, ...), whether they were built or not.
+    // outputs of the lane's payloads realized at once (the first payload's `.gcroot`,
+    // `.gcroot-<output>`, then `.gcroot-2`, ...), whether they were built or not; and
+    // each output has a link named after its payload that leads there.
     let out_path = deps["outputs"]["out"].as_str().unwrap();
     let dev_path = deps["outputs"]["dev"].as_str().unwrap();
-    assert_eq!(link_target(&staged.join("payload")), Path::new(out_path));
-    assert_eq!(link_target(&staged.join("payload-dev")), Path::new(dev_path));
-    assert_eq!(link_target(&staged.join("payload-2")), Path::new(payloads[1]["mounted"].as_str().unwrap()));
-    assert_eq!(link_target(&staged.join("payload-3")), Path::new(payloads[2]["mounted"].as_str().unwrap()));
+    assert_eq!(link_target(&staged.join(".gcroot")), Path::new(out_path));
+    assert_eq!(link_target(&staged.join(".gcroot-dev")), Path::new(dev_path));
+    assert_eq!(link_target(&staged.join(".gcroot-2")), Path::new(payloads[1]["mounted"].as_str().unwrap()));
+    assert_eq!(link_target(&staged.join(".gcroot-3")), Path::new(payloads[2]["mounted"].as_str().unwrap()));
+    for (named, root) in [
+        ("workspace-deps", ".gcroot"),
+        ("workspace-deps-dev", ".gcroot-dev"),
+        ("workspace-build", ".gcroot-2"),
+        ("extra", ".gcroot-3"),
+    ] {
+        assert_eq!(link_target(&staged.join(named)), Path::new(root), "{named}");
+    }
     let roots = |i: usize| -> Vec<PathBuf> {
         payloads[i]["roots"].as_array().unwrap().iter().map(|r| PathBuf::from(r.as_str().unwrap())).collect()
     };
-    assert_eq!(roots(0), [staged.join("payload"), staged.join("payload-dev")]);
-    assert_eq!(roots(2), [staged.join("payload-3")]);
+    assert_eq!(roots(0), [staged.join(".gcroot"), staged.join(".gcroot-dev")]);
+    assert_eq!(roots(2), [staged.join(".gcroot-3")]);
     assert_eq!(deps["mounted"], out_path);
     assert_eq!(deps["manifest"]["kind"], "workspace-deps");
 
     // Registered with Nix: an indirect root in gcroots/auto points at each link.
     let auto: Vec<PathBuf> =
         std::fs::read_dir("/nix/var/nix/gcroots/auto").unwrap().map(|e| link_target(&e.unwrap().path())).collect();
-    for link in ["payload", "payload-dev", "payload-2", "payload-3"] {
+    for link in [".gcroot", ".gcroot-dev", ".gcroot-2", ".gcroot-3"] {
         assert!(auto.contains(&staged.join(link)), "{link} is not a registered GC root");
     }
     // And Nix agrees they are alive.

@@ -195,7 +195,7 @@ fn gc_keeps_the_newest_runs_and_releases_the_others_roots_and_snapshots() {
     assert_eq!(before.len(), 3);
     let old_links: Vec<PathBuf> = before[..2]
         .iter()
-        .map(|id| dir.path().join(".pikaci/runs").join(id).join("jobs/fail/staged-linux-rust/payload-2"))
+        .map(|id| dir.path().join(".pikaci/runs").join(id).join("jobs/fail/staged-linux-rust/.gcroot-2"))
         .collect();
     assert!(old_links.iter().all(|l| l.exists()));
     assert_eq!(std::fs::read_dir(dir.path().join(".pikaci/snapshots")).unwrap().count(), 3);
@@ -211,7 +211,7 @@ fn gc_keeps_the_newest_runs_and_releases_the_others_roots_and_snapshots() {
     for link in &old_links {
         assert!(!roots.contains(&*link.to_string_lossy()), "{} is still a root", link.display());
     }
-    let kept = dir.path().join(".pikaci/runs").join(&before[2]).join("jobs/fail/staged-linux-rust/payload-2");
+    let kept = dir.path().join(".pikaci/runs").join(&before[2]).join("jobs/fail/staged-linux-rust/.gcroot-2");
     assert!(roots.contains(&*kept.to_string_lossy()), "the kept run's root must stay");
     // The kept run can still be replayed.
     assert_eq!(run_in(dir.path(), &["rerun", "latest"]).code, 1);

@@ -1,8 +1,8 @@
 //! Prepare: root every output of a job's payloads as a registered Nix GC root in
-//! `jobs/<job>/staged-linux-rust/` (`payload`, `payload-dev`, `payload-2`, ...: see
-//! `root_link`): all with one command when they are valid already, else by realizing
-//! each payload; read their manifests, and produce the `StagedPayloadMount`s that the
-//! runtime gets.
+//! `jobs/<job>/staged-linux-rust/` (`.gcroot`, `.gcroot-dev`, `.gcroot-2`, ...: see
+//! `root_link`; the links named after the payloads, `named_links`, lead there): all
+//! with one command when they are valid already, else by realizing each payload; read
+//! their manifests, and produce the `StagedPayloadMount`s that the runtime gets.
 
 mod across_hosts;
 pub mod manifest;
@@ -309,12 +309,12 @@ impl Preparing<'_> {
     /// The payloads, in the lane's order, with their mounts: the first failure, if any.
     fn collect(&self, lane: &Lane, results: Vec<Result<Realized>>) -> Result<Prepared> {
         let mut prepared = Prepared::default();
-        for (i, result) in results.into_iter().enumerate() {
+        for result in results {
             let (payload, reproduce) = result?;
             let main =
                 payload.outputs.iter().find(|(_, path)| **path == payload.mounted).map(|(name, _)| name.as_str());
             prepared.mounts.push(StagedPayloadMount {
-                local_mount_path: root_link(&self.staged, i, main.unwrap_or("out")),
+                local_mount_path: named_link(&self.staged, &payload.name, main.unwrap_or("out")),
                 device_prefix: payload.name.clone(),
             });
             prepared.extra_mounts.extend(payload.extra_mounts.iter().cloned());
@@ -411,16 +411,40 @@ impl BuildOrder {
 
 /// The GC-root link of output `output` of the job's payload at `index` (in the lane's
 /// order): the name a `nix-store --realise` of every payload's `.drv`, in that order,
-/// `--add-root <staged>/payload` gives it: `payload`, `payload-dev`, `payload-2`,
-/// `payload-2-dev`, ... ([`crate::tools::nix::root_name`]). Whichever way a payload is
-/// rooted (with the others, alone, or its recorded outputs one by one), its links have
-/// these names.
+/// `--add-root <staged>/.gcroot` gives it: `.gcroot`, `.gcroot-dev`, `.gcroot-2`,
+/// `.gcroot-2-dev`, ... ([`crate::tools::nix::root_name`]). Whichever way a payload is
+/// rooted (with the others, alone, or its recorded outputs one by one), its roots have
+/// these names; [`named_links`] give them the payloads' names.
 fn root_link(staged: &Path, index: usize, output: &str) -> PathBuf {
     crate::tools::nix::root_name(&staged.join(ROOT_BASE), index, output)
 }
 
-/// The base name of a job's GC-root links, in its `staged-linux-rust/`.
-const ROOT_BASE: &str = "payload";
+/// The base name of a job's GC-root links, in its `staged-linux-rust/`: hidden, and
+/// never a payload's name (those start with a letter or digit).
+const ROOT_BASE: &str = ".gcroot";
+
+/// The link named after a payload's output, `<payload>` for `out` and
+/// `<payload>-<output>` for the others, in the job's `staged-linux-rust/`: what the
+/// runtime mounts (`StagedPayloadMount::local_mount_path`).
+fn named_link(staged: &Path, payload: &str, output: &str) -> PathBuf {
+    if output == "out" { staged.join(payload) } else { staged.join(format!("{payload}-{output}")) }
+}
+
+/// The links the job directory has before its payloads are rooted: each payload
+/// output's [`named_link`], pointing (relatively, in the same directory) at its GC root
+/// ([`root_link`]), which the rooting then makes. Pairs of (link, target).
+pub fn named_links(job_dir: &Path, lane: &Lane) -> Vec<(PathBuf, PathBuf)> {
+    let staged = job_dir.join(STAGED_DIR);
+    let mut links = Vec::new();
+    for (index, payload) in lane.payloads.iter().enumerate() {
+        for output in payload.outputs.keys() {
+            let root = root_link(&staged, index, output);
+            let target = PathBuf::from(root.file_name().unwrap_or_default());
+            links.push((named_link(&staged, &payload.name, output), target));
+        }
+    }
+    links
+}
 
 impl Preparing<'_> {
     /// Realize one payload on the placement's host, the same way for every host: the

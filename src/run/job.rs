@@ -310,7 +310,8 @@ impl JobScope<'_> {
             .get_or_init(|| placement.ensure_snapshot(snapshot, host_log).map_err(|e| format!("{e:#}")));
         sent.clone().map_err(|e| anyhow::anyhow!(e))?;
         let dirs = [self.job_dir.clone(), self.job_dir.join(prepare::STAGED_DIR), artifacts_dir.to_path_buf()];
-        placement.ensure_job_directories(&dirs, host_log)
+        let links = prepare::named_links(&self.job_dir, &self.planned.lane);
+        placement.ensure_job_directories(&dirs, &links, host_log)
     }
 
     /// The job will not reach its runtime: let the runtime drop what it got ready for it.

@@ -107,17 +107,28 @@ impl Placement {
         }
     }
 
-    /// Create the job's directories on the host (locally, the caller's job directory is
-    /// there already; remotely, one `mkdir -p` of them all).
-    pub fn ensure_job_directories(&self, local_dirs: &[PathBuf], log: &HostLog) -> Result<()> {
+    /// Create the job's directories on the host, and its `links` (pairs of a link and
+    /// its target, relative to the link's directory): locally with file system calls,
+    /// remotely with one `sh` over SSH.
+    pub fn ensure_job_directories(
+        &self,
+        local_dirs: &[PathBuf],
+        links: &[(PathBuf, PathBuf)],
+        log: &HostLog,
+    ) -> Result<()> {
         match self {
             Placement::Local => {
                 for dir in local_dirs {
                     std::fs::create_dir_all(dir).with_context(|| format!("create `{}`", dir.display()))?;
                 }
+                for (link, target) in links {
+                    let _ = std::fs::remove_file(link);
+                    std::os::unix::fs::symlink(target, link)
+                        .with_context(|| format!("link `{}` to `{}`", link.display(), target.display()))?;
+                }
                 Ok(())
             }
-            Placement::Remote(remote) => remote.ensure_remote_linux_vm_directories(local_dirs, log),
+            Placement::Remote(remote) => remote.ensure_remote_linux_vm_directories(local_dirs, links, log),
         }
     }
 

@@ -27,15 +27,27 @@ impl RemoteHost {
         Ok(self.remote_state_root.join(rel))
     }
 
-    /// Create every directory a job needs on the remote side, with one `mkdir -p`, and
-    /// keep the remote state root closed to other users there, as the local one is (what
-    /// a lane leaves in its artifacts stays there until `gc`).
-    pub fn ensure_remote_linux_vm_directories(&self, local_dirs: &[PathBuf], log: &HostLog) -> Result<()> {
-        let script = r#"mkdir -p -- "$@" && chmod o-rwx -- "$0""#;
+    /// Create every directory a job needs on the remote side, and its links (pairs of a
+    /// link and its relative target), with one `sh`, and keep the remote state root
+    /// closed to other users there, as the local one is (what a lane leaves in its
+    /// artifacts stays there until `gc`).
+    pub fn ensure_remote_linux_vm_directories(
+        &self,
+        local_dirs: &[PathBuf],
+        links: &[(PathBuf, PathBuf)],
+        log: &HostLog,
+    ) -> Result<()> {
+        // The directories, `::`, then each link's target and path.
+        let script = r#"set -e; r=$0; while [ $# -gt 0 ] && [ "$1" != :: ]; do mkdir -p -- "$1"; shift; done; chmod o-rwx -- "$r"; [ $# -gt 0 ] && shift; while [ $# -gt 1 ]; do ln -sfn -- "$1" "$2"; shift 2; done"#;
         let root = self.remote_state_root.display().to_string();
         let mut argv = vec!["sh".to_string(), "-c".to_string(), script.to_string(), root];
         for dir in local_dirs {
             argv.push(self.path_of(dir)?.display().to_string());
+        }
+        argv.push("::".to_string());
+        for (link, target) in links {
+            argv.push(target.display().to_string());
+            argv.push(self.path_of(link)?.display().to_string());
         }
         self.ssh()?
             .command("ssh mkdir", &argv)

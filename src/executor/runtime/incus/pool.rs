@@ -222,7 +222,7 @@ impl Pool {
 
     /// Delete the instance of an expired entry, when its tags make it this pool's.
     pub fn delete_expired(incus: &Incus, name: &str, state_root_tag: &str, log: &HostLog) -> Result<()> {
-        let Some(info) = incus.query(&super::instance_path(name), Some(log), Wait::ToCompletion(QUERY_TIMEOUT))? else {
+        let Some(info) = incus.query(&super::instance_path(name), None, Wait::ToCompletion(QUERY_TIMEOUT))? else {
             return Ok(());
         };
         if is_unclaimed_pool_instance(&info["config"], state_root_tag) {

@@ -58,7 +58,7 @@ pub fn make_store_view(ctx: &HostContext, placement: &Placement, log: &HostLog) 
     let Some(closure) = ctx.store_closure.as_ref().filter(|c| c.len() <= MAX_CLOSURE_DEVICES) else { return Ok(()) };
     let view = store_view(&ctx.job_dir);
     let dirs: Vec<std::path::PathBuf> = closure.iter().filter_map(|p| p.file_name()).map(|b| view.join(b)).collect();
-    placement.ensure_job_directories(&dirs, log).context("make the guest's view of /nix/store")
+    placement.ensure_job_directories(&dirs, &[], log).context("make the guest's view of /nix/store")
 }
 
 /// The capabilities every process of a job's container goes without, init included (LXC
