@@ -124,9 +124,14 @@ fn lanes_run_on_a_remote_host_and_gc_cleans_up_there() {
         .collect();
     assert_eq!(logs.matches("'sh -c '\\''set -e; d=$1;").count(), 1, "the snapshot is sent once:\n{logs}");
     let view_log = std::fs::read_to_string(local_job.join("host.log")).unwrap();
-    let mkdirs: Vec<&str> = view_log.lines().filter(|l| l.contains("'mkdir -p -- \"$@\"")).collect();
+    let mkdirs: Vec<&str> = view_log.lines().filter(|l| l.contains("mkdir -p -- \"$1\"")).collect();
     let (views, dirs): (Vec<&str>, Vec<&str>) = mkdirs.iter().partition(|l| l.contains("/store-view/"));
-    assert_eq!(dirs.len(), 1, "one mkdir -p for all of a job's directories:\n{view_log}");
+    assert_eq!(dirs.len(), 1, "one call for all of a job's directories and links:\n{view_log}");
+    assert!(
+        dirs[0].contains(":: .gcroot-dev ") && dirs[0].contains("/staged-linux-rust/workspace-build"),
+        "{}",
+        dirs[0]
+    );
     assert_eq!(views.len(), 1, "one more for the mount points of the guest's /nix/store:\n{view_log}");
     // The Incus devices there name the remote job directory's payload links as sources.
     for link in ["workspace-deps", "workspace-build", "extra"] {

@@ -156,7 +156,10 @@ impl Runtime for IncusRuntime {
             ),
             None => "incus: the guest sees the host's store (no closure was given for this job)".to_string(),
         });
-        let instance = match self.warmed.take(&plan.name) {
+        let warm = self.warmed.take(&plan.name);
+        // Only jobs started ahead (one host) can have a pool instance: only they refill.
+        let poolable = warm.is_some() && self.pool.enabled();
+        let instance = match warm {
             Some(warm) => warm.ready(&plan, &io.host_log)?,
             None => {
                 check_interrupted(&plan.name, "before the creation of")?;
@@ -171,7 +174,7 @@ impl Runtime for IncusRuntime {
         let outcome = check_interrupted(instance.name(), "before the command ran in")
             .and_then(|()| instance.exec(&plan, ctx, io));
         self.warmed.delete_in_background(instance);
-        if self.pool.enabled() {
+        if poolable {
             let mut images = self.pool_images.lock().unwrap_or_else(|p| p.into_inner());
             let used = images.entry(plan.image.clone()).or_insert_with(|| (io.host_log.clone(), 0));
             *used = (io.host_log.clone(), used.1 + 1);
