@@ -278,6 +278,43 @@ impl Incus {
         serde_json::from_slice(&out.stdout).context("`incus query /1.0/instances` did not print the expected JSON")
     }
 
+    /// This machine's Incus socket, for a client of this machine's daemon that can reach
+    /// it (see [`super::incus_socket`]).
+    fn socket(&self) -> Option<super::incus_socket::Socket> {
+        match self.target {
+            Target::Local(_) => super::incus_socket::Socket::local(),
+            Target::Remote { .. } => None,
+        }
+    }
+
+    /// `GET PATH` as JSON, `None` when the object does not exist: through this machine's
+    /// socket when it can be reached (no `incus` process), else `incus query`.
+    pub fn get(&self, path: &str, log: Option<&HostLog>) -> Result<Option<serde_json::Value>> {
+        if let Some(socket) = self.socket() {
+            match socket.request("GET", path, None, QUERY_TIMEOUT, log) {
+                Ok(value) => return Ok(Some(value)),
+                Err(e) if super::incus_socket::is_not_found(&e) => return Ok(None),
+                Err(e) if e.downcast_ref::<super::incus_socket::ApiError>().is_some() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.query(path, log, Wait::Interruptible(QUERY_TIMEOUT))
+    }
+
+    /// `PATCH /1.0/instances/NAME` with `body`: through this machine's socket when it can
+    /// be reached, else [`Incus::patch_cmd`].
+    pub fn patch(&self, name: &str, body: &serde_json::Value, log: Option<&HostLog>) -> Result<()> {
+        let path = format!("/1.0/instances/{}", url_segment(name));
+        if let Some(socket) = self.socket() {
+            match socket.request("PATCH", &path, Some(&body.to_string()), LIFECYCLE_TIMEOUT, log) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.downcast_ref::<super::incus_socket::ApiError>().is_some() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.run(&self.patch_cmd(name, body), log, Wait::ToCompletion(LIFECYCLE_TIMEOUT)).map(drop)
+    }
+
     /// The fingerprint an image alias points to, `None` when there is no such alias.
     pub fn alias_target(&self, alias: &str) -> Result<Option<String>> {
         let value = self.query(

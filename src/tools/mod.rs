@@ -4,6 +4,7 @@ pub mod command;
 pub mod fs;
 pub mod git;
 pub mod incus;
+pub mod incus_socket;
 pub mod log;
 pub mod nix;
 pub mod nix_log;

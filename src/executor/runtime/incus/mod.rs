@@ -313,21 +313,20 @@ impl JobInstance {
     /// An instance of the warm pool lacks them all, and the job's description and tags:
     /// the same call adds those.
     pub fn add_devices(&self, plan: &InstancePlan) -> Result<()> {
-        let cmd = if self.from_pool {
+        let body = if self.from_pool {
             let tags: serde_json::Map<String, serde_json::Value> = (plan.spec.config.iter())
                 .filter(|(k, _)| k.starts_with("user."))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            let body = serde_json::json!({ "description": plan.spec.description, "config": tags, "devices": plan.spec.devices });
-            self.incus.patch_cmd(&self.name, &body)
+            serde_json::json!({ "description": plan.spec.description, "config": tags, "devices": plan.spec.devices })
         } else {
             let devices = plan.later_devices();
             if devices.is_empty() {
                 return Ok(());
             }
-            self.incus.add_devices_cmd(&self.name, &devices)
+            serde_json::json!({ "devices": devices })
         };
-        self.incus.run(&cmd, Some(&self.log), Wait::ToCompletion(LIFECYCLE_TIMEOUT)).map(drop).map_err(|e| {
+        self.incus.patch(&self.name, &body, Some(&self.log)).map_err(|e| {
             let what = incus_failure(&e);
             let err = error::infra(format!("could not add the payloads to instance `{}`: {what}", self.name));
             if what.contains("Missing source path") { err.hint(VANISHED_HINT) } else { err }.into()

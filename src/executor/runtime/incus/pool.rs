@@ -190,9 +190,14 @@ impl Pool {
             entry.age(unix_now()).as_secs()
         ));
         check_interrupted(&entry.instance, "before the claim of")?;
-        let info = incus
-            .query(&super::instance_path(&entry.instance), Some(log), Wait::Interruptible(QUERY_TIMEOUT))?
-            .context("it is not running (status: gone)")?;
+        // The instance and the alias, asked at once.
+        let (info, target) = std::thread::scope(|scope| {
+            let alias_path = format!("/1.0/images/aliases/{}", crate::tools::incus::url_segment(&plan.image));
+            let alias = scope.spawn(move || incus.get(&alias_path, Some(log)));
+            let info = incus.get(&super::instance_path(&entry.instance), Some(log));
+            (info, alias.join().unwrap_or_else(|_| Err(anyhow::anyhow!("asking for the image alias panicked"))))
+        });
+        let info = info?.context("it is not running (status: gone)")?;
         // An entry alone does not make an instance the pool's: its tags must (else it is
         // left alone, not deleted).
         anyhow::ensure!(
@@ -210,7 +215,7 @@ impl Pool {
                 && config("volatile.base_image") == Some(entry.fingerprint.as_str()),
             "it was not made as a job's instance is now"
         );
-        let target = incus.alias_target(&plan.image)?;
+        let target = target?.and_then(|a| a["target"].as_str().map(str::to_string));
         anyhow::ensure!(
             target.as_deref() == Some(entry.fingerprint.as_str()),
             "image `{}` now points at {}, not at the image it was made from",
