@@ -1008,3 +1008,63 @@ fn the_guest_on_an_ssh_host_sees_only_the_closure_of_its_payloads() {
     let host_log = std::fs::read_to_string(run.join("jobs/store-view/host.log")).unwrap();
     assert!(host_log.contains("the guest's /nix/store is the payloads' closure"), "{host_log}");
 }
+
+/// The warm pool on an SSH host: a run there leaves a started instance on that host (its
+/// entry here names the host), the next run's job runs in it once, and gc empties it.
+#[test]
+fn a_warm_pool_on_an_ssh_host_serves_the_next_run_there_and_gc_empties_it() {
+    let flake = copy_fixture(&fixture_path("lanes"));
+    let lab = RemoteLab::start(flake.path());
+    let host = lab.host.name.as_str();
+    let pooled_run = || -> Run {
+        pikaci()
+            .env("PIKACI_SSH_CONFIG", &lab.hosts.ssh_config)
+            .env("PIKACI_REMOTE_STATE_ROOT", &lab.remote_root)
+            .env("PIKACI_INCUS_POOL", "1")
+            .env("PIKACI_INCUS_POOL_IDLE", "300")
+            .args(["run", "view", "--runtime", "incus", "--remote", host, "--output", "json", "--flake"])
+            .arg(flake.path())
+            .output()
+            .unwrap()
+            .into()
+    };
+    let entries = || -> Vec<serde_json::Value> {
+        let Ok(dir) = std::fs::read_dir(flake.path().join(".pikaci/incus-pool")) else { return Vec::new() };
+        dir.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| read_json(&p))
+            .collect()
+    };
+    let wait_entry = |not: Option<&str>| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let found = entries().into_iter().map(|e| e["instance"].as_str().unwrap().to_string());
+            if let Some(name) = found.into_iter().find(|n| Some(n.as_str()) != not) {
+                return name;
+            }
+            assert!(std::time::Instant::now() < deadline, "the pool on `{host}` was never refilled");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let on_host = |name: &str| lab.hosts.sh(lab.host, "incus list -f csv -c n").lines().any(|l| l == name);
+
+    let out = pooled_run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let pooled = wait_entry(None);
+    assert_eq!(entries()[0]["location"], format!("ssh:{host}"));
+    assert!(on_host(&pooled), "`{pooled}` is not on `{host}`");
+
+    let out = pooled_run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let record = out.json();
+    let job = job_record(flake.path(), &record, "view");
+    assert_eq!(job["instance"], *pooled, "{job:#}");
+    assert!(!on_host(&pooled), "a pool instance runs one job and is deleted");
+
+    let next = wait_entry(Some(&pooled));
+    let gc = lab.pikaci(flake.path(), &["gc", "--keep", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(entries().is_empty(), "{:?}", entries());
+    assert!(!on_host(&next), "gc leaves `{next}` on `{host}`");
+}

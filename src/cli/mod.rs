@@ -133,6 +133,9 @@ pub enum Command {
         /// Seconds an unclaimed instance waits for a job.
         #[arg(long)]
         idle: u64,
+        /// The pool of this SSH host's Incus.
+        #[arg(long)]
+        remote: Option<String>,
     },
 }
 
@@ -270,12 +273,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let state = StateRoot::resolve(cli.state_root.as_deref(), Some(&flake.dir))?;
             print_snapshot(&flake, &state)
         }
-        Command::PoolRefill { image, size, idle } => {
+        Command::PoolRefill { image, size, idle, remote } => {
             let state_root =
                 cli.state_root.as_deref().ok_or_else(|| anyhow::anyhow!("`pool-refill` needs `--state-root`"))?;
             let settings =
                 crate::executor::runtime::incus::PoolSettings { size, idle: std::time::Duration::from_secs(idle) };
-            crate::executor::runtime::incus::refill_pool(state_root, &image, settings)?;
+            crate::executor::runtime::incus::refill_pool(state_root, remote.as_deref(), &image, settings)?;
             Ok(exit::SUCCESS)
         }
         Command::Image(ImageCommand::Import { alias, from, force, remote }) => {

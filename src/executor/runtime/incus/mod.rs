@@ -87,23 +87,25 @@ impl IncusRuntime {
         probed.unwrap_or_else(|| incus.server()).map_err(|e| daemon_error(&incus, e))?;
         let state_root_tag =
             state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf()).to_string_lossy().into_owned();
+        let pool_incus = incus.clone();
         Ok(IncusRuntime {
             incus,
             default_image: image.unwrap_or(DEFAULT_IMAGE).to_string(),
             state_root_tag: state_root_tag.clone(),
             placement: placement.clone(),
             warmed: warm::Warmed::default(),
-            pool: std::sync::Arc::new(pool::Pool::new(state_root, &state_root_tag, PoolSettings::OFF)),
+            pool: std::sync::Arc::new(pool::Pool::new(state_root, &state_root_tag, PoolSettings::OFF, &pool_incus)),
             pool_images: Default::default(),
             state_root: state_root.to_path_buf(),
         })
     }
 
     /// Keep a warm pool of `settings.size` started instances between runs (see
-    /// [`pool`]); on this machine's daemon only, else nothing changes.
+    /// [`pool`]), on this machine's daemon or an SSH host's; not on a cluster member
+    /// (nothing changes there).
     pub fn with_pool(mut self, state_root: &Path, settings: PoolSettings) -> IncusRuntime {
-        if self.incus.is_local() && self.incus.member().is_none() {
-            self.pool = std::sync::Arc::new(pool::Pool::new(state_root, &self.state_root_tag, settings));
+        if self.incus.member().is_none() {
+            self.pool = std::sync::Arc::new(pool::Pool::new(state_root, &self.state_root_tag, settings, &self.incus));
         }
         self
     }
@@ -157,10 +159,14 @@ impl Runtime for IncusRuntime {
             None => "incus: the guest sees the host's store (no closure was given for this job)".to_string(),
         });
         let warm = self.warmed.take(&plan.name);
-        // Only jobs started ahead (one host) can have a pool instance: only they refill.
+        // Only jobs got ready ahead (one host) can have a pool instance: only they refill.
         let poolable = warm.is_some() && self.pool.enabled();
-        let instance = match warm {
+        let ready = match warm {
             Some(warm) => warm.ready(&plan, &io.host_log)?,
+            None => None,
+        };
+        let instance = match ready {
+            Some(instance) => instance,
             None => {
                 check_interrupted(&plan.name, "before the creation of")?;
                 let instance = self.create(&plan, &io.host_log)?;
@@ -187,14 +193,17 @@ impl Runtime for IncusRuntime {
     }
 
     fn warm(&self, job: &JobPreview) {
-        if !self.placement.is_local() {
-            // A remote job's directories exist there only once the job has made them.
+        // A remote job's directories exist there only once the job has made them: no
+        // instance is created ahead for it, but one of the warm pool's (which gets its
+        // devices later) is claimed.
+        let create = self.placement.is_local();
+        if !create && !self.pool.enabled() {
             return;
         }
         let image = job.image.as_deref().unwrap_or(&self.default_image);
         // A plan that cannot be made is reported by the job itself, when it gets there.
         if let Ok(plan) = InstancePlan::base(job, &self.placement, image, &self.state_root_tag) {
-            self.warmed.start(&self.incus, &self.pool, plan, &job.host_log);
+            self.warmed.start(&self.incus, &self.pool, plan, create, &job.host_log);
         }
     }
 
@@ -214,7 +223,7 @@ impl Runtime for IncusRuntime {
             for (image, (log, used)) in std::mem::take(&mut *self.pool_images.lock().unwrap_or_else(|p| p.into_inner()))
             {
                 let settings = PoolSettings { size: self.pool.settings().size.min(used), ..self.pool.settings() };
-                pool::refill_detached(&self.state_root, &image, settings, &log);
+                pool::refill_detached(&self.state_root, self.incus.remote_host(), &image, settings, &log);
             }
         }
         left

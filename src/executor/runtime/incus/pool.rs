@@ -17,8 +17,9 @@
 //!   [`super::spec::DROPPED_CAPABILITIES`] ([`POOL_RECIPE`] in the entry: an entry of
 //!   an older recipe is not claimed).
 //!
-//! Local daemons only (not SSH hosts or cluster members). `PIKACI_INCUS_POOL=0` turns it
-//! off; the size defaults to `--jobs`.
+//! On this machine's daemon and on SSH hosts (each its own pool: an entry names where its
+//! instance is), not on cluster members. `PIKACI_INCUS_POOL=0` turns it off; the size
+//! defaults to `--jobs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,6 +89,10 @@ pub fn claim_margin(idle: Duration) -> Duration {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
     pub instance: String,
+    /// Where it runs: [`location_key`] (empty in entries made before there was one: this
+    /// machine).
+    #[serde(default)]
+    pub location: String,
     /// The image as a lane names it (an alias) and the fingerprint it pointed to.
     pub image: String,
     pub fingerprint: String,
@@ -112,6 +117,13 @@ pub struct Pool {
     dir: PathBuf,
     settings: PoolSettings,
     state_root_tag: String,
+    /// The daemon's [`location_key`]: only its entries are this pool's.
+    location: String,
+}
+
+/// Which daemon an entry's instance is on: `local`, or `ssh:<host>`.
+pub fn location_key(incus: &Incus) -> String {
+    incus.remote_host().map(|h| format!("ssh:{h}")).unwrap_or_else(|| "local".to_string())
 }
 
 /// What a look at the entries found: the one claimed, and the expired ones taken out
@@ -123,8 +135,13 @@ pub struct Claimed {
 }
 
 impl Pool {
-    pub fn new(state_root: &Path, state_root_tag: &str, settings: PoolSettings) -> Pool {
-        Pool { dir: state_root.join(POOL_DIR), settings, state_root_tag: state_root_tag.to_string() }
+    pub fn new(state_root: &Path, state_root_tag: &str, settings: PoolSettings, incus: &Incus) -> Pool {
+        Pool {
+            dir: state_root.join(POOL_DIR),
+            settings,
+            state_root_tag: state_root_tag.to_string(),
+            location: location_key(incus),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -161,8 +178,15 @@ impl Pool {
         claimed
     }
 
-    /// Every entry, unclaimed (unreadable ones are ignored: they are removed by gc).
+    /// Every entry of this pool's daemon, unclaimed (unreadable ones are ignored: gc
+    /// removes them).
     fn entries(&self) -> Vec<(PathBuf, Entry)> {
+        let here = |e: &Entry| e.location == self.location || (e.location.is_empty() && self.location == "local");
+        self.all_entries().into_iter().filter(|(_, e)| here(e)).collect()
+    }
+
+    /// Every entry of every daemon.
+    fn all_entries(&self) -> Vec<(PathBuf, Entry)> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         dir.filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -308,6 +332,7 @@ impl Pool {
         check_interrupted(&name, "before the entry of")?;
         let entry = Entry {
             instance: name.clone(),
+            location: self.location.clone(),
             image: image.to_string(),
             fingerprint,
             recipe: POOL_RECIPE.to_string(),
@@ -337,16 +362,19 @@ pub const REFILL_LOG: &str = "refill.log";
 /// (`pikaci pool-refill`, hidden) that outlives the run: the run's summary does not wait
 /// for instances that only the next run needs. Its calls go to
 /// `<state root>/incus-pool/refill.log`.
-pub fn refill_detached(state_root: &Path, image: &str, settings: PoolSettings, log: &HostLog) {
+pub fn refill_detached(state_root: &Path, remote: Option<&str>, image: &str, settings: PoolSettings, log: &HostLog) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return log.line(&format!("incus: the warm pool is not refilled: where is pikaci? {e}")),
     };
-    let cmd = crate::tools::command::Cmd::new("pikaci pool-refill", exe)
+    let mut cmd = crate::tools::command::Cmd::new("pikaci pool-refill", exe)
         .arg("--state-root")
         .arg(state_root)
         .args(["pool-refill", "--image", image])
         .args(["--size", &settings.size.to_string(), "--idle", &settings.idle.as_secs().to_string()]);
+    if let Some(host) = remote {
+        cmd = cmd.args(["--remote", host]);
+    }
     match cmd.spawn_detached() {
         Ok(()) => {
             log.line(&format!("incus: the warm pool of `{image}` is refilled in the background (`{}`)", cmd.display()))
@@ -356,8 +384,8 @@ pub fn refill_detached(state_root: &Path, image: &str, settings: PoolSettings, l
 }
 
 /// `pikaci pool-refill`: make the instances the pool of `image` lacks, on this machine's
-/// daemon, logging to [`REFILL_LOG`].
-pub fn refill_now(state_root: &Path, image: &str, settings: PoolSettings) -> Result<()> {
+/// daemon or `remote`'s (through SSH), logging to [`REFILL_LOG`].
+pub fn refill_now(state_root: &Path, remote: Option<&str>, image: &str, settings: PoolSettings) -> Result<()> {
     let dir = state_root.join(POOL_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("create `{}`", dir.display()))?;
     let log_path = dir.join(REFILL_LOG);
@@ -366,10 +394,15 @@ pub fn refill_now(state_root: &Path, image: &str, settings: PoolSettings) -> Res
         let _ = std::fs::remove_file(&log_path);
     }
     let log = HostLog::create(&log_path)?;
-    log.line(&format!("refill of `{image}` at {} (Unix seconds), pid {}", unix_now(), std::process::id()));
-    let incus = Incus::local()?;
+    let incus = Incus::locate(remote)?;
+    log.line(&format!(
+        "refill of `{image}` on {} at {} (Unix seconds), pid {}",
+        incus.location(),
+        unix_now(),
+        std::process::id()
+    ));
     let tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf()).to_string_lossy().into_owned();
-    let failures = Pool::new(state_root, &tag, settings).refill(&incus, image, &log)?;
+    let failures = Pool::new(state_root, &tag, settings, &incus).refill(&incus, image, &log)?;
     anyhow::ensure!(failures.is_empty(), "{} pool instance(s) were not made: {}", failures.len(), failures.join("; "));
     Ok(())
 }
@@ -382,7 +415,7 @@ const UNENTERED_GRACE: Duration = Duration::from_secs(120);
 /// and so is every instance tagged with the state root that has neither an entry nor a
 /// run's tags, once older than [`UNENTERED_GRACE`] (a pikaci killed while making it). Returns the names of the instances deleted.
 pub fn drain(incus: &Incus, state_root: &Path, state_root_tag: &str) -> Result<Vec<String>> {
-    let pool = Pool::new(state_root, state_root_tag, PoolSettings::OFF);
+    let pool = Pool::new(state_root, state_root_tag, PoolSettings::OFF, incus);
     let mut entered: Vec<String> = Vec::new();
     for (path, entry) in pool.entries() {
         if std::fs::remove_file(&path).is_ok() {
@@ -451,6 +484,7 @@ mod tests {
             instance: instance.into(),
             image: image.into(),
             fingerprint: "f".into(),
+            location: "local".into(),
             recipe: POOL_RECIPE.into(),
             created_unix: unix_now() - age,
             idle_secs: idle,
@@ -465,7 +499,12 @@ mod tests {
     #[test]
     fn a_claim_takes_one_fresh_entry_of_the_image_and_clears_expired_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::new(dir.path(), "/state", PoolSettings { size: 2, idle: Duration::from_secs(600) });
+        let pool = Pool::new(
+            dir.path(),
+            "/state",
+            PoolSettings { size: 2, idle: Duration::from_secs(600) },
+            &Incus::with_program("incus"),
+        );
         write(&pool, &entry("other-image", "team/rust", 10, 600));
         write(&pool, &entry("expired", "pikaci/busybox", 590, 600));
         let mut old_recipe = entry("old-recipe", "pikaci/busybox", 10, 600);
@@ -487,7 +526,12 @@ mod tests {
     #[test]
     fn the_pool_wants_what_its_size_lacks() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::new(dir.path(), "/state", PoolSettings { size: 2, idle: Duration::from_secs(600) });
+        let pool = Pool::new(
+            dir.path(),
+            "/state",
+            PoolSettings { size: 2, idle: Duration::from_secs(600) },
+            &Incus::with_program("incus"),
+        );
         assert_eq!(pool.wanted("pikaci/busybox"), 2);
         write(&pool, &entry("a", "pikaci/busybox", 10, 600));
         write(&pool, &entry("b", "pikaci/busybox", 599, 600));

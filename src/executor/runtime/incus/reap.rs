@@ -14,15 +14,12 @@ use crate::tools::incus::{Incus, InstanceInfo, LIFECYCLE_TIMEOUT, Wait};
 /// owns any more (the run's process died, or the run was removed). Returns their
 /// names, or `None` when Incus is absent or its daemon does not answer (nothing could
 /// be looked for; the caller knows whether that matters). Instances of other state
-/// roots, of live runs, and instances pikaci did not tag are never touched.
-///
-/// The warm pool of the state root ([`super::pool`]) is emptied too: its instances are
-/// among the names returned.
+/// roots, of live runs, and instances pikaci did not tag are never touched. The warm
+/// pool of the state root on that daemon ([`super::pool`]) is emptied too: its
+/// instances are among the names returned.
 pub fn reap_orphans(state: &StateRoot) -> Result<Option<Vec<String>>> {
     let Ok(incus) = Incus::local() else { return Ok(None) };
-    let Some(mut reaped) = reap_orphans_with(&incus, state)? else { return Ok(None) };
-    reaped.extend(super::pool::drain(&incus, &state.root, &canonical_tag(&state.root))?);
-    Ok(Some(reaped))
+    reap_orphans_with(&incus, state)
 }
 
 /// [`reap_orphans`] on the daemon `incus` talks to (this machine's, or a remote host's
@@ -45,6 +42,8 @@ pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Option<Vec<
         let removed = if reaped.is_empty() { String::new() } else { format!(" (removed {})", reaped.join(", ")) };
         bail!("could not delete {} leftover instance(s){removed}: {}", failed.len(), failed.join("; "));
     }
+    // And the warm pool of the state root on that daemon.
+    reaped.extend(super::pool::drain(incus, &state.root, &canonical_tag(&state.root))?);
     Ok(Some(reaped))
 }
 

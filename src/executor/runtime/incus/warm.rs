@@ -34,12 +34,13 @@ pub struct Warmed {
 #[derive(Default)]
 struct Inner {
     /// By instance name.
-    starting: HashMap<String, JoinHandle<Result<JobInstance>>>,
+    /// `Ok(None)`: nothing was got ready (a remote job with no pool instance to claim).
+    starting: HashMap<String, JoinHandle<Result<Option<JobInstance>>>>,
     deleting: Vec<JoinHandle<Option<String>>>,
 }
 
 /// An instance being started for a job.
-pub struct Warm(JoinHandle<Result<JobInstance>>);
+pub struct Warm(JoinHandle<Result<Option<JobInstance>>>);
 
 impl Warmed {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -47,9 +48,9 @@ impl Warmed {
     }
 
     /// Get the instance of `plan` ready in the background: one of the warm pool's when
-    /// there is one to claim, else one created and started now. Its calls go to the
-    /// job's `host.log`, like every other of the job's calls.
-    pub fn start(&self, incus: &Incus, pool: &Arc<Pool>, plan: InstancePlan, log: &HostLog) {
+    /// there is one to claim, else (when `create`) one created and started now. Its calls
+    /// go to the job's `host.log`, like every other of the job's calls.
+    pub fn start(&self, incus: &Incus, pool: &Arc<Pool>, plan: InstancePlan, create: bool, log: &HostLog) {
         let log = log.clone();
         let incus = incus.clone();
         let name = plan.name.clone();
@@ -70,12 +71,15 @@ impl Warmed {
         let handle = std::thread::spawn(move || {
             if let Some(entry) = claimed.entry {
                 match Pool::adopt(&incus, &entry, &plan, &tag, &log) {
-                    Ok(instance) => return Ok(instance),
+                    Ok(instance) => return Ok(Some(instance)),
                     Err(e) if is_interrupted(&e) => return Err(e),
                     Err(e) => {
                         log.line(&format!("incus: `{}` of the warm pool cannot be this job's: {e:#}", entry.instance))
                     }
                 }
+            }
+            if !create {
+                return Ok(None);
             }
             log.line(&format!("incus: creating instance `{}` while the job's payloads are realized", plan.name));
             check_interrupted(&plan.name, "before the creation of")?;
@@ -83,7 +87,7 @@ impl Warmed {
             // An early return drops the instance, which deletes it.
             check_interrupted(&plan.name, "before the start of")?;
             instance.start()?;
-            Ok(instance)
+            Ok(Some(instance))
         });
         self.lock().starting.insert(name, handle);
     }
@@ -130,7 +134,7 @@ impl Warmed {
 }
 
 impl Warm {
-    fn join(self) -> Result<JobInstance> {
+    fn join(self) -> Result<Option<JobInstance>> {
         self.0.join().unwrap_or_else(|payload| {
             Err(crate::error::internal(format!(
                 "starting an instance ahead of its job panicked: {}",
@@ -140,13 +144,14 @@ impl Warm {
         })
     }
 
-    /// The instance started ahead, with the job's other devices added.
-    pub fn ready(self, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
-        let instance = self.join()?;
+    /// The instance started ahead, with the job's other devices added; `None` when none
+    /// was got ready.
+    pub fn ready(self, plan: &InstancePlan, log: &HostLog) -> Result<Option<JobInstance>> {
+        let Some(instance) = self.join()? else { return Ok(None) };
         log.line(&format!("incus: instance `{}` was started ahead; adding the job's devices", instance.name()));
         check_interrupted(instance.name(), "before the devices were added to")?;
         instance.add_devices(plan)?;
-        Ok(instance)
+        Ok(Some(instance))
     }
 
     /// The job will not run: delete the instance. Returns the warm-up's error when it
