@@ -491,6 +491,12 @@ mod tests {
         }
     }
 
+    /// A pool of two on this machine's daemon.
+    fn local_pool(state_root: &Path) -> Pool {
+        let settings = PoolSettings { size: 2, idle: Duration::from_secs(600) };
+        Pool::new(state_root, "/state", settings, &Incus::with_program("incus"))
+    }
+
     fn write(pool: &Pool, e: &Entry) {
         std::fs::create_dir_all(&pool.dir).unwrap();
         std::fs::write(pool.dir.join(format!("{}.json", e.instance)), serde_json::to_vec(e).unwrap()).unwrap();
@@ -499,18 +505,17 @@ mod tests {
     #[test]
     fn a_claim_takes_one_fresh_entry_of_the_image_and_clears_expired_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::new(
-            dir.path(),
-            "/state",
-            PoolSettings { size: 2, idle: Duration::from_secs(600) },
-            &Incus::with_program("incus"),
-        );
+        let pool = local_pool(dir.path());
         write(&pool, &entry("other-image", "team/rust", 10, 600));
         write(&pool, &entry("expired", "pikaci/busybox", 590, 600));
         let mut old_recipe = entry("old-recipe", "pikaci/busybox", 10, 600);
         old_recipe.recipe = "0".into();
         write(&pool, &old_recipe);
         write(&pool, &entry("fresh", "pikaci/busybox", 10, 600));
+        // Another daemon's instance: not this pool's to claim or to delete.
+        let mut remote = entry("on-a-host", "pikaci/busybox", 10, 600);
+        remote.location = "ssh:ci@build1".into();
+        write(&pool, &remote);
 
         let claimed = pool.claim("pikaci/busybox");
         assert_eq!(claimed.entry.map(|e| e.instance).as_deref(), Some("fresh"));
@@ -521,17 +526,15 @@ mod tests {
         assert!(pool.claim("pikaci/busybox").entry.is_none());
         let left: Vec<String> = pool.entries().into_iter().map(|(_, e)| e.instance).collect();
         assert_eq!(left, ["other-image"]);
+        let mut all: Vec<String> = pool.all_entries().into_iter().map(|(_, e)| e.instance).collect();
+        all.sort();
+        assert_eq!(all, ["on-a-host", "other-image"]);
     }
 
     #[test]
     fn the_pool_wants_what_its_size_lacks() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::new(
-            dir.path(),
-            "/state",
-            PoolSettings { size: 2, idle: Duration::from_secs(600) },
-            &Incus::with_program("incus"),
-        );
+        let pool = local_pool(dir.path());
         assert_eq!(pool.wanted("pikaci/busybox"), 2);
         write(&pool, &entry("a", "pikaci/busybox", 10, 600));
         write(&pool, &entry("b", "pikaci/busybox", 599, 600));
