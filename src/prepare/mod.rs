@@ -24,9 +24,9 @@ use crate::executor::Placement;
 use crate::handoff::StagedPayloadMount;
 use crate::tools::log::HostLog;
 use crate::tools::nix::Nix;
-use crate::tools::nix_log::{BuildState, BuildWatch, Change};
+
 use manifest::{PayloadManifest, ResolvedMount};
-use progress::PayloadBuild;
+use progress::{LockWait, PayloadBuild};
 
 /// The directory, inside a job directory, that holds the payload roots.
 pub const STAGED_DIR: &str = "staged-linux-rust";
@@ -323,33 +323,6 @@ impl Preparing<'_> {
         }
         manifest::check_mounts_apart(&prepared.extra_mounts, &lane.id)?;
         Ok(prepared)
-    }
-}
-
-/// How long a command waited for Nix's lock on a path another process builds, from its
-/// structured log.
-#[derive(Default)]
-struct LockWait {
-    since: Option<Instant>,
-    total: Duration,
-}
-
-impl LockWait {
-    fn total(&self) -> Duration {
-        self.total + self.since.map(|s| s.elapsed()).unwrap_or_default()
-    }
-}
-
-impl BuildWatch for LockWait {
-    fn change(&mut self, change: &Change, state: &BuildState) {
-        match (change, self.since) {
-            (Change::WaitStarted(_), None) => self.since = Some(Instant::now()),
-            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
-                self.total += since.elapsed();
-                self.since = None;
-            }
-            _ => {}
-        }
     }
 }
 

@@ -92,8 +92,7 @@ pub struct PayloadBuild<'a> {
     done: u64,
     /// Time spent waiting for Nix's lock on a path another process builds: not this
     /// payload's own work.
-    lock_wait: Duration,
-    waiting_since: Option<Instant>,
+    lock: LockWait,
 }
 
 impl<'a> PayloadBuild<'a> {
@@ -110,8 +109,7 @@ impl<'a> PayloadBuild<'a> {
             announced: false,
             told: None,
             done: 0,
-            lock_wait: Duration::ZERO,
-            waiting_since: None,
+            lock: LockWait::default(),
         }
     }
 
@@ -119,7 +117,7 @@ impl<'a> PayloadBuild<'a> {
     /// started to build, and closes the log. Returns how long it waited for another
     /// process's build of a path it needed.
     pub fn finish(mut self, failure: Option<&anyhow::Error>) -> Duration {
-        let lock_wait = self.lock_wait + self.waiting_since.map(|s| s.elapsed()).unwrap_or_default();
+        let lock_wait = self.lock.total();
         if !self.announced {
             return lock_wait;
         }
@@ -195,14 +193,7 @@ impl<'a> PayloadBuild<'a> {
 impl BuildWatch for PayloadBuild<'_> {
     fn change(&mut self, change: &Change, state: &BuildState) {
         self.done = state.done;
-        match (change, self.waiting_since) {
-            (Change::WaitStarted(_), None) => self.waiting_since = Some(Instant::now()),
-            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
-                self.lock_wait += since.elapsed();
-                self.waiting_since = None;
-            }
-            _ => {}
-        }
+        self.lock.change(change, state);
         // Nix's `info` messages (level 3) say what it will build or fetch: work starts.
         let starts = matches!(change, Change::BuildStarted(_) | Change::FetchStarted(_) | Change::Message(3, _));
         if !self.announced && starts {
@@ -244,6 +235,33 @@ impl BuildWatch for PayloadBuild<'_> {
                 self.payload
             )
         })
+    }
+}
+
+/// How long a command waited for Nix's lock on a path another process builds, from its
+/// structured log.
+#[derive(Default)]
+pub(super) struct LockWait {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl LockWait {
+    pub(super) fn total(&self) -> Duration {
+        self.total + self.since.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+impl BuildWatch for LockWait {
+    fn change(&mut self, change: &Change, state: &BuildState) {
+        match (change, self.since) {
+            (Change::WaitStarted(_), None) => self.since = Some(Instant::now()),
+            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
+                self.total += since.elapsed();
+                self.since = None;
+            }
+            _ => {}
+        }
     }
 }
 
