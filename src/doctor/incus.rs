@@ -118,7 +118,7 @@ pub fn image_check(incus: &Incus) -> Check {
         Some(host) => format!("`pikaci image import --remote {host}`"),
         None => "`pikaci image import`".to_string(),
     };
-    match incus.alias_target(DEFAULT_IMAGE) {
+    match incus.alias_target(DEFAULT_IMAGE, None) {
         Ok(Some(fingerprint)) => Check::ok(
             "incus image",
             format!("`{DEFAULT_IMAGE}` is imported ({})", &fingerprint[..fingerprint.len().min(12)]),

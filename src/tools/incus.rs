@@ -323,12 +323,9 @@ impl Incus {
     }
 
     /// The fingerprint an image alias points to, `None` when there is no such alias.
-    pub fn alias_target(&self, alias: &str) -> Result<Option<String>> {
-        let value = self.query(
-            &format!("/1.0/images/aliases/{}", url_segment(alias)),
-            None,
-            Wait::Interruptible(QUERY_TIMEOUT),
-        )?;
+    /// Asked as [`Incus::get`] asks (this machine's socket when it can be reached).
+    pub fn alias_target(&self, alias: &str, log: Option<&HostLog>) -> Result<Option<String>> {
+        let value = self.get(&format!("/1.0/images/aliases/{}", url_segment(alias)), log)?;
         Ok(value.and_then(|v| v.get("target").and_then(|t| t.as_str()).map(str::to_string)))
     }
 

@@ -66,7 +66,7 @@ pub fn import_image(alias: &str, from: Option<&Path>, force: bool, remote: Optio
         None => Incus::local()?,
     };
     incus.server().map_err(|e| daemon_error(&incus, e))?;
-    let existing = incus.alias_target(alias)?;
+    let existing = incus.alias_target(alias, None)?;
     if let Some(fingerprint) = &existing
         && !force
     {
@@ -118,7 +118,7 @@ pub fn import_image(alias: &str, from: Option<&Path>, force: bool, remote: Optio
             let cmd = incus.command("incus image alias create", &["image", "alias", "create", alias, &fingerprint]);
             if let Err(e) = incus.run(&cmd, None, Wait::Interruptible(QUERY_TIMEOUT)) {
                 // Another `pikaci image import` may have won the race: that is success.
-                return match incus.alias_target(alias)? {
+                return match incus.alias_target(alias, None)? {
                     Some(target) => Ok(target),
                     None => Err(e.context(format!("create alias `{alias}`"))),
                 };

@@ -85,8 +85,7 @@ impl IncusRuntime {
         }
         let probed = if incus.is_local() && member.is_none() { take_early_probe() } else { None };
         probed.unwrap_or_else(|| incus.server()).map_err(|e| daemon_error(&incus, e))?;
-        let state_root_tag =
-            state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf()).to_string_lossy().into_owned();
+        let state_root_tag = reap::canonical_tag(state_root);
         let pool_incus = incus.clone();
         Ok(IncusRuntime {
             incus,

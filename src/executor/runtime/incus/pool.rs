@@ -32,7 +32,7 @@ use super::spec::DROPPED_CAPABILITIES;
 use super::{InstancePlan, JobInstance, check_interrupted};
 use crate::error;
 use crate::handoff as guest;
-use crate::tools::incus::{Incus, InstanceSpec, LIFECYCLE_TIMEOUT, QUERY_TIMEOUT, Wait};
+use crate::tools::incus::{Incus, InstanceInfo, InstanceSpec, QUERY_TIMEOUT, Wait};
 use crate::tools::log::HostLog;
 
 /// The directory of the entries, in the state root.
@@ -201,13 +201,7 @@ impl Pool {
     /// Make a claimed instance the job's, once the lane's image alias is found to point
     /// at the image it was made from. Its tags and devices are added later, all in one
     /// `PATCH` ([`JobInstance::add_devices`]). On failure the instance is deleted.
-    pub fn adopt(
-        incus: &Incus,
-        entry: &Entry,
-        plan: &InstancePlan,
-        state_root_tag: &str,
-        log: &HostLog,
-    ) -> Result<JobInstance> {
+    pub fn adopt(&self, incus: &Incus, entry: &Entry, plan: &InstancePlan, log: &HostLog) -> Result<JobInstance> {
         log.line(&format!(
             "incus: instance `{}` of the warm pool (started {}s ago) is the job's",
             entry.instance,
@@ -216,8 +210,7 @@ impl Pool {
         check_interrupted(&entry.instance, "before the claim of")?;
         // The instance and the alias, asked at once.
         let (info, target) = std::thread::scope(|scope| {
-            let alias_path = format!("/1.0/images/aliases/{}", crate::tools::incus::url_segment(&plan.image));
-            let alias = scope.spawn(move || incus.get(&alias_path, Some(log)));
+            let alias = scope.spawn(|| incus.alias_target(&plan.image, Some(log)));
             let info = incus.get(&super::instance_path(&entry.instance), Some(log));
             (info, alias.join().unwrap_or_else(|_| Err(anyhow::anyhow!("asking for the image alias panicked"))))
         });
@@ -225,7 +218,7 @@ impl Pool {
         // An entry alone does not make an instance the pool's: its tags must (else it is
         // left alone, not deleted).
         anyhow::ensure!(
-            is_unclaimed_pool_instance(&info["config"], state_root_tag),
+            is_unclaimed_pool_instance(&info["config"], &self.state_root_tag),
             "it is not an unclaimed pool instance of this state root"
         );
         let instance = JobInstance::adopt(incus, &entry.instance, log);
@@ -239,7 +232,7 @@ impl Pool {
                 && config("volatile.base_image") == Some(entry.fingerprint.as_str()),
             "it was not made as a job's instance is now"
         );
-        let target = target?.and_then(|a| a["target"].as_str().map(str::to_string));
+        let target = target?;
         anyhow::ensure!(
             target.as_deref() == Some(entry.fingerprint.as_str()),
             "image `{}` now points at {}, not at the image it was made from",
@@ -250,11 +243,11 @@ impl Pool {
     }
 
     /// Delete the instance of an expired entry, when its tags make it this pool's.
-    pub fn delete_expired(incus: &Incus, name: &str, state_root_tag: &str, log: &HostLog) -> Result<()> {
+    pub fn delete_expired(&self, incus: &Incus, name: &str, log: &HostLog) -> Result<()> {
         let Some(info) = incus.query(&super::instance_path(name), None, Wait::ToCompletion(QUERY_TIMEOUT))? else {
             return Ok(());
         };
-        if is_unclaimed_pool_instance(&info["config"], state_root_tag) {
+        if is_unclaimed_pool_instance(&info["config"], &self.state_root_tag) {
             JobInstance::adopt(incus, name, log).delete()?;
         }
         Ok(())
@@ -326,7 +319,7 @@ impl Pool {
         // A job claims it only while the alias still points there: an image named by
         // anything but an alias is not pooled.
         anyhow::ensure!(
-            incus.alias_target(image)?.as_deref() == Some(fingerprint.as_str()),
+            incus.alias_target(image, None)?.as_deref() == Some(fingerprint.as_str()),
             "`{image}` is not an image alias pointing at the image the instance was made from"
         );
         check_interrupted(&name, "before the entry of")?;
@@ -401,7 +394,7 @@ pub fn refill_now(state_root: &Path, remote: Option<&str>, image: &str, settings
         unix_now(),
         std::process::id()
     ));
-    let tag = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf()).to_string_lossy().into_owned();
+    let tag = super::reap::canonical_tag(state_root);
     let failures = Pool::new(state_root, &tag, settings, &incus).refill(&incus, image, &log)?;
     anyhow::ensure!(failures.is_empty(), "{} pool instance(s) were not made: {}", failures.len(), failures.join("; "));
     Ok(())
@@ -411,10 +404,12 @@ pub fn refill_now(state_root: &Path, remote: Option<&str>, image: &str, settings
 /// it as left behind (by a pikaci killed while making it) rather than in the making.
 const UNENTERED_GRACE: Duration = Duration::from_secs(120);
 
-/// Empty every pool of the state root: each entry is claimed and its instance deleted,
-/// and so is every instance tagged with the state root that has neither an entry nor a
-/// run's tags, once older than [`UNENTERED_GRACE`] (a pikaci killed while making it). Returns the names of the instances deleted.
-pub fn drain(incus: &Incus, state_root: &Path, state_root_tag: &str) -> Result<Vec<String>> {
+/// What emptying the state root's pool on `incus`' daemon deletes, among `instances`
+/// (that daemon's): every entry is taken out and its instance named, and so is every
+/// instance tagged with the state root that has neither an entry nor a run's tags, once
+/// older than [`UNENTERED_GRACE`] (a pikaci killed while making it). Only instances whose
+/// tags make them this pool's are named.
+pub fn leftovers(incus: &Incus, instances: &[InstanceInfo], state_root: &Path, state_root_tag: &str) -> Vec<String> {
     let pool = Pool::new(state_root, state_root_tag, PoolSettings::OFF, incus);
     let mut entered: Vec<String> = Vec::new();
     for (path, entry) in pool.entries() {
@@ -422,29 +417,18 @@ pub fn drain(incus: &Incus, state_root: &Path, state_root_tag: &str) -> Result<V
             entered.push(entry.instance);
         }
     }
-    let mut names: Vec<String> = Vec::new();
-    for instance in incus.instances(None)? {
-        let config = serde_json::to_value(&instance.config).unwrap_or_default();
-        if !is_unclaimed_pool_instance(&config, state_root_tag) {
-            continue;
-        }
-        // One without an entry that is young is being made by a refill (or was claimed
-        // by a run a moment ago and is about to get its tags).
-        let made = instance.config.get(TAG_POOL).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-        let old = unix_now().saturating_sub(made) > UNENTERED_GRACE.as_secs();
-        if entered.contains(&instance.name) || old {
-            names.push(instance.name);
-        }
-    }
-    let mut deleted = Vec::new();
-    for name in names {
-        match incus.run(&incus.delete_cmd(&name), None, Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
-            Ok(_) => deleted.push(name),
-            Err(e) if crate::tools::incus::is_not_found(&e) => {}
-            Err(e) => return Err(e.context(format!("delete the pool instance `{name}`"))),
-        }
-    }
-    Ok(deleted)
+    let now = unix_now();
+    instances
+        .iter()
+        .filter(|i| is_unclaimed_pool_instance(&serde_json::to_value(&i.config).unwrap_or_default(), state_root_tag))
+        .filter(|i| {
+            // One without an entry that is young is being made by a refill (or was claimed
+            // by a run a moment ago and is about to get its tags).
+            let made = i.config.get(TAG_POOL).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+            entered.contains(&i.name) || now.saturating_sub(made) > UNENTERED_GRACE.as_secs()
+        })
+        .map(|i| i.name.clone())
+        .collect()
 }
 
 /// The guest's idle timer: after `idle`, unless a job's artifacts directory is mounted

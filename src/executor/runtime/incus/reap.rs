@@ -28,42 +28,48 @@ pub fn reap_orphans_with(incus: &Incus, state: &StateRoot) -> Result<Option<Vec<
     if incus.server().is_err() {
         return Ok(None);
     }
+    let instances = incus.instances(None)?;
+    let mut doomed: Vec<String> = orphans_among(&instances, state).into_iter().map(|i| i.name).collect();
+    // And the warm pool of the state root on that daemon.
+    doomed.extend(super::pool::leftovers(incus, &instances, &state.root, &canonical_tag(&state.root)));
     let mut reaped = Vec::new();
     let mut failed = Vec::new();
-    for instance in orphans(incus, state)? {
-        let cmd = incus.delete_cmd(&instance.name);
-        match incus.run(&cmd, None, Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
-            Ok(_) => reaped.push(instance.name),
-            Err(e) if crate::tools::incus::is_not_found(&e) => reaped.push(instance.name),
-            Err(e) => failed.push(format!("`{}`: {}", instance.name, incus_failure(&e))),
+    for name in doomed {
+        match incus.run(&incus.delete_cmd(&name), None, Wait::ToCompletion(LIFECYCLE_TIMEOUT)) {
+            Ok(_) => reaped.push(name),
+            Err(e) if crate::tools::incus::is_not_found(&e) => reaped.push(name),
+            Err(e) => failed.push(format!("`{name}`: {}", incus_failure(&e))),
         }
     }
     if !failed.is_empty() {
         let removed = if reaped.is_empty() { String::new() } else { format!(" (removed {})", reaped.join(", ")) };
         bail!("could not delete {} leftover instance(s){removed}: {}", failed.len(), failed.join("; "));
     }
-    // And the warm pool of the state root on that daemon.
-    reaped.extend(super::pool::drain(incus, &state.root, &canonical_tag(&state.root))?);
     Ok(Some(reaped))
 }
 
 /// Instances tagged with this state root whose run is not live.
 pub fn orphans(incus: &Incus, state: &StateRoot) -> Result<Vec<InstanceInfo>> {
+    Ok(orphans_among(&incus.instances(None)?, state))
+}
+
+/// [`orphans`] among instances listed already.
+fn orphans_among(instances: &[InstanceInfo], state: &StateRoot) -> Vec<InstanceInfo> {
     let root = canonical_tag(&state.root);
-    Ok(incus
-        .instances(None)?
-        .into_iter()
+    instances
+        .iter()
         .filter(|i| i.config.get(TAG_STATE_ROOT).is_some_and(|r| *r == root))
         .filter(|i| match i.config.get(TAG_RUN) {
             Some(run) if is_plain_name(run) => !(state.run_dir(run).is_dir() && state.run_is_live(run)),
             // A run tag that is not a run id was not written by pikaci: leave it alone.
             _ => false,
         })
-        .collect())
+        .cloned()
+        .collect()
 }
 
 /// The state root as the instances' tag names it.
-fn canonical_tag(root: &Path) -> String {
+pub(super) fn canonical_tag(root: &Path) -> String {
     root.canonicalize().unwrap_or_else(|_| root.to_path_buf()).to_string_lossy().into_owned()
 }
 

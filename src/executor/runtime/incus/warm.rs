@@ -55,22 +55,22 @@ impl Warmed {
         let incus = incus.clone();
         let name = plan.name.clone();
         let claimed = if pool.enabled() { pool.claim(&plan.image) } else { Default::default() };
-        let tag = plan.spec.config.get(super::naming::TAG_STATE_ROOT).cloned().unwrap_or_default();
         for expired in claimed.expired {
             log.line(&format!("incus: `{expired}` of the warm pool idled too long; deleting it"));
-            let (incus, tag, log) = (incus.clone(), tag.clone(), log.clone());
+            let (incus, pool, log) = (incus.clone(), pool.clone(), log.clone());
             let handle = std::thread::spawn(move || {
                 // Not the run's own: told in the job's log only (it idles out, or gc takes it).
-                if let Err(e) = Pool::delete_expired(&incus, &expired, &tag, &log) {
+                if let Err(e) = pool.delete_expired(&incus, &expired, &log) {
                     log.line(&format!("incus: `{expired}` of the warm pool was not deleted: {e:#}"));
                 }
                 None
             });
             self.lock().deleting.push(handle);
         }
+        let pool = pool.clone();
         let handle = std::thread::spawn(move || {
             if let Some(entry) = claimed.entry {
-                match Pool::adopt(&incus, &entry, &plan, &tag, &log) {
+                match pool.adopt(&incus, &entry, &plan, &log) {
                     Ok(instance) => return Ok(Some(instance)),
                     Err(e) if is_interrupted(&e) => return Err(e),
                     Err(e) => {
