@@ -400,7 +400,7 @@ pub fn refill_now(state_root: &Path, remote: Option<&str>, image: &str, settings
     Ok(())
 }
 
-/// How old a pool instance without an entry or a run's tags must be for `drain` to take
+/// How old a pool instance without an entry or a run's tags must be for `gc` ([`leftovers`]) to take
 /// it as left behind (by a pikaci killed while making it) rather than in the making.
 const UNENTERED_GRACE: Duration = Duration::from_secs(120);
 
