@@ -218,28 +218,53 @@ fn a_payload_waiting_for_nix_lock_counts_its_own_time_not_the_wait() {
 }
 
 #[test]
-fn a_payload_that_builds_on_another_waits_for_it_not_for_nix_lock() {
-    // `layered`'s workspace-build takes workspace-deps' derivation as an input: it is
-    // realized once workspace-deps is, so the input is built once, by workspace-deps, and
-    // nothing waits on Nix's lock (whose poll is 5 seconds).
+fn a_job_builds_all_its_payloads_with_one_realisation_and_each_keeps_its_own_log() {
+    // `layered`'s workspace-build takes workspace-deps' derivation as an input: one
+    // `nix-store --realise` of both builds that input once, first, and nothing waits on
+    // Nix's lock (whose poll is 5 seconds). Each payload's log has its own builds.
     let dir = lanes_fixture();
     let out = run_in(dir.path(), &["run", "layered", "--runtime", "bwrap"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!out.stdout.contains("for another build of it"), "{}", out.stdout);
     let run = only_run(dir.path());
     let events = events(&run);
-    let deps_done = events
+    // Nix plans both builds at once (both payloads say they build), and builds
+    // workspace-build's derivation once workspace-deps' is built.
+    let deps_built = events
         .iter()
-        .position(|e| e["event"] == "payload_realized" && e["payload"] == "workspace-deps")
-        .expect("workspace-deps realized");
-    let build_started = events
+        .position(|e| e["event"] == "payload_build_finished" && e["payload"] == "workspace-deps")
+        .expect("workspace-deps built");
+    let build_building = events
         .iter()
-        .position(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-build")
-        .expect("workspace-build built");
-    assert!(deps_done < build_started, "workspace-build was built before workspace-deps was ready:\n{events:#?}");
+        .position(|e| {
+            e["event"] == "payload_build_progress"
+                && e["payload"] == "workspace-build"
+                && e["building"].as_array().is_some_and(|b| !b.is_empty())
+        })
+        .expect("workspace-build's derivation built");
+    assert!(deps_built < build_building, "{events:#?}");
     assert!(events.iter().all(|e| e["waiting"] != true), "a wait on Nix's lock:\n{events:#?}");
-    let host_log = std::fs::read_to_string(run.join("jobs/layered/host.log")).unwrap();
-    assert!(host_log.contains("payload `workspace-build` waits for payload `workspace-deps`"), "{host_log}");
+    for payload in ["workspace-deps", "workspace-build"] {
+        let finished = of(&events, "payload_build_finished", "layered", payload);
+        assert_eq!((finished.len(), &finished[0]["status"]), (1, &serde_json::json!("built")), "{events:#?}");
+    }
+
+    let job_dir = run.join("jobs/layered");
+    let host_log = std::fs::read_to_string(job_dir.join("host.log")).unwrap();
+    let realisations: Vec<&str> = host_log.lines().filter(|l| l.contains("/nix-store --realise ")).collect();
+    assert_eq!(realisations.len(), 1, "{host_log}");
+    assert!(realisations[0].contains("-fixture-slow-build.drv /nix/store/"), "{host_log}");
+    assert!(realisations[0].contains("-fixture-on-slow.drv --add-root"), "{host_log}");
+    let job = read_json(&job_dir.join("job.json"));
+    let reproduce: Vec<&str> = job["reproduce"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(reproduce.iter().filter(|l| l.contains("nix-store --realise")).count(), 1, "{reproduce:?}");
+
+    let deps_log = std::fs::read_to_string(job_dir.join("payload-workspace-deps.log")).unwrap();
+    let build_log = std::fs::read_to_string(job_dir.join("payload-workspace-build.log")).unwrap();
+    assert!(deps_log.contains("fixture-slow-build> slow build step 6 of 6"), "{deps_log}");
+    assert!(!deps_log.contains("fixture-on-slow"), "{deps_log}");
+    assert!(build_log.contains("-fixture-on-slow.drv'"), "{build_log}");
+    assert!(!build_log.contains("slow build step"), "{build_log}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! A payload's build, watched while it runs: its log kept in the job directory
-//! (`payload-<name>.log`, what `nix build -L` would have printed), and what the job hears
-//! of it: that it started, how it goes, and how it ended. A realisation that builds and
-//! fetches nothing (the payload is there already) says nothing and keeps no log.
+//! A job's payload builds, watched while they run: one realisation builds them all
+//! ([`JobBuild`]), and each payload's part of it ([`PayloadBuild`]) has its log kept in
+//! the job directory (`payload-<name>.log`, what `nix build -L` would have printed for
+//! it), and what the job hears of it: that it started, how it goes, and how it ended. A
+//! payload for which nothing is built or fetched (it is there already) says nothing and
+//! keeps no log.
 //!
 //! How often: a derivation's build starting or ending is told at once; a new line of a
 //! build's log (or a new count) at most once per [`PROGRESS_EVERY`], so that a build
@@ -13,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::tools::drv::{Owners, store_path_in};
 use crate::tools::nix_log::{BuildState, BuildWatch, Change, derivation_name};
 
 /// The most often a payload's progress is told for a new log line alone.
@@ -74,7 +77,8 @@ pub fn log_path(job_dir: &Path, payload: &str) -> PathBuf {
     job_dir.join(format!("payload-{payload}.log"))
 }
 
-/// One payload's realisation, watched.
+/// One payload's part in its job's realisation, watched: what the realisation did for
+/// it (as [`JobBuild`] tells it), kept in its log and told to the job.
 pub struct PayloadBuild<'a> {
     payload: &'a str,
     drv_path: &'a str,
@@ -89,10 +93,24 @@ pub struct PayloadBuild<'a> {
     announced: bool,
     /// What was told last, and when.
     told: Option<(Instant, Progress)>,
-    done: u64,
+    /// Its own builds, fetches and waits.
+    state: BuildState,
+    planned: u64,
+    /// When its own derivation's build ended.
+    ready: Option<Instant>,
     /// Time spent waiting for Nix's lock on a path another process builds: not this
     /// payload's own work.
     lock: LockWait,
+}
+
+/// How a payload's part of a realisation went.
+pub struct PayloadFinished {
+    /// It built or fetched something.
+    pub worked: bool,
+    /// When its own derivation's build ended, if this realisation built it.
+    pub ready: Option<Instant>,
+    /// How long it waited for another process's build of a path it needed.
+    pub lock_wait: Duration,
 }
 
 impl<'a> PayloadBuild<'a> {
@@ -108,31 +126,51 @@ impl<'a> PayloadBuild<'a> {
             write_failed: false,
             announced: false,
             told: None,
-            done: 0,
+            state: BuildState::default(),
+            planned: 0,
+            ready: None,
             lock: LockWait::default(),
         }
     }
 
-    /// The realisation ended (`None`: built; else how it failed). Says so when it had
-    /// started to build, and closes the log. Returns how long it waited for another
-    /// process's build of a path it needed.
-    pub fn finish(mut self, failure: Option<&anyhow::Error>) -> Duration {
-        let lock_wait = self.lock.total();
-        if !self.announced {
-            return lock_wait;
+    /// The realisation ended: says how, when it had started to build for this payload
+    /// (`failed`: this payload's build failed), and closes the log.
+    fn finish(mut self, failure: Option<&anyhow::Error>) -> PayloadFinished {
+        let finished = PayloadFinished { worked: self.announced, ready: self.ready, lock_wait: self.lock.total() };
+        if self.announced && self.ready.is_none() {
+            let outcome = match failure {
+                None => BuildOutcome::Built,
+                Some(e) if crate::tools::command::is_interrupted(e) => BuildOutcome::Interrupted,
+                Some(_) => BuildOutcome::Failed,
+            };
+            self.report(outcome);
         }
+        finished
+    }
+
+    /// Its build ended: told once, the log closed to what is not its own.
+    fn report(&mut self, outcome: BuildOutcome) {
         if let Some(file) = self.file.as_mut() {
             let _ = file.flush();
         }
-        let outcome = match failure {
-            None => BuildOutcome::Built,
-            Some(e) if crate::tools::command::is_interrupted(e) => BuildOutcome::Interrupted,
-            Some(_) => BuildOutcome::Failed,
+        let report = BuildReport::Finished {
+            outcome,
+            built: self.state.done,
+            duration: self.started.elapsed(),
+            log: &self.log_path,
         };
-        let report =
-            BuildReport::Finished { outcome, built: self.done, duration: self.started.elapsed(), log: &self.log_path };
         self.watch.build(self.payload, report);
-        lock_wait
+    }
+
+    /// Its own derivation is built: it is ready, whatever the rest of the realisation
+    /// does, and says so now.
+    fn built(&mut self) {
+        if self.ready.is_none() {
+            self.ready = Some(Instant::now());
+            if self.announced {
+                self.report(BuildOutcome::Built);
+            }
+        }
     }
 
     fn announce(&mut self) {
@@ -166,7 +204,8 @@ impl<'a> PayloadBuild<'a> {
 
     /// Tell the progress when it changed: at once when `urgent`, else when the last
     /// telling is [`PROGRESS_EVERY`] old.
-    fn tell(&mut self, state: &BuildState, urgent: bool) {
+    fn tell(&mut self, urgent: bool) {
+        let state = &self.state;
         let progress = Progress {
             done: state.done,
             total: state.total,
@@ -188,37 +227,58 @@ impl<'a> PayloadBuild<'a> {
             self.told = Some((Instant::now(), progress));
         }
     }
-}
 
-impl BuildWatch for PayloadBuild<'_> {
-    fn change(&mut self, change: &Change, state: &BuildState) {
-        self.done = state.done;
-        self.lock.change(change, state);
-        // Nix's `info` messages (level 3) say what it will build or fetch: work starts.
+    /// A change of the realisation: `mine` when it is this payload's (a build or fetch for
+    /// it), else one of Nix's own that is for every payload (kept in the log of those that
+    /// build something).
+    fn apply(&mut self, change: &Change, mine: bool) {
+        if mine {
+            self.count(change);
+        }
+        self.lock.change(change, &self.state);
+        // Nix's `info` messages naming a derivation say that it will be built: work starts.
         let starts = matches!(change, Change::BuildStarted(_) | Change::FetchStarted(_) | Change::Message(3, _));
-        if !self.announced && starts {
+        if mine && !self.announced && starts {
             self.announce();
         }
         if let Some(text) = change.text() {
             self.write(&text);
         }
-        if !self.announced {
+        if !self.announced || !mine {
             return;
         }
         match change {
-            Change::BuildStarted(_) | Change::BuildStopped(_) | Change::WaitStarted(_) | Change::WaitStopped => {
-                self.tell(state, true)
+            Change::BuildStarted(_) | Change::BuildStopped(_) | Change::WaitStarted(_) | Change::WaitStopped(_) => {
+                self.tell(true)
             }
-            Change::LogLine(..) | Change::FetchStarted(_) => self.tell(state, false),
-            // A count moves just before the build that moved it stops, which tells it.
+            Change::LogLine(..) | Change::FetchStarted(_) | Change::FetchStopped(_) => self.tell(false),
             Change::Counts | Change::Message(..) | Change::Plain(_) => {}
         }
     }
 
-    fn quiet(&mut self, state: &BuildState) {
-        if self.announced {
-            self.tell(state, false);
+    /// This payload's own counts, from a change that is its.
+    fn count(&mut self, change: &Change) {
+        let state = &mut self.state;
+        match change {
+            Change::BuildStarted(drv) => {
+                state.building.push(drv.clone());
+                state.started += 1;
+            }
+            Change::BuildStopped(drv) => {
+                state.building.retain(|d| d != drv);
+                state.done += 1;
+            }
+            Change::FetchStarted(_) => state.fetching += 1,
+            Change::FetchStopped(_) => state.fetching = state.fetching.saturating_sub(1),
+            Change::WaitStarted(_) => state.waiting += 1,
+            Change::WaitStopped(_) => state.waiting = state.waiting.saturating_sub(1),
+            Change::LogLine(..) => state.last_line = change.text(),
+            Change::Message(3, text) if text.trim().starts_with("/nix/store/") && text.trim_end().ends_with(".drv") => {
+                self.planned += 1
+            }
+            Change::Counts | Change::Message(..) | Change::Plain(_) => {}
         }
+        state.total = state.total.max(self.planned).max(state.started);
     }
 
     fn failure_note(&self) -> Option<String> {
@@ -235,6 +295,118 @@ impl BuildWatch for PayloadBuild<'_> {
                 self.payload
             )
         })
+    }
+}
+
+/// A job's realisation of all its payloads with one command, watched: each line of Nix's
+/// structured log goes to the payload it is for ([`Owners`]: the build of a derivation in
+/// a payload's closure, a fetch of one of its paths, a wait for one, an error naming
+/// one); Nix's other words go to every payload that builds something.
+pub struct JobBuild<'a> {
+    payloads: Vec<PayloadBuild<'a>>,
+    /// Each payload's `.drv` and recorded outputs, for [`Owners`], read at the first
+    /// change that needs them (a realisation that builds nothing reads no `.drv`).
+    paths: Vec<(&'a str, Vec<&'a str>)>,
+    owners: Option<Owners>,
+    /// The store's directory with a final `/` (`/nix/store/`), to find its paths in Nix's
+    /// messages.
+    store: String,
+    /// The payload whose build failed, from Nix's count of failed builds or its error
+    /// naming the derivation.
+    failed: Option<usize>,
+    /// Nix's count of failed builds when a build last stopped.
+    failures: u64,
+}
+
+impl<'a> JobBuild<'a> {
+    pub fn new(payloads: &'a [crate::catalog::Payload], job_dir: &Path, watch: &'a dyn Watch) -> JobBuild<'a> {
+        JobBuild {
+            payloads: payloads.iter().map(|p| PayloadBuild::new(&p.name, &p.drv_path, job_dir, watch)).collect(),
+            paths: payloads
+                .iter()
+                .map(|p| (p.drv_path.as_str(), p.outputs.values().map(String::as_str).collect()))
+                .collect(),
+            owners: None,
+            store: payloads
+                .first()
+                .and_then(|p| Path::new(&p.drv_path).parent())
+                .map(|dir| format!("{}/", dir.display()))
+                .unwrap_or_else(|| "/nix/store/".into()),
+            failed: None,
+            failures: 0,
+        }
+    }
+
+    /// The payload whose build failed, when Nix's error named one (its index).
+    pub fn failed(&self) -> Option<usize> {
+        self.failed.or_else(|| self.payloads.iter().position(|p| p.announced && p.ready.is_none()))
+    }
+
+    /// The realisation ended (`None`: it succeeded): each payload says how it went.
+    pub fn finish(self, failure: Option<&anyhow::Error>) -> Vec<PayloadFinished> {
+        self.payloads.into_iter().map(|p| p.finish(failure)).collect()
+    }
+
+    /// The payload a change is for, if it is one payload's.
+    fn owner(&mut self, change: &Change) -> Option<usize> {
+        let path = match change {
+            Change::BuildStarted(p) | Change::BuildStopped(p) | Change::LogLine(p, _) => p.as_str(),
+            Change::FetchStarted(p) | Change::FetchStopped(p) => p.as_str(),
+            Change::WaitStarted(text) | Change::WaitStopped(text) | Change::Message(_, text) => {
+                store_path_in(text, &self.store)?
+            }
+            Change::Counts | Change::Plain(_) => return None,
+        };
+        let paths = &self.paths;
+        let owner = self.owners.get_or_insert_with(|| Owners::of(paths)).owner(path);
+        // A build Nix names whose derivation no payload's closure holds (a `.drv` that
+        // could not be read): the first payload that is not ready yet.
+        owner.or_else(|| {
+            matches!(change, Change::BuildStarted(_) | Change::BuildStopped(_) | Change::LogLine(..))
+                .then(|| self.payloads.iter().position(|p| p.ready.is_none()).unwrap_or(0))
+        })
+    }
+}
+
+impl BuildWatch for JobBuild<'_> {
+    fn change(&mut self, change: &Change, state: &BuildState) {
+        let owner = self.owner(change);
+        if let (Change::Message(0, _), Some(i), None) = (change, owner, self.failed) {
+            self.failed = Some(i);
+        }
+        // Nix counts a failed build just before the build stops.
+        let stopped = matches!(change, Change::BuildStopped(_));
+        let failed_now = stopped && state.failed > self.failures;
+        if stopped {
+            self.failures = state.failed;
+        }
+        if let (true, Some(i), None) = (failed_now, owner, self.failed) {
+            self.failed = Some(i);
+        }
+        for (i, payload) in self.payloads.iter_mut().enumerate() {
+            match owner {
+                Some(o) if o == i => payload.apply(change, true),
+                // Nix's own words are for the payloads that are not built yet.
+                None if payload.ready.is_none() => payload.apply(change, false),
+                _ => {}
+            }
+            if let Change::BuildStopped(drv) = change
+                && *drv == payload.drv_path
+                && !failed_now
+            {
+                payload.built();
+            }
+        }
+    }
+
+    fn quiet(&mut self, _state: &BuildState) {
+        for payload in self.payloads.iter_mut().filter(|p| p.announced) {
+            payload.tell(false);
+        }
+    }
+
+    fn failure_note(&self) -> Option<String> {
+        self.failed().and_then(|i| self.payloads[i].failure_note())
     }
 }
 
@@ -256,7 +428,7 @@ impl BuildWatch for LockWait {
     fn change(&mut self, change: &Change, state: &BuildState) {
         match (change, self.since) {
             (Change::WaitStarted(_), None) => self.since = Some(Instant::now()),
-            (Change::WaitStopped, Some(since)) if state.waiting == 0 => {
+            (Change::WaitStopped(_), Some(since)) if state.waiting == 0 => {
                 self.total += since.elapsed();
                 self.since = None;
             }
@@ -289,23 +461,25 @@ mod tests {
 
     const DRV: &str = "/nix/store/a4mv02p0vs49ywd4m7j8k4wl6bvw0jdw-slow.drv";
 
+    fn payload(name: &str, drv: &str) -> crate::catalog::Payload {
+        let out = format!("{}-out", drv.trim_end_matches(".drv"));
+        crate::catalog::Payload { name: name.into(), drv_path: drv.into(), outputs: [("out".into(), out)].into() }
+    }
+
     #[test]
     fn starts_and_ends_at_once_and_log_lines_at_most_once_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let heard = Heard::default();
-        let mut build = PayloadBuild::new("workspace-build", DRV, dir.path(), &heard);
-        let mut state = BuildState::default();
+        let payloads = [payload("workspace-build", DRV)];
+        let mut build = JobBuild::new(&payloads, dir.path(), &heard);
+        let state = BuildState::default();
         build.change(&Change::Message(3, "this derivation will be built:".into()), &state);
-        state.building.push(DRV.into());
-        state.total = 1;
+        build.change(&Change::Message(3, format!("  {DRV}")), &state);
         build.change(&Change::BuildStarted(DRV.into()), &state);
         for i in 0..50 {
-            state.last_line = Some(format!("slow> line {i}"));
-            build.change(&Change::LogLine("slow".into(), format!("line {i}")), &state);
+            build.change(&Change::LogLine(DRV.into(), format!("line {i}")), &state);
         }
         build.quiet(&state);
-        state.done = 1;
-        state.building.clear();
         build.change(&Change::BuildStopped(DRV.into()), &state);
         build.finish(None);
         let heard = heard.0.into_inner().unwrap();
@@ -319,15 +493,77 @@ mod tests {
             ]
         );
         let log = std::fs::read_to_string(dir.path().join("payload-workspace-build.log")).unwrap();
-        assert!(log.starts_with(&format!("this derivation will be built:\nbuilding '{DRV}'\nslow> line 0\n")), "{log}");
+        assert!(
+            log.starts_with(&format!("this derivation will be built:\n  {DRV}\nbuilding '{DRV}'\nslow> line 0\n")),
+            "{log}"
+        );
         assert!(log.ends_with("slow> line 49\n"), "{log}");
+    }
+
+    #[test]
+    fn each_payload_hears_its_own_builds_and_the_failure_is_the_failed_ones() {
+        // Real `.drv` text: `build` takes `deps` as an input, so `deps`' build is `deps`'
+        // (the smaller closure) though `build` needs it too.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let drv = |name: &str, inputs: &[&str]| {
+            let path = store.join(format!("{name}.drv")).to_string_lossy().into_owned();
+            let inputs: Vec<String> = inputs.iter().map(|i| format!("(\"{i}\",[\"out\"])")).collect();
+            let text = format!(
+                "Derive([(\"out\",\"/nix/store/o-{name}\",\"\",\"\")],[{}],[],\"s\",\"b\",[],[])",
+                inputs.join(",")
+            );
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let deps = drv("deps", &[]);
+        let build = drv("build", &[&deps]);
+        let heard = Heard::default();
+        let payloads = [payload("workspace-deps", &deps), payload("workspace-build", &build)];
+        let mut job = JobBuild::new(&payloads, dir.path(), &heard);
+        let mut state = BuildState::default();
+        for change in [
+            Change::Message(3, "these 2 derivations will be built:".into()),
+            Change::Message(3, format!("  {deps}")),
+            Change::Message(3, format!("  {build}")),
+            Change::BuildStarted(deps.clone()),
+            Change::LogLine(deps.clone(), "deps compiled".into()),
+            Change::BuildStopped(deps.clone()),
+            Change::BuildStarted(build.clone()),
+            Change::LogLine(build.clone(), "error[E0308]".into()),
+            // Nix counts the failure, then stops the build.
+            Change::Counts,
+            Change::BuildStopped(build.clone()),
+            Change::Message(0, format!("error: Cannot build '{build}'.\n       Reason: builder failed")),
+        ] {
+            if change == Change::Counts {
+                state.failed = 1;
+            }
+            job.change(&change, &state);
+        }
+        assert_eq!(job.failed(), Some(1));
+        assert!(job.failure_note().unwrap().contains("--payload workspace-build"));
+        let failure = anyhow::anyhow!("nix-store failed");
+        let finished = job.finish(Some(&failure));
+        assert!(finished[0].ready.is_some() && finished[1].worked);
+        let heard = heard.0.into_inner().unwrap();
+        assert!(heard.contains(&"workspace-deps built 1".to_string()), "{heard:?}");
+        assert!(heard.contains(&"workspace-build failed 1".to_string()), "{heard:?}");
+        let log = |name: &str| std::fs::read_to_string(dir.path().join(format!("payload-{name}.log"))).unwrap();
+        let (deps_log, build_log) = (log("workspace-deps"), log("workspace-build"));
+        assert!(deps_log.contains("deps> deps compiled") && !deps_log.contains("E0308"), "{deps_log}");
+        assert!(!deps_log.contains("Cannot build"), "{deps_log}");
+        assert!(build_log.contains("build> error[E0308]") && !build_log.contains("deps compiled"), "{build_log}");
+        assert!(build_log.contains("Cannot build") && build_log.starts_with("these 2 derivations"), "{build_log}");
     }
 
     #[test]
     fn nothing_built_says_nothing_and_keeps_no_log() {
         let dir = tempfile::tempdir().unwrap();
         let heard = Heard::default();
-        let mut build = PayloadBuild::new("deps", DRV, dir.path(), &heard);
+        let payloads = [payload("deps", DRV)];
+        let mut build = JobBuild::new(&payloads, dir.path(), &heard);
         build.change(
             &Change::Plain("Warning: Permanently added 'builder' to the list of known hosts.".into()),
             &BuildState::default(),

@@ -19,7 +19,6 @@ use crate::error;
 use crate::executor::runtime::incus::{IncusRuntime, PoolSettings};
 use crate::executor::{Placement, RuntimeChoice, placement, select_runtime};
 use crate::plan::PlannedJob;
-use crate::prepare::SharedBuilds;
 use crate::tools::incus::Incus;
 
 /// One host of a run.
@@ -29,21 +28,13 @@ pub struct Host {
     pub placement: Placement,
     pub runtime: RuntimeSlot,
     pub slots: usize,
-    pub shared_builds: SharedBuilds,
     /// On a remote host, the first job sends the snapshot; the others wait for it.
     pub snapshot_sent: OnceLock<Result<(), String>>,
 }
 
 impl Host {
     fn new(name: &str, placement: Placement, runtime: RuntimeSlot, slots: usize) -> Host {
-        Host {
-            name: name.to_string(),
-            placement,
-            runtime,
-            slots: slots.max(1),
-            shared_builds: SharedBuilds::default(),
-            snapshot_sent: OnceLock::new(),
-        }
+        Host { name: name.to_string(), placement, runtime, slots: slots.max(1), snapshot_sent: OnceLock::new() }
     }
 }
 

@@ -334,7 +334,7 @@ impl JobScope<'_> {
             &self.job_dir,
             &self.host.placement,
             host_log,
-            (&self.host.shared_builds, &setup.run_builds),
+            &setup.run_builds,
             &watch,
         )
         .map_err(|error| {

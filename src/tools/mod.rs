@@ -1,6 +1,7 @@
 //! One small typed layer per external program, all built on [`command::Cmd`].
 
 pub mod command;
+pub mod drv;
 pub mod fs;
 pub mod git;
 pub mod incus;

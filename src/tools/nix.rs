@@ -168,6 +168,7 @@ impl Nix {
             .arg("--add-root")
             .arg(root)
             .arg("--indirect")
+            .own_process_group()
     }
 
     /// Root the outputs of `drvs` at `root` as [`Nix::realise_many_cmd`] names them, and

@@ -77,14 +77,16 @@ pub enum Change {
     BuildStopped(String),
     /// A store path started to be fetched (substituted, or copied in).
     FetchStarted(String),
+    /// That fetch ended.
+    FetchStopped(String),
     /// Nix waits for another process's build of the same path (its lock): the text
     /// says which path.
     WaitStarted(String),
-    /// That wait ended.
-    WaitStopped,
+    /// That wait ended (the text of its start).
+    WaitStopped(String),
     /// The count of builds done or expected moved.
     Counts,
-    /// A line of a build's log: the derivation's name, the line.
+    /// A line of a build's log: the derivation (its `.drv` path), the line.
     LogLine(String, String),
     /// A message of Nix's own, without its colours (level 0 is an error).
     Message(u64, String),
@@ -99,9 +101,9 @@ impl Change {
         match self {
             Change::BuildStarted(drv) => Some(format!("building '{drv}'")),
             Change::FetchStarted(path) => Some(format!("fetching '{path}'")),
-            Change::LogLine(name, line) => Some(format!("{name}> {line}")),
+            Change::LogLine(drv, line) => Some(format!("{}> {line}", derivation_name(drv))),
             Change::Message(_, text) | Change::Plain(text) | Change::WaitStarted(text) => Some(text.clone()),
-            Change::BuildStopped(_) | Change::Counts | Change::WaitStopped => None,
+            Change::BuildStopped(_) | Change::FetchStopped(_) | Change::Counts | Change::WaitStopped(_) => None,
         }
     }
 }
@@ -128,8 +130,8 @@ pub struct BuildState {
 #[derive(Debug)]
 enum Activity {
     Build(String),
-    Fetch,
-    Waiting,
+    Fetch(String),
+    Waiting(String),
     Builds,
     Other,
 }
@@ -171,13 +173,13 @@ impl NixLog {
                     self.state.building.retain(|d| *d != drv);
                     Some(Change::BuildStopped(drv))
                 }
-                Activity::Fetch => {
+                Activity::Fetch(path) => {
                     self.state.fetching = self.state.fetching.saturating_sub(1);
-                    None
+                    Some(Change::FetchStopped(path))
                 }
-                Activity::Waiting => {
+                Activity::Waiting(text) => {
                     self.state.waiting = self.state.waiting.saturating_sub(1);
-                    Some(Change::WaitStopped)
+                    Some(Change::WaitStopped(text))
                 }
                 Activity::Builds | Activity::Other => None,
             },
@@ -206,11 +208,12 @@ impl NixLog {
             // A substitution (from a binary cache) holds a copy of the same path: counted once.
             (ACT_SUBSTITUTE, Some(path)) => {
                 self.state.fetching += 1;
-                (Activity::Fetch, Some(Change::FetchStarted(path)))
+                (Activity::Fetch(path.clone()), Some(Change::FetchStarted(path)))
             }
             (ACT_BUILD_WAITING, _) => {
                 self.state.waiting += 1;
-                (Activity::Waiting, Some(Change::WaitStarted(strip_ansi(text))))
+                let text = strip_ansi(text);
+                (Activity::Waiting(text.clone()), Some(Change::WaitStarted(text)))
             }
             (ACT_BUILDS, _) => (Activity::Builds, None),
             _ => (Activity::Other, None),
@@ -222,9 +225,8 @@ impl NixLog {
     fn result(&mut self, id: u64, kind: u64, fields: &[serde_json::Value]) -> Option<Change> {
         match (self.activities.get(&id)?, kind) {
             (Activity::Build(drv), RES_BUILD_LOG_LINE | RES_POST_BUILD_LOG_LINE) => {
-                let name = derivation_name(drv).to_string();
                 let line = strip_ansi(fields.first()?.as_str()?.trim_end());
-                let change = Change::LogLine(name, line);
+                let change = Change::LogLine(drv.clone(), line);
                 let text = change.text().unwrap_or_default();
                 if self.tail.len() == FAILED_LOG_LINES {
                     self.tail.pop_front();
@@ -415,8 +417,8 @@ mod tests {
                 Change::Message(3, "this derivation will be built:".into()),
                 Change::Message(3, format!("  {drv}")),
                 Change::BuildStarted(drv.clone()),
-                Change::LogLine("badthing".into(), "compiling".into()),
-                Change::LogLine("badthing".into(), "error-E0308".into()),
+                Change::LogLine(drv.clone(), "compiling".into()),
+                Change::LogLine(drv.clone(), "error-E0308".into()),
                 Change::Counts,
                 Change::BuildStopped(drv.clone()),
                 Change::Message(
@@ -496,8 +498,8 @@ mod tests {
         let changes: Vec<Change> = lines.iter().filter_map(|l| log.feed(l)).collect();
         assert_eq!(changes, [Change::FetchStarted(path.into())]);
         assert_eq!(log.state().fetching, 1);
-        log.feed(r#"@nix {"action":"stop","id":9}"#);
-        log.feed(r#"@nix {"action":"stop","id":8}"#);
+        assert_eq!(log.feed(r#"@nix {"action":"stop","id":9}"#), None);
+        assert_eq!(log.feed(r#"@nix {"action":"stop","id":8}"#), Some(Change::FetchStopped(path.into())));
         assert_eq!(log.state().fetching, 0);
     }
 
@@ -513,7 +515,12 @@ mod tests {
             ))
         );
         assert_eq!(log.state().waiting, 1);
-        assert_eq!(log.feed(r#"@nix {"action":"stop","id":5}"#), Some(Change::WaitStopped));
+        assert_eq!(
+            log.feed(r#"@nix {"action":"stop","id":5}"#),
+            Some(Change::WaitStopped(
+                "waiting for lock on '/nix/store/7hj84bn7vk3yxygm1vgv0fb2za8mzi6c-waitme'".into()
+            ))
+        );
         assert_eq!(log.state().waiting, 0);
     }
 

@@ -171,6 +171,25 @@ impl Placement {
         Ok((roots, shown.display()))
     }
 
+    /// [`Placement::realise`] of every one of `drvs` with one command: `nix-store` builds
+    /// what is missing (in parallel, each derivation once) and roots their outputs at
+    /// `root` with the names [`Nix::realise_many_cmd`] gives them. Returns the command as
+    /// a user would type it, for `reproduce`.
+    pub fn realise_many(
+        &self,
+        nix: &Nix,
+        drvs: &[&str],
+        root: &Path,
+        log: &HostLog,
+        watch: &mut dyn BuildWatch,
+    ) -> Result<String> {
+        let host_root = self.host_path(root)?;
+        let shown = self.on_host(nix.realise_many_cmd(drvs, &host_root))?;
+        let cmd = self.on_host(nix.realise_many_cmd(drvs, &host_root).args(LOG_FORMAT_ARGS))?;
+        run_realise(&cmd, log, watch)?;
+        Ok(shown.display())
+    }
+
     /// When every output of `drvs` is valid in the host's store: all of them rooted at
     /// `root` (a local job-directory path, mapped to the host) with the names
     /// [`Nix::realise_many_cmd`] gives them, and their store closure, with one command

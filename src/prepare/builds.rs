@@ -1,0 +1,216 @@
+//! The derivations the jobs of a run build, and where: so that a derivation is built once
+//! per run, not once per job or per host. A job claims the derivations it will build
+//! before its realisation and waits, first, for those another job is building in its
+//! way: on the same host (else Nix's lock would make it wait, polling every 5 seconds),
+//! or on another SSH host (whose outputs it then receives with Nix's own copying, `nix
+//! copy --from ssh://A --to ssh://B`, rather than build them again). This machine and an
+//! SSH host build independently. A job claims all it needs at once, or nothing, so that
+//! two jobs never wait for each other.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::executor::Placement;
+use crate::tools::log::HostLog;
+
+/// Who builds and who built each derivation of the run.
+#[derive(Debug, Default)]
+pub struct RunBuilds {
+    table: Mutex<HashMap<String, Entry>>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Jobs building it now, and where.
+    building: Vec<(String, Placement)>,
+    /// Where it was built in this run, and by which job.
+    built: Vec<(Placement, String)>,
+}
+
+/// Whether a build of a derivation on `a` is in the way of a job on `b` that needs it.
+fn in_the_way(a: &Placement, b: &Placement) -> bool {
+    a == b || (!a.is_local() && !b.is_local())
+}
+
+/// A job's hold on the derivations it builds, released (and, when it built them, recorded
+/// as built) when dropped.
+pub struct Claim<'a> {
+    builds: &'a RunBuilds,
+    job: String,
+    placement: Placement,
+    claimed: Vec<String>,
+    /// The realisation that the claim was for succeeded.
+    pub succeeded: bool,
+    /// The job of the run that built a derivation, when it was another one.
+    pub built_by: HashMap<String, String>,
+    /// Derivations built on another SSH host of the run: their outputs can be received
+    /// from there.
+    pub receive: Vec<(Placement, String)>,
+    /// The derivations this job waited for, and how long it waited.
+    pub waited_for: HashSet<String>,
+    pub waited: Duration,
+}
+
+impl RunBuilds {
+    fn table(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether another job is building one of `drvs` in the way of `job` on `placement`.
+    pub fn busy(&self, job: &str, placement: &Placement, drvs: &[&str]) -> bool {
+        let table = self.table();
+        drvs.iter().any(|d| blocker(&table, d, job, placement).is_some())
+    }
+
+    /// Wait until no other job builds one of `needed` in the way of `job` on
+    /// `placement`, then claim those of `to_build` that were not built on that host in
+    /// this run. Says in `log` whom it waits for.
+    pub fn claim(
+        &self,
+        job: &str,
+        placement: &Placement,
+        needed: &[&str],
+        to_build: &[&str],
+        log: &HostLog,
+    ) -> Claim<'_> {
+        let asked = Instant::now();
+        let mut waited_for = HashSet::new();
+        let mut table = self.table();
+        loop {
+            let blocked: Vec<(&str, String)> =
+                needed.iter().filter_map(|d| blocker(&table, d, job, placement).map(|o| (*d, o))).collect();
+            if blocked.is_empty() {
+                break;
+            }
+            for (drv, other) in blocked {
+                if waited_for.insert(drv.to_string()) {
+                    let host = placement_of(&table, drv, &other);
+                    log.line(&format!("waits for job `{other}`, which builds `{drv}` on `{host}`"));
+                }
+            }
+            table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+        }
+        let mut claim = Claim {
+            builds: self,
+            job: job.to_string(),
+            placement: placement.clone(),
+            claimed: Vec::new(),
+            succeeded: false,
+            built_by: HashMap::new(),
+            receive: Vec::new(),
+            waited: if waited_for.is_empty() { Duration::ZERO } else { asked.elapsed() },
+            waited_for,
+        };
+        for drv in needed {
+            let entry = table.entry(drv.to_string()).or_default();
+            if let Some((_, builder)) = entry.built.iter().find(|(p, _)| p == placement) {
+                claim.built_by.insert(drv.to_string(), builder.clone());
+                continue;
+            }
+            if !to_build.contains(drv) {
+                continue;
+            }
+            if let Some((source, builder)) = entry.built.iter().find(|(p, _)| in_the_way(p, placement)) {
+                claim.receive.push((source.clone(), drv.to_string()));
+                claim.built_by.insert(drv.to_string(), builder.clone());
+            }
+            entry.building.push((job.to_string(), placement.clone()));
+            claim.claimed.push(drv.to_string());
+        }
+        claim
+    }
+}
+
+/// The job, other than `job`, that builds `drv` in the way of `placement`.
+fn blocker(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> Option<String> {
+    let entry = table.get(drv)?;
+    entry.building.iter().find(|(j, p)| j != job && in_the_way(p, placement)).map(|(j, _)| j.clone())
+}
+
+fn placement_of(table: &HashMap<String, Entry>, drv: &str, job: &str) -> String {
+    let entry = table.get(drv);
+    let found = entry.and_then(|e| e.building.iter().find(|(j, _)| j == job));
+    found.map(|(_, p)| p.host_name().to_string()).unwrap_or_default()
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut table = self.builds.table();
+        for drv in &self.claimed {
+            let entry = table.entry(drv.clone()).or_default();
+            entry.building.retain(|(j, p)| !(*j == self.job && *p == self.placement));
+            if self.succeeded {
+                entry.built.push((self.placement.clone(), self.job.clone()));
+            }
+        }
+        drop(table);
+        self.builds.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn log() -> HostLog {
+        HostLog::create(std::path::Path::new("/dev/null")).unwrap()
+    }
+
+    #[test]
+    fn a_job_waits_for_another_jobs_build_then_finds_it_built() {
+        let builds = RunBuilds::default();
+        let here = Placement::Local;
+        let started = Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut claim = builds.claim("a", &here, &["x.drv", "y.drv"], &["x.drv", "y.drv"], &log());
+                started.wait();
+                std::thread::sleep(Duration::from_millis(300));
+                claim.succeeded = true;
+            });
+            started.wait();
+            let claim = builds.claim("b", &here, &["y.drv"], &["y.drv"], &log());
+            assert!(claim.waited >= Duration::from_millis(200), "{:?}", claim.waited);
+            assert_eq!(claim.built_by.get("y.drv").map(String::as_str), Some("a"));
+            assert!(claim.claimed.is_empty(), "built by `a` on this host: nothing to claim");
+        });
+    }
+
+    #[test]
+    fn a_failed_build_is_claimed_again_and_claims_never_deadlock() {
+        let builds = RunBuilds::default();
+        let here = Placement::Local;
+        drop(builds.claim("a", &here, &["x.drv"], &["x.drv"], &log()));
+        let claim = builds.claim("b", &here, &["x.drv"], &["x.drv"], &log());
+        assert!(claim.built_by.is_empty());
+        assert_eq!(claim.claimed, ["x.drv"]);
+        drop(claim);
+        // Jobs needing the same derivations in opposite orders: each claims all or nothing.
+        std::thread::scope(|scope| {
+            for (job, needed) in [("c", ["p.drv", "q.drv"]), ("d", ["q.drv", "p.drv"])] {
+                let (builds, here) = (&builds, &here);
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        let mut claim = builds.claim(job, here, &needed, &needed, &log());
+                        std::thread::sleep(Duration::from_millis(1));
+                        claim.succeeded = false;
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn valid_outputs_are_not_claimed_but_another_build_of_them_is_waited_for() {
+        let builds = RunBuilds::default();
+        let here = Placement::Local;
+        let claim = builds.claim("a", &here, &["x.drv", "y.drv"], &["y.drv"], &log());
+        assert_eq!(claim.claimed, ["y.drv"]);
+        assert!(!builds.busy("b", &here, &["x.drv"]));
+        assert!(builds.busy("b", &here, &["y.drv"]));
+        assert!(!builds.busy("a", &here, &["y.drv"]), "a job is not in its own way");
+    }
+}
