@@ -181,6 +181,46 @@ fn a_payload_another_job_built_counts_its_own_time_not_the_wait() {
 }
 
 #[test]
+fn a_job_that_shares_one_payload_waits_for_that_build_not_for_the_other_jobs_realisation() {
+    // Both lanes' workspace-deps is the 6 s slow build; each has its own 3 s
+    // workspace-build on top of it (crane's layout). One job's realisation builds
+    // workspace-deps, then its own build; the other starts its own realisation as soon as
+    // workspace-deps is built, while the first is still building its own.
+    let dir = lanes_fixture();
+    let out = run_in(dir.path(), &["run", "shared-deps-a", "shared-deps-b", "--runtime", "bwrap", "-j", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = only_run(dir.path());
+    let events = events(&run);
+    let deps_builder: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-deps")
+        .map(|e| e["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deps_builder.len(), 1, "workspace-deps is built once: {events:#?}");
+    let (builder, waiter) = if deps_builder[0] == "shared-deps-a" {
+        ("shared-deps-a", "shared-deps-b")
+    } else {
+        ("shared-deps-b", "shared-deps-a")
+    };
+    let at = |event: &str, job: &str| -> String {
+        let found =
+            events.iter().find(|e| e["event"] == event && e["job_id"] == job && e["payload"] == "workspace-build");
+        found.unwrap_or_else(|| panic!("{event} of {job}: {events:#?}"))["at"].as_str().unwrap().to_string()
+    };
+    // RFC 3339 times of one run, same offset: they compare as text.
+    assert!(
+        at("payload_build_started", waiter) < at("payload_build_finished", builder),
+        "`{waiter}` started its own build only after `{builder}` had finished its own:\n{events:#?}"
+    );
+    let waiter_log = std::fs::read_to_string(run.join("jobs").join(waiter).join("host.log")).unwrap();
+    assert!(waiter_log.contains(&format!("waits for job `{builder}`, which builds `")), "{waiter_log}");
+    assert!(waiter_log.contains("-fixture-slow-build.drv` on `localhost`"), "{waiter_log}");
+    let line = out.stdout.lines().find(|l| l.starts_with(&format!(" PAYLOAD {waiter} workspace-deps "))).unwrap();
+    assert!(line.contains(&format!("; built by job `{builder}`, waited ")), "{line}");
+    assert!(events.iter().all(|e| e["waiting"] != true), "a wait on Nix's lock:\n{events:#?}");
+}
+
+#[test]
 fn a_payload_waiting_for_nix_lock_counts_its_own_time_not_the_wait() {
     // Another process (a `nix-store --realise` started here) builds the slow derivation
     // that `building` needs: pikaci's realisation waits on Nix's lock meanwhile.

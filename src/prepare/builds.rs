@@ -6,6 +6,15 @@
 //! copy --from ssh://A --to ssh://B`, rather than build them again). This machine and an
 //! SSH host build independently. A job claims all it needs at once, or nothing, so that
 //! two jobs never wait for each other.
+//!
+//! A job's realisation builds all its payloads, but a job that needs only one of them
+//! (crane's `workspace-deps`, shared by lanes whose `workspace-build`s differ) need not
+//! wait for the whole realisation: the builder says when that derivation is built
+//! ([`RunBuilds::built`], from its structured log), and on this machine the waiting job
+//! goes on once Nix has released the outputs (the caller's `released`: each output
+//! exists and its `.lock` file is gone, which Nix deletes after registering it; the
+//! `Build` activity stops a moment before that). On an SSH host it waits for the end
+//! of the realisation, when the outputs can be copied from there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -66,13 +75,14 @@ impl RunBuilds {
 
     /// Wait until no other job builds one of `needed` in the way of `job` on
     /// `placement`, then claim those of `to_build` that were not built on that host in
-    /// this run. Says in `log` whom it waits for.
+    /// this run. Says in `log` whom it waits for. `released`: whether a derivation
+    /// another job here said it built has its outputs released by Nix.
     pub fn claim(
         &self,
         job: &str,
         placement: &Placement,
-        needed: &[&str],
-        to_build: &[&str],
+        (needed, to_build): (&[&str], &[&str]),
+        released: &dyn Fn(&str) -> bool,
         log: &HostLog,
     ) -> Claim<'_> {
         let asked = Instant::now();
@@ -81,16 +91,25 @@ impl RunBuilds {
         loop {
             let blocked: Vec<(&str, String)> =
                 needed.iter().filter_map(|d| blocker(&table, d, job, placement).map(|o| (*d, o))).collect();
-            if blocked.is_empty() {
+            // Built, but not released yet: looked at again shortly.
+            let (releasing, blocked): (Vec<_>, Vec<_>) =
+                blocked.into_iter().partition(|(d, other)| built_here(&table, d, other, placement));
+            let releasing: Vec<&str> = releasing.into_iter().map(|(d, _)| d).filter(|d| !released(d)).collect();
+            if blocked.is_empty() && releasing.is_empty() {
                 break;
             }
-            for (drv, other) in blocked {
+            for (drv, other) in &blocked {
                 if waited_for.insert(drv.to_string()) {
-                    let host = placement_of(&table, drv, &other);
+                    let host = placement_of(&table, drv, other);
                     log.line(&format!("waits for job `{other}`, which builds `{drv}` on `{host}`"));
                 }
             }
-            table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+            table = if releasing.is_empty() {
+                self.changed.wait(table).unwrap_or_else(|p| p.into_inner())
+            } else {
+                let poll = self.changed.wait_timeout(table, Duration::from_millis(10));
+                poll.unwrap_or_else(|p| p.into_inner()).0
+            };
         }
         let mut claim = Claim {
             builds: self,
@@ -123,6 +142,26 @@ impl RunBuilds {
     }
 }
 
+impl RunBuilds {
+    /// `job`, whose realisation on `placement` goes on, has built `drv` (its `Build`
+    /// activity stopped without a failure): a job waiting for it on this machine may go
+    /// on once its outputs are released.
+    pub fn built(&self, drv: &str, job: &str, placement: &Placement) {
+        let mut table = self.table();
+        let entry = table.entry(drv.to_string()).or_default();
+        if !entry.built.iter().any(|(p, j)| p == placement && j == job) {
+            entry.built.push((placement.clone(), job.to_string()));
+        }
+        drop(table);
+        self.changed.notify_all();
+    }
+}
+
+/// Whether `job`, which still builds `drv` on `placement` (this machine), said it built it.
+fn built_here(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> bool {
+    placement.is_local() && table.get(drv).is_some_and(|e| e.built.iter().any(|(p, j)| p == placement && j == job))
+}
+
 /// The job, other than `job`, that builds `drv` in the way of `placement`.
 fn blocker(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> Option<String> {
     let entry = table.get(drv)?;
@@ -141,7 +180,8 @@ impl Drop for Claim<'_> {
         for drv in &self.claimed {
             let entry = table.entry(drv.clone()).or_default();
             entry.building.retain(|(j, p)| !(*j == self.job && *p == self.placement));
-            if self.succeeded {
+            let said = entry.built.iter().any(|(p, j)| *p == self.placement && *j == self.job);
+            if self.succeeded && !said {
                 entry.built.push((self.placement.clone(), self.job.clone()));
             }
         }
@@ -166,13 +206,14 @@ mod tests {
         let started = Barrier::new(2);
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                let mut claim = builds.claim("a", &here, &["x.drv", "y.drv"], &["x.drv", "y.drv"], &log());
+                let mut claim =
+                    builds.claim("a", &here, (&["x.drv", "y.drv"], &["x.drv", "y.drv"]), &|_| false, &log());
                 started.wait();
                 std::thread::sleep(Duration::from_millis(300));
                 claim.succeeded = true;
             });
             started.wait();
-            let claim = builds.claim("b", &here, &["y.drv"], &["y.drv"], &log());
+            let claim = builds.claim("b", &here, (&["y.drv"], &["y.drv"]), &|_| false, &log());
             assert!(claim.waited >= Duration::from_millis(200), "{:?}", claim.waited);
             assert_eq!(claim.built_by.get("y.drv").map(String::as_str), Some("a"));
             assert!(claim.claimed.is_empty(), "built by `a` on this host: nothing to claim");
@@ -183,8 +224,8 @@ mod tests {
     fn a_failed_build_is_claimed_again_and_claims_never_deadlock() {
         let builds = RunBuilds::default();
         let here = Placement::Local;
-        drop(builds.claim("a", &here, &["x.drv"], &["x.drv"], &log()));
-        let claim = builds.claim("b", &here, &["x.drv"], &["x.drv"], &log());
+        drop(builds.claim("a", &here, (&["x.drv"], &["x.drv"]), &|_| false, &log()));
+        let claim = builds.claim("b", &here, (&["x.drv"], &["x.drv"]), &|_| false, &log());
         assert!(claim.built_by.is_empty());
         assert_eq!(claim.claimed, ["x.drv"]);
         drop(claim);
@@ -194,7 +235,7 @@ mod tests {
                 let (builds, here) = (&builds, &here);
                 scope.spawn(move || {
                     for _ in 0..50 {
-                        let mut claim = builds.claim(job, here, &needed, &needed, &log());
+                        let mut claim = builds.claim(job, here, (&needed, &needed), &|_| false, &log());
                         std::thread::sleep(Duration::from_millis(1));
                         claim.succeeded = false;
                     }
@@ -207,10 +248,41 @@ mod tests {
     fn valid_outputs_are_not_claimed_but_another_build_of_them_is_waited_for() {
         let builds = RunBuilds::default();
         let here = Placement::Local;
-        let claim = builds.claim("a", &here, &["x.drv", "y.drv"], &["y.drv"], &log());
+        let claim = builds.claim("a", &here, (&["x.drv", "y.drv"], &["y.drv"]), &|_| false, &log());
         assert_eq!(claim.claimed, ["y.drv"]);
         assert!(!builds.busy("b", &here, &["x.drv"]));
         assert!(builds.busy("b", &here, &["y.drv"]));
         assert!(!builds.busy("a", &here, &["y.drv"]), "a job is not in its own way");
+    }
+
+    #[test]
+    fn a_derivation_built_inside_another_jobs_realisation_is_not_waited_for_once_released() {
+        let builds = RunBuilds::default();
+        let here = Placement::Local;
+        let released = std::sync::atomic::AtomicBool::new(false);
+        let started = Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut claim =
+                    builds.claim("a", &here, (&["deps.drv", "a.drv"], &["deps.drv", "a.drv"]), &|_| false, &log());
+                started.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                builds.built("deps.drv", "a", &here);
+                std::thread::sleep(Duration::from_millis(100));
+                released.store(true, std::sync::atomic::Ordering::SeqCst);
+                // `a` builds `a.drv` for a long while yet.
+                std::thread::sleep(Duration::from_millis(2000));
+                claim.succeeded = true;
+            });
+            started.wait();
+            let asked = Instant::now();
+            let is_released = |d: &str| d == "deps.drv" && released.load(std::sync::atomic::Ordering::SeqCst);
+            let claim =
+                builds.claim("b", &here, (&["deps.drv", "b.drv"], &["deps.drv", "b.drv"]), &is_released, &log());
+            let took = asked.elapsed();
+            assert!(took >= Duration::from_millis(150) && took < Duration::from_millis(1500), "{took:?}");
+            assert_eq!(claim.built_by.get("deps.drv").map(String::as_str), Some("a"));
+            assert_eq!(claim.claimed, ["b.drv"]);
+        });
     }
 }

@@ -117,6 +117,12 @@ pub fn prepare(
     Ok(prepared)
 }
 
+/// Whether Nix is done with a payload's outputs on this machine: each exists, and its
+/// `.lock` file, which Nix deletes once it has registered the output, is gone.
+fn released(payload: &Payload) -> bool {
+    payload.outputs.values().all(|out| Path::new(out).exists() && !Path::new(&format!("{out}.lock")).exists())
+}
+
 /// A payload's part of the job's realisation, for its record.
 #[derive(Default)]
 struct Part {
@@ -166,11 +172,13 @@ impl Preparing<'_> {
     fn realise_all(&self, lane: &Lane, drvs: &[&str], present: &[bool]) -> Result<Prepared> {
         let (nix, placement, log) = (self.nix, self.placement, self.log);
         let to_build: Vec<&str> = drvs.iter().zip(present).filter(|(_, p)| !**p).map(|(d, _)| *d).collect();
-        let mut claim = self.builds.claim(self.job_id, placement, drvs, &to_build, log);
+        let released = |drv: &str| lane.payloads.iter().any(|p| p.drv_path == drv && released(p));
+        let mut claim = self.builds.claim(self.job_id, placement, (drvs, &to_build), &released, log);
         let mut reproduce = Vec::new();
         reproduce.extend(self.receive(lane, &claim.receive)?);
         let started = Instant::now();
-        let mut build = JobBuild::new(&lane.payloads, self.job_dir, self.watch);
+        let tell = |drv: &str| self.builds.built(drv, self.job_id, placement);
+        let mut build = JobBuild::new(&lane.payloads, self.job_dir, self.watch).telling(&tell);
         let root = root_link(&self.staged, 0, "out");
         let realised = placement.realise_many(nix, drvs, &root, log, &mut build);
         let failed = build.failed();

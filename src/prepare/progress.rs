@@ -316,6 +316,8 @@ pub struct JobBuild<'a> {
     failed: Option<usize>,
     /// Nix's count of failed builds when a build last stopped.
     failures: u64,
+    /// Told of each payload's own derivation as soon as it is built.
+    on_built: Option<&'a (dyn Fn(&str) + Sync)>,
 }
 
 impl<'a> JobBuild<'a> {
@@ -334,7 +336,14 @@ impl<'a> JobBuild<'a> {
                 .unwrap_or_else(|| "/nix/store/".into()),
             failed: None,
             failures: 0,
+            on_built: None,
         }
+    }
+
+    /// Tell `on_built` of each payload's own derivation as soon as it is built (the
+    /// realisation going on with the others).
+    pub fn telling(self, on_built: &'a (dyn Fn(&str) + Sync)) -> JobBuild<'a> {
+        JobBuild { on_built: Some(on_built), ..self }
     }
 
     /// The payload whose build failed, when Nix's error named one (its index).
@@ -395,6 +404,9 @@ impl BuildWatch for JobBuild<'_> {
                 && !failed_now
             {
                 payload.built();
+                if let Some(tell) = self.on_built {
+                    tell(drv);
+                }
             }
         }
     }
