@@ -314,8 +314,8 @@ pub struct JobBuild<'a> {
     /// The payload whose build failed, from Nix's count of failed builds or its error
     /// naming the derivation.
     failed: Option<usize>,
-    /// Nix's count of failed builds when a build last stopped.
-    failures: u64,
+    /// Nix's counts of builds done and failed when a build last stopped.
+    counted: (u64, u64),
     /// Told of each payload's own derivation as soon as it is built.
     on_built: Option<&'a (dyn Fn(&str) + Sync)>,
 }
@@ -335,7 +335,7 @@ impl<'a> JobBuild<'a> {
                 .map(|dir| format!("{}/", dir.display()))
                 .unwrap_or_else(|| "/nix/store/".into()),
             failed: None,
-            failures: 0,
+            counted: (0, 0),
             on_built: None,
         }
     }
@@ -383,11 +383,13 @@ impl BuildWatch for JobBuild<'_> {
         if let (Change::Message(0, _), Some(i), None) = (change, owner, self.failed) {
             self.failed = Some(i);
         }
-        // Nix counts a failed build just before the build stops.
+        // Nix counts a build done, or failed, just before it stops the build; a build it
+        // stops without counting it was interrupted.
         let stopped = matches!(change, Change::BuildStopped(_));
-        let failed_now = stopped && state.failed > self.failures;
+        let failed_now = stopped && state.failed > self.counted.1;
+        let built_now = stopped && state.done > self.counted.0 && !failed_now;
         if stopped {
-            self.failures = state.failed;
+            self.counted = (state.done, state.failed);
         }
         if let (true, Some(i), None) = (failed_now, owner, self.failed) {
             self.failed = Some(i);
@@ -401,7 +403,7 @@ impl BuildWatch for JobBuild<'_> {
             }
             if let Change::BuildStopped(drv) = change
                 && *drv == payload.drv_path
-                && !failed_now
+                && built_now
             {
                 payload.built();
                 if let Some(tell) = self.on_built {
@@ -535,25 +537,28 @@ mod tests {
         let payloads = [payload("workspace-deps", &deps), payload("workspace-build", &build)];
         let mut job = JobBuild::new(&payloads, dir.path(), &heard);
         let mut state = BuildState::default();
-        for change in [
-            Change::Message(3, "these 2 derivations will be built:".into()),
-            Change::Message(3, format!("  {deps}")),
-            Change::Message(3, format!("  {build}")),
-            Change::BuildStarted(deps.clone()),
-            Change::LogLine(deps.clone(), "deps compiled".into()),
-            Change::BuildStopped(deps.clone()),
-            Change::BuildStarted(build.clone()),
-            Change::LogLine(build.clone(), "error[E0308]".into()),
-            // Nix counts the failure, then stops the build.
-            Change::Counts,
-            Change::BuildStopped(build.clone()),
-            Change::Message(0, format!("error: Cannot build '{build}'.\n       Reason: builder failed")),
+        // Nix counts a build done or failed (`Counts`: the new done and failed), then
+        // stops it.
+        for (change, counts) in [
+            (Change::Message(3, "these 2 derivations will be built:".into()), None),
+            (Change::Message(3, format!("  {deps}")), None),
+            (Change::Message(3, format!("  {build}")), None),
+            (Change::BuildStarted(deps.clone()), None),
+            (Change::LogLine(deps.clone(), "deps compiled".into()), None),
+            (Change::Counts, Some((1, 0))),
+            (Change::BuildStopped(deps.clone()), None),
+            (Change::BuildStarted(build.clone()), None),
+            (Change::LogLine(build.clone(), "error[E0308]".into()), None),
+            (Change::Counts, Some((1, 1))),
+            (Change::BuildStopped(build.clone()), None),
         ] {
-            if change == Change::Counts {
-                state.failed = 1;
+            if let Some((done, failed)) = counts {
+                (state.done, state.failed) = (done, failed);
             }
             job.change(&change, &state);
         }
+        let error = Change::Message(0, format!("error: Cannot build '{build}'.\n       Reason: builder failed"));
+        job.change(&error, &state);
         assert_eq!(job.failed(), Some(1));
         assert!(job.failure_note().unwrap().contains("--payload workspace-build"));
         let failure = anyhow::anyhow!("nix-store failed");
@@ -568,6 +573,22 @@ mod tests {
         assert!(!deps_log.contains("Cannot build"), "{deps_log}");
         assert!(build_log.contains("build> error[E0308]") && !build_log.contains("deps compiled"), "{build_log}");
         assert!(build_log.contains("Cannot build") && build_log.starts_with("these 2 derivations"), "{build_log}");
+    }
+
+    #[test]
+    fn a_build_stopped_uncounted_was_interrupted_not_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let heard = Heard::default();
+        let payloads = [payload("workspace-build", DRV)];
+        let mut build = JobBuild::new(&payloads, dir.path(), &heard);
+        let state = BuildState::default();
+        build.change(&Change::Message(3, format!("  {DRV}")), &state);
+        build.change(&Change::BuildStarted(DRV.into()), &state);
+        build.change(&Change::BuildStopped(DRV.into()), &state);
+        let interrupted = anyhow::Error::new(crate::tools::command::Interrupted);
+        let finished = build.finish(Some(&interrupted));
+        assert!(finished[0].ready.is_none());
+        assert_eq!(heard.0.into_inner().unwrap().last().unwrap(), "workspace-build interrupted 1");
     }
 
     #[test]
