@@ -180,7 +180,7 @@ impl Preparing<'_> {
         let tell = |drv: &str| self.builds.built(drv, self.job_id, placement);
         let mut build = JobBuild::new(&lane.payloads, self.job_dir, self.watch).telling(&tell);
         let root = root_link(&self.staged, 0, "out");
-        let realised = placement.realise_many(nix, drvs, &root, log, &mut build);
+        let realised = placement.realise(nix, drvs, &root, log, &mut build);
         let failed = build.failed();
         let finished = build.finish(realised.as_ref().err());
         let ended = Instant::now();
@@ -248,8 +248,8 @@ impl Preparing<'_> {
             let started = Instant::now();
             for (output, path) in &payload.outputs {
                 let link = root_link(staged, index, output);
-                match placement.realise(nix, path, &link, log, &mut build) {
-                    Ok((_, cmd)) => reproduce.push(cmd),
+                match placement.realise(nix, &[path.as_str()], &link, log, &mut build) {
+                    Ok(cmd) => reproduce.push(cmd),
                     Err(e) => {
                         result = Err(e).with_context(|| {
                             format!(

@@ -145,23 +145,13 @@ impl Nix {
         Ok(self.nix("nix eval").args(["eval", "--json", installable, "--apply", apply]).run(None)?.stdout)
     }
 
-    /// The command that realizes `path` (a `.drv`, or an output path) with every output
-    /// registered as an indirect GC root at `root` (`root` for `out`, `root-<output>` for
-    /// the others). Returned unrun so that job records can show it.
-    pub fn realise_cmd(&self, path: &str, root: &Path) -> Cmd {
+    /// The command that realizes `paths` (`.drv`s, or output paths) with every output
+    /// registered as an indirect GC root named after `root`, by position ([`root_name`]:
+    /// `root`, `root-<output>`, `root-2`, `root-2-<output>`, ...). Returned unrun so that
+    /// job records can show it.
+    pub fn realise_cmd(&self, paths: &[&str], root: &Path) -> Cmd {
         // Its own process group: on Ctrl-C pikaci sends it SIGTERM, and it stops its
         // builder (SIGKILL would leave the builder running, re-parented to PID 1).
-        Cmd::new("nix-store --realise", &self.nix_store)
-            .args(["--realise", path, "--add-root"])
-            .arg(root)
-            .arg("--indirect")
-            .own_process_group()
-    }
-
-    /// [`Nix::realise_cmd`] of several paths at once: `nix-store` roots them as `root`,
-    /// `root-<output>`, `root-2`, `root-2-<output>`, ... by position (see
-    /// [`root_name`]).
-    pub fn realise_many_cmd(&self, paths: &[&str], root: &Path) -> Cmd {
         Cmd::new("nix-store --realise", &self.nix_store)
             .arg("--realise")
             .args(paths)
@@ -171,7 +161,7 @@ impl Nix {
             .own_process_group()
     }
 
-    /// Root the outputs of `drvs` at `root` as [`Nix::realise_many_cmd`] names them, and
+    /// Root the outputs of `drvs` at `root` as [`Nix::realise_cmd`] names them, and
     /// print the store closure of those outputs, with one process, when every output is
     /// valid already: nothing is built (`max-jobs 0`, no remote builders) or fetched
     /// (`substitute false`), so that it fails, fast, when one is not. (`--force-realise`

@@ -150,49 +150,31 @@ impl Placement {
         }
     }
 
-    /// `nix-store --realise PATH --add-root LINK --indirect` on the host, with `link` (a
-    /// local job-directory path) mapped to the host, run with Nix's structured log, which
-    /// `watch` hears as it comes (over SSH too: the same command runs there and its stderr
-    /// comes back). Returns the root links it made (host paths) and the command as a user
-    /// would type it (without the structured log), for `reproduce`.
+    /// `nix-store --realise PATH... --add-root ROOT --indirect` on the host, with `root` (a
+    /// local job-directory path) mapped to the host: builds what is missing (each
+    /// derivation once, in Nix's order) and roots every output with the names
+    /// [`Nix::realise_cmd`] gives them. Run with Nix's structured log, which `watch` hears
+    /// as it comes (over SSH too: the same command runs there and its stderr comes back).
+    /// Returns the command as a user would type it (without the structured log), for
+    /// `reproduce`.
     pub fn realise(
         &self,
         nix: &Nix,
-        path: &str,
-        link: &Path,
-        log: &HostLog,
-        watch: &mut dyn BuildWatch,
-    ) -> Result<(Vec<PathBuf>, String)> {
-        let host_link = self.host_path(link)?;
-        let shown = self.on_host(nix.realise_cmd(path, &host_link))?;
-        let cmd = self.on_host(nix.realise_cmd(path, &host_link).args(LOG_FORMAT_ARGS))?;
-        let out = run_realise(&cmd, log, watch)?;
-        let roots = out.stdout_paths();
-        Ok((roots, shown.display()))
-    }
-
-    /// [`Placement::realise`] of every one of `drvs` with one command: `nix-store` builds
-    /// what is missing (in parallel, each derivation once) and roots their outputs at
-    /// `root` with the names [`Nix::realise_many_cmd`] gives them. Returns the command as
-    /// a user would type it, for `reproduce`.
-    pub fn realise_many(
-        &self,
-        nix: &Nix,
-        drvs: &[&str],
+        paths: &[&str],
         root: &Path,
         log: &HostLog,
         watch: &mut dyn BuildWatch,
     ) -> Result<String> {
         let host_root = self.host_path(root)?;
-        let shown = self.on_host(nix.realise_many_cmd(drvs, &host_root))?;
-        let cmd = self.on_host(nix.realise_many_cmd(drvs, &host_root).args(LOG_FORMAT_ARGS))?;
+        let shown = self.on_host(nix.realise_cmd(paths, &host_root))?;
+        let cmd = self.on_host(nix.realise_cmd(paths, &host_root).args(LOG_FORMAT_ARGS))?;
         run_realise(&cmd, log, watch)?;
         Ok(shown.display())
     }
 
     /// When every output of `drvs` is valid in the host's store: all of them rooted at
     /// `root` (a local job-directory path, mapped to the host) with the names
-    /// [`Nix::realise_many_cmd`] gives them, and their store closure, with one command
+    /// [`Nix::realise_cmd`] gives them, and their store closure, with one command
     /// that can neither build nor fetch ([`Nix::root_valid_cmd`]). `None` when one is not
     /// valid (or the command failed otherwise: a realisation then says why). Run with
     /// Nix's structured log, which `watch` hears: an output another process is building
@@ -213,7 +195,7 @@ impl Placement {
             Err(e) if crate::tools::command::is_interrupted(&e) => return Err(e),
             Err(_) => return Ok(None),
         };
-        let shown = self.on_host(nix.realise_many_cmd(drvs, &host_root))?.display();
+        let shown = self.on_host(nix.realise_cmd(drvs, &host_root))?.display();
         Ok(Some((out.stdout_paths(), shown)))
     }
 
