@@ -12,8 +12,8 @@
 //! wait for the whole realisation: the builder says when that derivation is built
 //! ([`RunBuilds::built`], from its structured log), and on this machine the waiting job
 //! goes on once Nix has released the outputs (the caller's `released`: each output
-//! exists and its `.lock` file is gone, which Nix deletes after registering it; the
-//! `Build` activity stops a moment before that). On an SSH host it waits for the end
+//! exists and its `.lock` file is gone, which Nix deletes after registering it, and
+//! which can be after the `Build` activity stopped). On an SSH host it waits for the end
 //! of the realisation, when the outputs can be copied from there.
 
 use std::collections::{HashMap, HashSet};
