@@ -178,6 +178,12 @@ fn a_payload_another_job_built_counts_its_own_time_not_the_wait() {
         .map(|e| e["job_id"].as_str().unwrap())
         .collect();
     assert_eq!(builds, [builder_job]);
+    // The waiting job only roots what the other built: one query, no realisation.
+    let waiter_job = if builder_job == "building" { "building-too" } else { "building" };
+    let waiter_log =
+        std::fs::read_to_string(only_run(dir.path()).join("jobs").join(waiter_job).join("host.log")).unwrap();
+    assert!(waiter_log.contains("every payload output was valid already"), "{waiter_log}");
+    assert!(!waiter_log.contains("/nix-store --realise "), "{waiter_log}");
 }
 
 #[test]

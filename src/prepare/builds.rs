@@ -142,6 +142,14 @@ impl RunBuilds {
     }
 }
 
+impl Claim<'_> {
+    /// Whether the job claimed nothing: other jobs of the run built, on this host, all
+    /// it needs that was not there.
+    pub fn nothing_to_build(&self) -> bool {
+        self.claimed.is_empty()
+    }
+}
+
 impl RunBuilds {
     /// `job`, whose realisation on `placement` goes on, has built `drv` (its `Build`
     /// activity stopped without a failure): a job waiting for it on this machine may go

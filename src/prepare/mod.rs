@@ -108,7 +108,7 @@ pub fn prepare(
     let present = job.present(lane)?;
     if present.iter().all(|p| *p)
         && !builds.busy(job_id, placement, &drvs)
-        && let Some(prepared) = job.root_if_valid(lane, &drvs, sent.clone())?
+        && let Some(prepared) = job.root_if_valid(lane, &drvs, sent.clone(), None)?
     {
         return Ok(prepared);
     }
@@ -152,15 +152,35 @@ impl Preparing<'_> {
     /// one command and realize none. That command fails at once when an output is not
     /// valid and nobody builds it; while another process builds one, Nix makes it wait
     /// for that build's lock (so it is not run while another job of the run builds one).
-    /// `sent`: the command that sent the `.drv`s to the host.
-    fn root_if_valid(&self, lane: &Lane, drvs: &[&str], sent: Option<String>) -> Result<Option<Prepared>> {
+    /// `sent`: the command that sent the `.drv`s to the host; `claim`: when the job
+    /// waited for other jobs' builds of them, who built what.
+    fn root_if_valid(
+        &self,
+        lane: &Lane,
+        drvs: &[&str],
+        sent: Option<String>,
+        claim: Option<&builds::Claim>,
+    ) -> Result<Option<Prepared>> {
         let (nix, placement, log) = (self.nix, self.placement, self.log);
         let (started, mut lock) = (Instant::now(), LockWait::default());
         let root = root_link(&self.staged, 0, "out");
         let Some((closure, shown)) = placement.root_valid(nix, drvs, &root, log, &mut lock)? else { return Ok(None) };
         log.line("every payload output was valid already: all rooted with one command, none realized");
         let own = started.elapsed().saturating_sub(lock.total());
-        let parts = lane.payloads.iter().map(|_| Part { own, waited: lock.total(), built_by: None }).collect();
+        let parts = lane
+            .payloads
+            .iter()
+            .map(|p| {
+                let mut part = Part { own, waited: lock.total(), built_by: None };
+                if let Some(claim) = claim {
+                    part.built_by = claim.built_by.get(&p.drv_path).cloned();
+                    if claim.waited_for.contains(&p.drv_path) {
+                        part.waited += claim.waited;
+                    }
+                }
+                part
+            })
+            .collect();
         let reproduce = sent.into_iter().chain([shown]).collect();
         self.rooted(lane, parts, Some(closure), reproduce).map(Some)
     }
@@ -174,6 +194,12 @@ impl Preparing<'_> {
         let to_build: Vec<&str> = drvs.iter().zip(present).filter(|(_, p)| !**p).map(|(d, _)| *d).collect();
         let released = |drv: &str| lane.payloads.iter().any(|p| p.drv_path == drv && released(p));
         let mut claim = self.builds.claim(self.job_id, placement, (drvs, &to_build), &released, log);
+        // Other jobs of the run built all that was missing, here: only rooting is left.
+        if claim.nothing_to_build()
+            && let Some(prepared) = self.root_if_valid(lane, drvs, None, Some(&claim))?
+        {
+            return Ok(prepared);
+        }
         let mut reproduce = Vec::new();
         reproduce.extend(self.receive(lane, &claim.receive)?);
         let started = Instant::now();

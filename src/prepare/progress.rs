@@ -133,8 +133,8 @@ impl<'a> PayloadBuild<'a> {
         }
     }
 
-    /// The realisation ended: says how, when it had started to build for this payload
-    /// (`failed`: this payload's build failed), and closes the log.
+    /// The realisation ended (`failure`: how it failed, if it did): when it had started
+    /// to build for this payload and had not said it was built, says how it ended.
     fn finish(mut self, failure: Option<&anyhow::Error>) -> PayloadFinished {
         let finished = PayloadFinished { worked: self.announced, ready: self.ready, lock_wait: self.lock.total() };
         if self.announced && self.ready.is_none() {
@@ -273,7 +273,8 @@ impl<'a> PayloadBuild<'a> {
             Change::WaitStarted(_) => state.waiting += 1,
             Change::WaitStopped(_) => state.waiting = state.waiting.saturating_sub(1),
             Change::LogLine(..) => state.last_line = change.text(),
-            Change::Message(3, text) if text.trim().starts_with("/nix/store/") && text.trim_end().ends_with(".drv") => {
+            // A derivation in Nix's list of what it will build.
+            Change::Message(3, text) if text.trim().starts_with('/') && text.trim_end().ends_with(".drv") => {
                 self.planned += 1
             }
             Change::Counts | Change::Message(..) | Change::Plain(_) => {}
