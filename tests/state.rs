@@ -261,6 +261,42 @@ fn rerun_replays_the_recorded_plan_on_the_recorded_snapshot() {
 }
 
 #[test]
+fn a_rerun_whose_derivations_were_collected_roots_the_recorded_outputs() {
+    // Nix keeps a rooted output's `.drv` by default (`keep-derivations`); a host that does
+    // not can collect them while the run's roots keep the outputs. A rerun then roots the
+    // recorded outputs, one command each (nothing can be built without the `.drv`s).
+    let dir = fixture();
+    assert_eq!(run_in(dir.path(), &["run", "view", "--runtime", "bwrap"]).code, 0);
+    let first = runs(dir.path())[0].clone();
+    let job = read_json(&dir.path().join(".pikaci/runs").join(&first).join("jobs/view/job.json"));
+    let drvs: Vec<&str> = job["payloads"].as_array().unwrap().iter().map(|p| p["drv_path"].as_str().unwrap()).collect();
+    let deleted = std::process::Command::new("nix-store")
+        .arg("--delete")
+        .args(&drvs)
+        .env("NIX_CONFIG", "keep-derivations = false")
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(drvs.iter().all(|d| !Path::new(d).exists()), "{drvs:?}");
+
+    let out = run_in(dir.path(), &["rerun", &first, "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let again = out.json();
+    assert_eq!(job_status(&again, "view"), "passed");
+    let run_dir = dir.path().join(".pikaci/runs").join(again["run_id"].as_str().unwrap());
+    let host_log = std::fs::read_to_string(run_dir.join("jobs/view/host.log")).unwrap();
+    assert!(host_log.contains("their recorded outputs are rooted instead"), "{host_log}");
+    let outputs: usize =
+        job["payloads"].as_array().unwrap().iter().map(|p| p["outputs"].as_object().unwrap().len()).sum();
+    assert_eq!(host_log.matches("/nix-store --realise /nix/store/").count(), outputs, "{host_log}");
+    // The same link names as a realisation of the `.drv`s gives them.
+    for name in ["workspace-deps", "workspace-deps-dev", "workspace-build", "extra"] {
+        let link = run_dir.join("jobs/view/staged-linux-rust").join(name);
+        assert!(link.exists(), "{} does not lead to a root", link.display());
+    }
+}
+
+#[test]
 fn rerun_failed_of_a_run_whose_process_died_reruns_its_interrupted_jobs() {
     let dir = fixture();
     let mut child = spawn_run(dir.path(), &["slow", "view"]);
