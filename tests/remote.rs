@@ -772,6 +772,60 @@ fn jobs_spread_over_hosts_and_a_host_that_fails_is_taken_out_of_the_run() {
     assert_eq!(out.code, 3, "a job ended in error: {out:?}");
 }
 
+/// Two jobs on two SSH hosts share a slow workspace-deps (4 s), each with a slow
+/// workspace-build of its own on it (3 s): one host builds workspace-deps; the other
+/// receives it as soon as it is built there, and builds its own while the first host
+/// still builds its own, instead of waiting for the first job's whole realisation.
+#[test]
+fn a_host_waiting_for_a_shared_payload_receives_it_once_built_not_when_the_other_job_ends() {
+    let flake = copy_fixture(&fixture_path("hosts"));
+    std::fs::write(flake.path().join("shared-lanes"), "").unwrap();
+    let lab = RemoteLab::start(flake.path());
+    let [a, b] = [&lab.hosts.hosts[0], &lab.hosts.hosts[1]];
+    std::fs::write(
+        flake.path().join("pikaci.toml"),
+        format!("[hosts.one]\nssh = \"{}\"\nslots = 1\n\n[hosts.two]\nssh = \"{}\"\nslots = 1\n", a.name, b.name),
+    )
+    .unwrap();
+    let args = ["--runtime", "incus", "--remote", "one", "--remote", "two", "--jobs", "2", "--output", "json"];
+    let out = lab.pikaci(flake.path(), &[&["run", "shared-a", "shared-b"][..], &args].concat());
+    assert_eq!(out.code, 0, "{out:?}");
+    let record = out.json();
+    let jobs = jobs_of(&record);
+    assert_eq!(jobs.len(), 2, "{record:#}");
+    assert_ne!(jobs[0].2, jobs[1].2, "one job on each host: {jobs:?}");
+    let run_dir = flake.path().join(".pikaci/runs").join(record["run_id"].as_str().unwrap());
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let deps_builders: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-deps")
+        .map(|e| e["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deps_builders.len(), 1, "workspace-deps is built once: {events:#?}");
+    let builder = deps_builders[0];
+    let waiter = if builder == "shared-a" { "shared-b" } else { "shared-a" };
+    let host_of = |job: &str| jobs.iter().find(|(j, ..)| j == job).unwrap().2.clone();
+    let at = |event: &str, job: &str| -> String {
+        let found =
+            events.iter().find(|e| e["event"] == event && e["job_id"] == job && e["payload"] == "workspace-build");
+        found.unwrap_or_else(|| panic!("{event} of {job}: {events:#?}"))["at"].as_str().unwrap().to_string()
+    };
+    // RFC 3339 times of one run, same offset: they compare as text.
+    assert!(
+        at("payload_build_started", waiter) < at("payload_build_finished", builder),
+        "`{waiter}` started its own build only after `{builder}` had finished its own:\n{events:#?}"
+    );
+    let waiter_log = std::fs::read_to_string(run_dir.join("jobs").join(waiter).join("host.log")).unwrap();
+    let copy = format!("copy --from ssh://{} --to ssh://{} /nix/store/", host_of(builder), host_of(waiter));
+    let copies: Vec<&str> = waiter_log.lines().filter(|l| l.contains(&copy)).collect();
+    assert_eq!(copies.len(), 1, "{waiter_log}");
+    assert!(copies[0].contains("-hosts-slow-deps") && !copies[0].contains("-hosts-own-"), "{}", copies[0]);
+}
+
 /// An Incus cluster as the engine: `--remote` names one member; pikaci sees the cluster,
 /// runs jobs on each member (`incus init --target MEMBER`, where that member's snapshot
 /// and payloads are), and each job's record names the member's host.

@@ -10,11 +10,11 @@
 //! A job's realisation builds all its payloads, but a job that needs only one of them
 //! (crane's `workspace-deps`, shared by lanes whose `workspace-build`s differ) need not
 //! wait for the whole realisation: the builder says when that derivation is built
-//! ([`RunBuilds::built`], from its structured log), and on this machine the waiting job
-//! goes on once Nix has released the outputs (the caller's `released`: each output
+//! ([`RunBuilds::built`], from its structured log), and the waiting job goes on once Nix
+//! has released the outputs where they were built (the caller's `released`: each output
 //! exists and its `.lock` file is gone, which Nix deletes after registering it, and
-//! which can be after the `Build` activity stopped). On an SSH host it waits for the end
-//! of the realisation, when the outputs can be copied from there.
+//! which can be after the `Build` activity stopped); from another SSH host, it then
+//! receives them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -75,41 +75,54 @@ impl RunBuilds {
 
     /// Wait until no other job builds one of `needed` in the way of `job` on
     /// `placement`, then claim those of `to_build` that were not built on that host in
-    /// this run. Says in `log` whom it waits for. `released`: whether a derivation
-    /// another job here said it built has its outputs released by Nix.
+    /// this run. Says in `log` whom it waits for. `released`: whether Nix has released
+    /// the outputs of a derivation on the host where another job said it built it (it is
+    /// asked without the table's lock: over SSH it takes a round trip).
     pub fn claim(
         &self,
         job: &str,
         placement: &Placement,
         (needed, to_build): (&[&str], &[&str]),
-        released: &dyn Fn(&str) -> bool,
+        released: &dyn Fn(&str, &Placement) -> bool,
         log: &HostLog,
     ) -> Claim<'_> {
         let asked = Instant::now();
-        let mut waited_for = HashSet::new();
+        let (mut waited_for, mut seen_released) = (HashSet::new(), HashSet::new());
         let mut table = self.table();
         loop {
-            let blocked: Vec<(&str, String)> =
-                needed.iter().filter_map(|d| blocker(&table, d, job, placement).map(|o| (*d, o))).collect();
-            // Built, but not released yet: looked at again shortly.
-            let (releasing, blocked): (Vec<_>, Vec<_>) =
-                blocked.into_iter().partition(|(d, other)| built_here(&table, d, other, placement));
-            let releasing: Vec<&str> = releasing.into_iter().map(|(d, _)| d).filter(|d| !released(d)).collect();
-            if blocked.is_empty() && releasing.is_empty() {
-                break;
-            }
-            for (drv, other) in &blocked {
+            // In the way: building it, unless it said it built it and Nix has released
+            // the outputs since (`releasing`: said so, not seen released yet).
+            let (mut releasing, mut building) = (Vec::new(), Vec::new());
+            for drv in needed {
+                let Some(other) = blocker(&table, drv, job, placement) else { continue };
                 if waited_for.insert(drv.to_string()) {
-                    let host = placement_of(&table, drv, other);
+                    let host = placement_of(&table, drv, &other);
                     log.line(&format!("waits for job `{other}`, which builds `{drv}` on `{host}`"));
                 }
+                match said_built(&table, drv, &other) {
+                    Some(_) if seen_released.contains(*drv) => {}
+                    Some(at) => releasing.push((*drv, at)),
+                    None => building.push(*drv),
+                }
             }
-            table = if releasing.is_empty() {
-                self.changed.wait(table).unwrap_or_else(|p| p.into_inner())
-            } else {
-                let poll = self.changed.wait_timeout(table, Duration::from_millis(10));
-                poll.unwrap_or_else(|p| p.into_inner()).0
-            };
+            if releasing.is_empty() && building.is_empty() {
+                break;
+            }
+            if releasing.is_empty() {
+                table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            drop(table);
+            let mut poll = Duration::ZERO;
+            for (drv, at) in releasing {
+                if released(drv, &at) {
+                    seen_released.insert(drv.to_string());
+                } else {
+                    poll = poll.max(if at.is_local() { Duration::from_millis(10) } else { Duration::from_millis(200) });
+                }
+            }
+            std::thread::sleep(poll);
+            table = self.table();
         }
         let mut claim = Claim {
             builds: self,
@@ -165,9 +178,10 @@ impl RunBuilds {
     }
 }
 
-/// Whether `job`, which still builds `drv` on `placement` (this machine), said it built it.
-fn built_here(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> bool {
-    placement.is_local() && table.get(drv).is_some_and(|e| e.built.iter().any(|(p, j)| p == placement && j == job))
+/// Where `job`, which still builds `drv`, said it built it.
+fn said_built(table: &HashMap<String, Entry>, drv: &str, job: &str) -> Option<Placement> {
+    let entry = table.get(drv)?;
+    entry.built.iter().find(|(_, j)| j == job).map(|(p, _)| p.clone())
 }
 
 /// The job, other than `job`, that builds `drv` in the way of `placement`.
@@ -215,13 +229,13 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut claim =
-                    builds.claim("a", &here, (&["x.drv", "y.drv"], &["x.drv", "y.drv"]), &|_| false, &log());
+                    builds.claim("a", &here, (&["x.drv", "y.drv"], &["x.drv", "y.drv"]), &|_, _| false, &log());
                 started.wait();
                 std::thread::sleep(Duration::from_millis(300));
                 claim.succeeded = true;
             });
             started.wait();
-            let claim = builds.claim("b", &here, (&["y.drv"], &["y.drv"]), &|_| false, &log());
+            let claim = builds.claim("b", &here, (&["y.drv"], &["y.drv"]), &|_, _| false, &log());
             assert!(claim.waited >= Duration::from_millis(200), "{:?}", claim.waited);
             assert_eq!(claim.built_by.get("y.drv").map(String::as_str), Some("a"));
             assert!(claim.claimed.is_empty(), "built by `a` on this host: nothing to claim");
@@ -232,8 +246,8 @@ mod tests {
     fn a_failed_build_is_claimed_again_and_claims_never_deadlock() {
         let builds = RunBuilds::default();
         let here = Placement::Local;
-        drop(builds.claim("a", &here, (&["x.drv"], &["x.drv"]), &|_| false, &log()));
-        let claim = builds.claim("b", &here, (&["x.drv"], &["x.drv"]), &|_| false, &log());
+        drop(builds.claim("a", &here, (&["x.drv"], &["x.drv"]), &|_, _| false, &log()));
+        let claim = builds.claim("b", &here, (&["x.drv"], &["x.drv"]), &|_, _| false, &log());
         assert!(claim.built_by.is_empty());
         assert_eq!(claim.claimed, ["x.drv"]);
         drop(claim);
@@ -243,7 +257,7 @@ mod tests {
                 let (builds, here) = (&builds, &here);
                 scope.spawn(move || {
                     for _ in 0..50 {
-                        let mut claim = builds.claim(job, here, (&needed, &needed), &|_| false, &log());
+                        let mut claim = builds.claim(job, here, (&needed, &needed), &|_, _| false, &log());
                         std::thread::sleep(Duration::from_millis(1));
                         claim.succeeded = false;
                     }
@@ -256,7 +270,7 @@ mod tests {
     fn valid_outputs_are_not_claimed_but_another_build_of_them_is_waited_for() {
         let builds = RunBuilds::default();
         let here = Placement::Local;
-        let claim = builds.claim("a", &here, (&["x.drv", "y.drv"], &["y.drv"]), &|_| false, &log());
+        let claim = builds.claim("a", &here, (&["x.drv", "y.drv"], &["y.drv"]), &|_, _| false, &log());
         assert_eq!(claim.claimed, ["y.drv"]);
         assert!(!builds.busy("b", &here, &["x.drv"]));
         assert!(builds.busy("b", &here, &["y.drv"]));
@@ -272,7 +286,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut claim =
-                    builds.claim("a", &here, (&["deps.drv", "a.drv"], &["deps.drv", "a.drv"]), &|_| false, &log());
+                    builds.claim("a", &here, (&["deps.drv", "a.drv"], &["deps.drv", "a.drv"]), &|_, _| false, &log());
                 started.wait();
                 std::thread::sleep(Duration::from_millis(100));
                 builds.built("deps.drv", "a", &here);
@@ -284,7 +298,8 @@ mod tests {
             });
             started.wait();
             let asked = Instant::now();
-            let is_released = |d: &str| d == "deps.drv" && released.load(std::sync::atomic::Ordering::SeqCst);
+            let is_released =
+                |d: &str, _: &Placement| d == "deps.drv" && released.load(std::sync::atomic::Ordering::SeqCst);
             let claim =
                 builds.claim("b", &here, (&["deps.drv", "b.drv"], &["deps.drv", "b.drv"]), &is_released, &log());
             let took = asked.elapsed();

@@ -117,12 +117,6 @@ pub fn prepare(
     Ok(prepared)
 }
 
-/// Whether Nix is done with a payload's outputs on this machine: each exists, and its
-/// `.lock` file, which Nix deletes once it has registered the output, is gone.
-fn released(payload: &Payload) -> bool {
-    payload.outputs.values().all(|out| Path::new(out).exists() && !Path::new(&format!("{out}.lock")).exists())
-}
-
 /// A payload's part of the job's realisation, for its record.
 #[derive(Default)]
 struct Part {
@@ -192,7 +186,10 @@ impl Preparing<'_> {
     fn realise_all(&self, lane: &Lane, drvs: &[&str], present: &[bool]) -> Result<Prepared> {
         let (nix, placement, log) = (self.nix, self.placement, self.log);
         let to_build: Vec<&str> = drvs.iter().zip(present).filter(|(_, p)| !**p).map(|(d, _)| *d).collect();
-        let released = |drv: &str| lane.payloads.iter().any(|p| p.drv_path == drv && released(p));
+        let released = |drv: &str, at: &Placement| {
+            let outputs = lane.payloads.iter().filter(|p| p.drv_path == drv).flat_map(|p| p.outputs.values());
+            at.outputs_released(&outputs.cloned().collect::<Vec<_>>(), log)
+        };
         let mut claim = self.builds.claim(self.job_id, placement, (drvs, &to_build), &released, log);
         // Other jobs of the run built all that was missing, here: only rooting is left.
         if claim.nothing_to_build()

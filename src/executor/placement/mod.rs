@@ -210,6 +210,19 @@ impl Placement {
         }
     }
 
+    /// Whether Nix is done with `paths` on the host, as cheaply as can be: each exists, and
+    /// its `.lock` file, which Nix deletes once it has registered the path and released
+    /// its lock, is gone (here, no process; on an SSH host, one `sh`). `false` when that
+    /// cannot be told.
+    pub fn outputs_released(&self, paths: &[String], log: &HostLog) -> bool {
+        match self {
+            Placement::Local => {
+                paths.iter().all(|p| Path::new(p).exists() && !Path::new(&format!("{p}.lock")).exists())
+            }
+            Placement::Remote(remote) => remote.outputs_released(paths, log).unwrap_or(false),
+        }
+    }
+
     /// Whether every one of `paths` is valid in the host's store (`nix-store
     /// --check-validity`, there).
     pub fn all_valid(&self, nix: &Nix, paths: &[String], log: &HostLog) -> Result<bool> {

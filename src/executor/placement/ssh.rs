@@ -135,6 +135,14 @@ impl RemoteHost {
         }
     }
 
+    /// [`super::Placement::outputs_released`] on the host, with one SSH call.
+    pub fn outputs_released(&self, paths: &[String], log: &HostLog) -> Result<bool> {
+        let script = r#"for p; do [ -e "$p" ] && [ ! -e "$p.lock" ] || exit 1; done"#;
+        let mut argv = vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
+        argv.extend(paths.iter().cloned());
+        Ok(self.ssh()?.command("ssh test", &argv).run_unchecked(Some(log))?.status.success())
+    }
+
     /// Canonical path and kind of each path, with one SSH call.
     pub fn probe(&self, paths: &[String], log: &HostLog) -> Result<Vec<Probed>> {
         if paths.is_empty() {
