@@ -227,6 +227,55 @@ fn a_job_that_shares_one_payload_waits_for_that_build_not_for_the_other_jobs_rea
 }
 
 #[test]
+fn a_payload_fetched_from_a_binary_cache_is_ready_before_the_rest_of_the_realisation() {
+    // `layered`'s workspace-deps in a binary cache (a `file://` one), its outputs gone from
+    // the store: the job's realisation fetches it, then builds workspace-build on it. The
+    // fetched payload is told finished when its fetch ends (another job waiting for it
+    // would go on then), before workspace-build's build.
+    let dir = lanes_fixture();
+    assert_eq!(run_in(dir.path(), &["run", "layered", "--runtime", "bwrap"]).code, 0);
+    let job = read_json(&only_run(dir.path()).join("jobs/layered/job.json"));
+    let output = |i: usize| job["payloads"][i]["outputs"]["out"].as_str().unwrap().to_string();
+    let (deps, build) = (output(0), output(1));
+    assert_eq!(job["payloads"][0]["name"], "workspace-deps");
+    let cache = tempfile::tempdir().unwrap();
+    let cache_url = format!("file://{}", cache.path().display());
+    let nix = |args: &[&str]| {
+        let out = Command::new("nix").args(["--extra-experimental-features", "nix-command"]).args(args).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "nix {args:?}: {out:?}");
+    };
+    nix(&["copy", "--to", &cache_url, &deps]);
+    assert_eq!(run_in(dir.path(), &["gc", "--keep", "0"]).code, 0);
+    let deleted = Command::new("nix-store").args(["--delete", &deps, &build]).output().unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+
+    let out: Run = pikaci()
+        .args(["run", "layered", "--runtime", "bwrap", "--flake"])
+        .arg(format!("path:{}", dir.path().display()))
+        .env("NIX_CONFIG", format!("substituters = {cache_url}\nrequire-sigs = false"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = only_run(dir.path());
+    let events = events(&run);
+    let deps_done = events
+        .iter()
+        .position(|e| e["event"] == "payload_build_finished" && e["payload"] == "workspace-deps")
+        .expect("workspace-deps finished");
+    assert_eq!(events[deps_done]["status"], "built", "{events:#?}");
+    let build_done = events
+        .iter()
+        .position(|e| e["event"] == "payload_build_finished" && e["payload"] == "workspace-build")
+        .expect("workspace-build built");
+    assert!(deps_done < build_done, "{events:#?}");
+    let deps_log = std::fs::read_to_string(run.join("jobs/layered/payload-workspace-deps.log")).unwrap();
+    assert!(deps_log.contains(&format!("fetching '{deps}'")), "{deps_log}");
+    assert!(!deps_log.contains("slow build step"), "fetched, not built: {deps_log}");
+}
+
+#[test]
 fn a_payload_waiting_for_nix_lock_counts_its_own_time_not_the_wait() {
     // Another process (a `nix-store --realise` started here) builds the slow derivation
     // that `building` needs: pikaci's realisation waits on Nix's lock meanwhile.

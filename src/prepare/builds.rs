@@ -88,6 +88,10 @@ impl RunBuilds {
     ) -> Claim<'_> {
         let asked = Instant::now();
         let (mut waited_for, mut seen_released) = (HashSet::new(), HashSet::new());
+        // How long to wait before asking again whether outputs were released: from 10 ms
+        // here (200 ms over SSH), doubling up to 1 s (4 s), should a release be slow (a
+        // build that said it was built and was not, e.g. a fetch that failed).
+        let mut polls = 0u32;
         let mut table = self.table();
         loop {
             // In the way: building it, unless it said it built it and Nix has released
@@ -118,10 +122,15 @@ impl RunBuilds {
                 if released(drv, &at) {
                     seen_released.insert(drv.to_string());
                 } else {
-                    poll = poll.max(if at.is_local() { Duration::from_millis(10) } else { Duration::from_millis(200) });
+                    let (first, most) = if at.is_local() { (10, 1_000) } else { (200, 4_000) };
+                    let wait = Duration::from_millis((first << polls.min(10)).min(most));
+                    poll = poll.max(wait);
                 }
             }
-            std::thread::sleep(poll);
+            if !poll.is_zero() {
+                polls += 1;
+                std::thread::sleep(poll);
+            }
             table = self.table();
         }
         let mut claim = Claim {
@@ -165,8 +174,8 @@ impl Claim<'_> {
 
 impl RunBuilds {
     /// `job`, whose realisation on `placement` goes on, has built `drv` (its `Build`
-    /// activity stopped without a failure): a job waiting for it on this machine may go
-    /// on once its outputs are released.
+    /// activity stopped without a failure, or its outputs were fetched or received): a
+    /// job waiting for it may go on once its outputs are released there.
     pub fn built(&self, drv: &str, job: &str, placement: &Placement) {
         let mut table = self.table();
         let entry = table.entry(drv.to_string()).or_default();

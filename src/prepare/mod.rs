@@ -251,7 +251,13 @@ impl Preparing<'_> {
                 source.host_name()
             ));
             match self.placement.receive_from(self.nix, source, &outputs, self.log) {
-                Ok(cmd) => commands.extend(cmd),
+                Ok(cmd) => {
+                    commands.extend(cmd);
+                    // Valid here now: a job waiting on this host for them may go on.
+                    for (_, drv) in from.iter().filter(|(s, _)| s == source) {
+                        self.builds.built(drv, self.job_id, self.placement);
+                    }
+                }
                 Err(e) if crate::tools::command::is_interrupted(&e) => return Err(e),
                 Err(e) => self.log.line(&format!("receiving them failed, building here instead: {e:#}")),
             }

@@ -9,6 +9,7 @@
 //! build's log (or a new count) at most once per [`PROGRESS_EVERY`], so that a build
 //! printing thousands of lines makes a handful of events, not thousands.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -319,6 +320,8 @@ pub struct JobBuild<'a> {
     counted: (u64, u64),
     /// Told of each payload's own derivation as soon as it is built.
     on_built: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// Each payload's outputs fetched so far (substituted from a binary cache).
+    fetched: Vec<HashSet<String>>,
 }
 
 impl<'a> JobBuild<'a> {
@@ -338,6 +341,7 @@ impl<'a> JobBuild<'a> {
             failed: None,
             counted: (0, 0),
             on_built: None,
+            fetched: payloads.iter().map(|_| HashSet::new()).collect(),
         }
     }
 
@@ -402,13 +406,20 @@ impl BuildWatch for JobBuild<'_> {
                 None if payload.ready.is_none() => payload.apply(change, false),
                 _ => {}
             }
-            if let Change::BuildStopped(drv) = change
-                && *drv == payload.drv_path
-                && built_now
-            {
+            // Built: its own derivation's build was counted done, or every output of it
+            // was fetched (a fetch that fails is followed by a build, which then tells).
+            let fetched_all = match change {
+                Change::FetchStopped(path) if owner == Some(i) && self.paths[i].1.contains(&path.as_str()) => {
+                    self.fetched[i].insert(path.clone());
+                    self.fetched[i].len() == self.paths[i].1.len()
+                }
+                _ => false,
+            };
+            let own_built = matches!(change, Change::BuildStopped(drv) if *drv == payload.drv_path) && built_now;
+            if (own_built || fetched_all) && payload.ready.is_none() {
                 payload.built();
                 if let Some(tell) = self.on_built {
-                    tell(drv);
+                    tell(payload.drv_path);
                 }
             }
         }
@@ -590,6 +601,25 @@ mod tests {
         let finished = build.finish(Some(&interrupted));
         assert!(finished[0].ready.is_none());
         assert_eq!(heard.0.into_inner().unwrap().last().unwrap(), "workspace-build interrupted 1");
+    }
+
+    #[test]
+    fn a_payload_whose_outputs_were_all_fetched_is_ready_and_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let heard = Heard::default();
+        let payloads = [payload("workspace-deps", DRV)];
+        let out = payloads[0].outputs["out"].clone();
+        let told = std::sync::Mutex::new(Vec::new());
+        let tell = |drv: &str| told.lock().unwrap().push(drv.to_string());
+        let mut build = JobBuild::new(&payloads, dir.path(), &heard).telling(&tell);
+        let state = BuildState::default();
+        build.change(&Change::FetchStarted(out.clone()), &state);
+        assert!(told.lock().unwrap().is_empty());
+        build.change(&Change::FetchStopped(out), &state);
+        assert_eq!(*told.lock().unwrap(), [DRV]);
+        let finished = build.finish(None);
+        assert!(finished[0].ready.is_some());
+        assert_eq!(heard.0.into_inner().unwrap().last().unwrap(), "workspace-deps built 0");
     }
 
     #[test]
