@@ -197,27 +197,7 @@ fn a_job_that_shares_one_payload_waits_for_that_build_not_for_the_other_jobs_rea
     assert_eq!(out.code, 0, "{out:?}");
     let run = only_run(dir.path());
     let events = events(&run);
-    let deps_builder: Vec<&str> = events
-        .iter()
-        .filter(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-deps")
-        .map(|e| e["job_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(deps_builder.len(), 1, "workspace-deps is built once: {events:#?}");
-    let (builder, waiter) = if deps_builder[0] == "shared-deps-a" {
-        ("shared-deps-a", "shared-deps-b")
-    } else {
-        ("shared-deps-b", "shared-deps-a")
-    };
-    let at = |event: &str, job: &str| -> String {
-        let found =
-            events.iter().find(|e| e["event"] == event && e["job_id"] == job && e["payload"] == "workspace-build");
-        found.unwrap_or_else(|| panic!("{event} of {job}: {events:#?}"))["at"].as_str().unwrap().to_string()
-    };
-    // RFC 3339 times of one run, same offset: they compare as text.
-    assert!(
-        at("payload_build_started", waiter) < at("payload_build_finished", builder),
-        "`{waiter}` started its own build only after `{builder}` had finished its own:\n{events:#?}"
-    );
+    let (builder, waiter) = builder_and_waiter(&events, ["shared-deps-a", "shared-deps-b"]);
     let waiter_log = std::fs::read_to_string(run.join("jobs").join(waiter).join("host.log")).unwrap();
     assert!(waiter_log.contains(&format!("waits for job `{builder}`, which builds `")), "{waiter_log}");
     assert!(waiter_log.contains("-fixture-slow-build.drv` on `localhost`"), "{waiter_log}");

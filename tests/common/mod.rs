@@ -183,3 +183,29 @@ pub mod host_rust;
 pub fn shell_quote_path(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
+
+/// Of two jobs of a run (`events`: its events) that share a `workspace-deps`, each with a
+/// `workspace-build` of its own on it: the one that built `workspace-deps` (exactly one
+/// did) and the other, once checked that the other started its own build before the
+/// builder had finished its own (it waited for the shared derivation, not for the
+/// builder's whole realisation).
+pub fn builder_and_waiter<'a>(events: &[serde_json::Value], jobs: [&'a str; 2]) -> (&'a str, &'a str) {
+    let builders: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "payload_build_started" && e["payload"] == "workspace-deps")
+        .map(|e| e["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(builders.len(), 1, "workspace-deps is built once: {events:#?}");
+    let (builder, waiter) = if builders[0] == jobs[0] { (jobs[0], jobs[1]) } else { (jobs[1], jobs[0]) };
+    let at = |event: &str, job: &str| -> String {
+        let found =
+            events.iter().find(|e| e["event"] == event && e["job_id"] == job && e["payload"] == "workspace-build");
+        found.unwrap_or_else(|| panic!("{event} of {job}: {events:#?}"))["at"].as_str().unwrap().to_string()
+    };
+    // RFC 3339 times of one run, same offset: they compare as text.
+    assert!(
+        at("payload_build_started", waiter) < at("payload_build_finished", builder),
+        "`{waiter}` started its own build only after `{builder}` had finished its own:\n{events:#?}"
+    );
+    (builder, waiter)
+}
