@@ -87,6 +87,50 @@ impl RunBuilds {
         log: &HostLog,
     ) -> Claim<'_> {
         let asked = Instant::now();
+        let (mut table, waited_for) = self.wait_for_others(job, placement, needed, released, log);
+        let mut claim = Claim {
+            builds: self,
+            job: job.to_string(),
+            placement: placement.clone(),
+            claimed: Vec::new(),
+            succeeded: false,
+            built_by: HashMap::new(),
+            receive: Vec::new(),
+            waited: if waited_for.is_empty() { Duration::ZERO } else { asked.elapsed() },
+            waited_for,
+        };
+        for drv in needed {
+            let entry = table.entry(drv.to_string()).or_default();
+            if let Some((_, builder)) = entry.built.iter().find(|(p, _)| p == placement) {
+                claim.built_by.insert(drv.to_string(), builder.clone());
+                continue;
+            }
+            if !to_build.contains(drv) {
+                continue;
+            }
+            if let Some((source, builder)) = entry.built.iter().find(|(p, _)| in_the_way(p, placement)) {
+                claim.receive.push((source.clone(), drv.to_string()));
+                claim.built_by.insert(drv.to_string(), builder.clone());
+            }
+            entry.building.push((job.to_string(), placement.clone()));
+            claim.claimed.push(drv.to_string());
+        }
+        claim
+    }
+}
+
+impl RunBuilds {
+    /// Wait until no other job builds one of `needed` in the way of `job` on `placement`
+    /// (see [`RunBuilds::claim`]). Returns the table, locked, and the derivations it
+    /// waited for.
+    fn wait_for_others(
+        &self,
+        job: &str,
+        placement: &Placement,
+        needed: &[&str],
+        released: &dyn Fn(&str, &Placement) -> bool,
+        log: &HostLog,
+    ) -> (MutexGuard<'_, HashMap<String, Entry>>, HashSet<String>) {
         let (mut waited_for, mut seen_released) = (HashSet::new(), HashSet::new());
         // How long to wait before asking again whether outputs were released: from 10 ms
         // here (200 ms over SSH), doubling up to 1 s (4 s), should a release be slow (a
@@ -133,34 +177,7 @@ impl RunBuilds {
             }
             table = self.table();
         }
-        let mut claim = Claim {
-            builds: self,
-            job: job.to_string(),
-            placement: placement.clone(),
-            claimed: Vec::new(),
-            succeeded: false,
-            built_by: HashMap::new(),
-            receive: Vec::new(),
-            waited: if waited_for.is_empty() { Duration::ZERO } else { asked.elapsed() },
-            waited_for,
-        };
-        for drv in needed {
-            let entry = table.entry(drv.to_string()).or_default();
-            if let Some((_, builder)) = entry.built.iter().find(|(p, _)| p == placement) {
-                claim.built_by.insert(drv.to_string(), builder.clone());
-                continue;
-            }
-            if !to_build.contains(drv) {
-                continue;
-            }
-            if let Some((source, builder)) = entry.built.iter().find(|(p, _)| in_the_way(p, placement)) {
-                claim.receive.push((source.clone(), drv.to_string()));
-                claim.built_by.insert(drv.to_string(), builder.clone());
-            }
-            entry.building.push((job.to_string(), placement.clone()));
-            claim.claimed.push(drv.to_string());
-        }
-        claim
+        (table, waited_for)
     }
 }
 
