@@ -1002,6 +1002,16 @@ fn wait_pool_entry(flake: &Path, not: Option<&str>) -> String {
     })
 }
 
+/// Once the refill after the last run has made an instance other than `past`, `pikaci gc`
+/// empties the pool: no entry, no instance of this state root.
+fn gc_empties_the_pool(flake: &Path, past: &str) {
+    wait_pool_entry(flake, Some(past));
+    let out = run_in(flake, &["gc"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(pool_entries(flake).is_empty());
+    assert_no_instance_left(flake);
+}
+
 fn only_run_dir_newest(flake: &Path) -> PathBuf {
     let mut runs: Vec<PathBuf> =
         fs::read_dir(flake.join(".pikaci/runs")).unwrap().flatten().map(|e| e.path()).collect();
@@ -1046,11 +1056,7 @@ fn the_warm_pool_gives_the_next_run_a_started_instance_used_once_and_gc_empties_
     assert_eq!(job_json(&only_run_dir_newest(flake.path()), "fresh")["instance"], *next);
 
     // gc empties the pool: no instance of this state root, no entry.
-    wait_pool_entry(flake.path(), Some(&next));
-    let out = run_in(flake.path(), &["gc"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(pool_entries(flake.path()).is_empty());
-    assert_no_instance_left(flake.path());
+    gc_empties_the_pool(flake.path(), &next);
 }
 
 #[test]
@@ -1071,10 +1077,7 @@ fn an_idle_pool_instance_powers_itself_off_and_is_never_claimed_late() {
     let run_id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(job_json(&run_dir, "fresh")["instance"], naming::instance_name(&run_id, "fresh"));
     assert!(host_log(&run_dir, "fresh").contains(&format!("`{pooled}` of the warm pool idled too long")));
-    wait_pool_entry(flake.path(), Some(&pooled));
-    let out = run_in(flake.path(), &["gc"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert_no_instance_left(flake.path());
+    gc_empties_the_pool(flake.path(), &pooled);
 }
 
 #[test]
@@ -1107,10 +1110,7 @@ fn a_pool_instance_of_an_image_replaced_since_is_not_used() {
         host_log(&run_dir, "marker-by-lane").contains(&format!("`{pooled}` of the warm pool cannot be this job's"))
     );
     assert!(!instance_exists(&pooled));
-    wait_pool_entry(flake.path(), Some(&pooled));
-    let out = run_in(flake.path(), &["gc"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert_no_instance_left(flake.path());
+    gc_empties_the_pool(flake.path(), &pooled);
 }
 
 #[test]
@@ -1169,8 +1169,5 @@ fn a_pool_instance_deleted_behind_pikacis_back_is_passed_over() {
     assert_eq!(job_json(&run_dir, "fresh")["instance"], naming::instance_name(&run_id, "fresh"));
     let log = host_log(&run_dir, "fresh");
     assert!(log.contains(&format!("`{pooled}` of the warm pool cannot be this job's: it is not running")), "{log}");
-    wait_pool_entry(flake.path(), Some(&pooled));
-    let out = run_in(flake.path(), &["gc"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert_no_instance_left(flake.path());
+    gc_empties_the_pool(flake.path(), &pooled);
 }
