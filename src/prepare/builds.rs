@@ -58,8 +58,8 @@ pub struct Claim<'a> {
     /// from there.
     pub receive: Vec<(Placement, String)>,
     /// The derivations this job waited for, and how long it waited.
-    pub waited_for: HashSet<String>,
-    pub waited: Duration,
+    waited_for: HashSet<String>,
+    waited: Duration,
 }
 
 impl RunBuilds {
@@ -142,9 +142,9 @@ impl RunBuilds {
             // the outputs since (`releasing`: said so, not seen released yet).
             let (mut releasing, mut building) = (Vec::new(), Vec::new());
             for drv in needed {
-                let Some(other) = blocker(&table, drv, job, placement) else { continue };
+                let Some((other, there)) = blocker(&table, drv, job, placement) else { continue };
                 if waited_for.insert(drv.to_string()) {
-                    let host = placement_of(&table, drv, &other);
+                    let host = there.host_name();
                     log.line(&format!("waits for job `{other}`, which builds `{drv}` on `{host}`"));
                 }
                 match said_built(&table, drv, &other) {
@@ -182,6 +182,11 @@ impl RunBuilds {
 }
 
 impl Claim<'_> {
+    /// How long the job waited for another job's build of `drv` (zero when it did not).
+    pub fn waited_on(&self, drv: &str) -> Duration {
+        if self.waited_for.contains(drv) { self.waited } else { Duration::ZERO }
+    }
+
     /// Whether the job claimed nothing: other jobs of the run built, on this host, all
     /// it needs that was not there.
     pub fn nothing_to_build(&self) -> bool {
@@ -210,16 +215,10 @@ fn said_built(table: &HashMap<String, Entry>, drv: &str, job: &str) -> Option<Pl
     entry.built.iter().find(|(_, j)| j == job).map(|(p, _)| p.clone())
 }
 
-/// The job, other than `job`, that builds `drv` in the way of `placement`.
-fn blocker(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> Option<String> {
+/// The job, other than `job`, that builds `drv` in the way of `placement`, and where.
+fn blocker(table: &HashMap<String, Entry>, drv: &str, job: &str, placement: &Placement) -> Option<(String, Placement)> {
     let entry = table.get(drv)?;
-    entry.building.iter().find(|(j, p)| j != job && in_the_way(p, placement)).map(|(j, _)| j.clone())
-}
-
-fn placement_of(table: &HashMap<String, Entry>, drv: &str, job: &str) -> String {
-    let entry = table.get(drv);
-    let found = entry.and_then(|e| e.building.iter().find(|(j, _)| j == job));
-    found.map(|(_, p)| p.host_name().to_string()).unwrap_or_default()
+    entry.building.iter().find(|(j, p)| j != job && in_the_way(p, placement)).cloned()
 }
 
 impl Drop for Claim<'_> {

@@ -168,9 +168,7 @@ impl Preparing<'_> {
                 let mut part = Part { own, waited: lock.total(), built_by: None };
                 if let Some(claim) = claim {
                     part.built_by = claim.built_by.get(&p.drv_path).cloned();
-                    if claim.waited_for.contains(&p.drv_path) {
-                        part.waited += claim.waited;
-                    }
+                    part.waited += claim.waited_on(&p.drv_path);
                 }
                 part
             })
@@ -220,10 +218,9 @@ impl Preparing<'_> {
             .map(|(payload, done)| {
                 // A payload the realisation built nothing for was there as it started.
                 let until = if done.worked { done.ready.unwrap_or(ended) } else { started };
-                let waited_for = claim.waited_for.contains(&payload.drv_path);
                 Part {
                     own: until.saturating_duration_since(started).saturating_sub(done.lock_wait),
-                    waited: done.lock_wait + if waited_for { claim.waited } else { Duration::ZERO },
+                    waited: done.lock_wait + claim.waited_on(&payload.drv_path),
                     built_by: claim.built_by.get(&payload.drv_path).cloned(),
                 }
             })
